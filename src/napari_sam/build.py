@@ -1,0 +1,399 @@
+"""Model configurations, the registry of SAM sizes, and the builders.
+
+>>> from napari_sam.build import build_model, build_sam, tiny_config
+>>> model = build_model("vit_b")  # official weights, downloaded once  # doctest: +SKIP
+>>> model = build_model("my_finetuned_sam.pth")  # type detected from the file  # doctest: +SKIP
+>>> toy = build_sam(tiny_config())  # random weights, for tests
+>>> toy.img_size
+64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_state_dict, load_weights, require_model_type
+from .device import resolve_device
+from .modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from .modeling.sam import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "MODEL_ALIASES",
+    "MODEL_CONFIGS",
+    "SamConfig",
+    "build_model",
+    "build_sam",
+    "list_models",
+    "resolve_model_name",
+    "tiny_config",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamConfig:
+    """Hyperparameters of one SAM architecture.
+
+    The encoder fields have no defaults; everything else defaults to the published SAM values.
+    Derive variants with :func:`dataclasses.replace`.
+
+    Attributes
+    ----------
+    img_size : int
+        Side of the square model input, in pixels.
+    patch_size : int
+        Side of the ViT patches; ``img_size`` must be a multiple of it.
+    encoder_embed_dim, encoder_depth, encoder_num_heads : int
+        Width, number of blocks and attention heads of the image encoder.
+    encoder_global_attn_indexes : tuple of int
+        Encoder blocks with global attention (the others use windows).
+    window_size : int
+        Side of the attention windows, in patches.
+    encoder_mlp_ratio : float
+        Hidden width of the encoder MLPs relative to ``encoder_embed_dim``.
+    prompt_embed_dim : int
+        Width of the image embedding, the prompt tokens and the mask decoder (multiple of 8).
+    mask_in_chans : int
+        Hidden channels of the mask-prompt downscaling (multiple of 4).
+    decoder_depth, decoder_mlp_dim, decoder_num_heads : int
+        Layers, MLP width and heads of the mask decoder's two-way transformer.
+    num_multimask_outputs : int
+        Candidate masks for ambiguous prompts.
+    iou_head_depth, iou_head_hidden_dim : int
+        Layers and hidden width of the IoU prediction head.
+    pixel_mean, pixel_std : tuple of float
+        RGB normalisation of 0..255 pixels.
+    """
+
+    img_size: int = 1024
+    patch_size: int = 16
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    window_size: int = 14
+    encoder_mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
+    pixel_std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        # Lists are accepted (and stored as tuples, so configs stay hashable).
+        for name in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        positive = (
+            "img_size", "patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
+            "prompt_embed_dim", "mask_in_chans", "decoder_depth", "decoder_mlp_dim",
+            "decoder_num_heads", "num_multimask_outputs", "iou_head_depth", "iou_head_hidden_dim",
+        )  # fmt: skip
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"SamConfig.{name} must be a positive int, got {value!r}")
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size ({self.img_size}) must be a multiple of patch_size ({self.patch_size})"
+            )
+        if self.encoder_embed_dim % self.encoder_num_heads:
+            raise ValueError(
+                f"encoder_num_heads ({self.encoder_num_heads}) must divide encoder_embed_dim "
+                f"({self.encoder_embed_dim})"
+            )
+        bad = [i for i in self.encoder_global_attn_indexes if not 0 <= i < self.encoder_depth]
+        if bad:
+            raise ValueError(
+                f"encoder_global_attn_indexes {bad} are outside the {self.encoder_depth} blocks"
+            )
+        if not isinstance(self.window_size, int) or self.window_size < 0:
+            raise ValueError(f"window_size must be an int >= 0, got {self.window_size!r}")
+        if self.prompt_embed_dim % 8:
+            raise ValueError(f"prompt_embed_dim must be a multiple of 8, got {self.prompt_embed_dim}")
+        if (self.prompt_embed_dim // 2) % self.decoder_num_heads:
+            raise ValueError(
+                f"decoder_num_heads ({self.decoder_num_heads}) must divide prompt_embed_dim / 2 "
+                f"({self.prompt_embed_dim // 2}, the width of the decoder's cross-attention)"
+            )
+        if self.mask_in_chans % 4:
+            raise ValueError(f"mask_in_chans must be a multiple of 4, got {self.mask_in_chans}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError("pixel_mean and pixel_std need one value per RGB channel")
+
+    @property
+    def image_embedding_size(self) -> int:
+        """Side of the image embedding, ``img_size // patch_size`` (64 for SAM)."""
+        return self.img_size // self.patch_size
+
+    @property
+    def low_res_mask_size(self) -> int:
+        """Side of the decoder's mask logits and of mask prompts, 4x the embedding (256)."""
+        return 4 * self.image_embedding_size
+
+
+#: The published SAM sizes (Kirillov et al. 2023), by registry name.
+MODEL_CONFIGS: dict[str, SamConfig] = {
+    "vit_b": SamConfig(
+        encoder_embed_dim=768,
+        encoder_depth=12,
+        encoder_num_heads=12,
+        encoder_global_attn_indexes=(2, 5, 8, 11),
+    ),
+    "vit_l": SamConfig(
+        encoder_embed_dim=1024,
+        encoder_depth=24,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(5, 11, 17, 23),
+    ),
+    "vit_h": SamConfig(
+        encoder_embed_dim=1280,
+        encoder_depth=32,
+        encoder_num_heads=16,
+        encoder_global_attn_indexes=(7, 15, 23, 31),
+    ),
+}
+
+#: Other names :func:`build_model` accepts. "default" is the smallest model: the only one that
+#: is comfortable on a CPU.
+MODEL_ALIASES: dict[str, str] = {"default": "vit_b"}
+
+
+def tiny_config(img_size: int = 64, **overrides) -> SamConfig:
+    """A very small configuration for tests and experiments.
+
+    Every part of SAM is there, at toy sizes: an 8 x 8 patch grid for the default 64 px input
+    (patches of 8 px), 32-wide tokens, two encoder blocks (one windowed, one global) and a
+    two-layer decoder. A forward pass takes milliseconds on a CPU.
+
+    Parameters
+    ----------
+    img_size : int
+        Side of the model input (a multiple of the patch size, 8 by default).
+    **overrides
+        Any other :class:`SamConfig` field.
+
+    Returns
+    -------
+    SamConfig
+    """
+    values = dict(
+        img_size=img_size,
+        patch_size=8,
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        window_size=4,
+        prompt_embed_dim=32,
+        mask_in_chans=8,
+        decoder_depth=2,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
+        iou_head_depth=3,
+        iou_head_hidden_dim=32,
+    )
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(SamConfig)}
+    if unknown:
+        raise TypeError(f"tiny_config() got unknown SamConfig fields: {sorted(unknown)}")
+    values.update(overrides)
+    return SamConfig(**values)
+
+
+def build_sam(config: SamConfig) -> Sam:
+    """Build a SAM model with random weights, in eval mode.
+
+    Parameters
+    ----------
+    config : SamConfig
+        For example ``MODEL_CONFIGS["vit_b"]`` or :func:`tiny_config`.
+
+    Returns
+    -------
+    Sam
+        On the current default device (the CPU unless a ``torch.device`` context is active).
+    """
+    if not isinstance(config, SamConfig):
+        raise TypeError(f"build_sam() takes a SamConfig, got {type(config).__name__}")
+    embed = config.image_embedding_size
+    image_encoder = ImageEncoderViT(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        embed_dim=config.encoder_embed_dim,
+        depth=config.encoder_depth,
+        num_heads=config.encoder_num_heads,
+        mlp_ratio=config.encoder_mlp_ratio,
+        out_chans=config.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=config.window_size,
+        global_attn_indexes=config.encoder_global_attn_indexes,
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=config.prompt_embed_dim,
+        image_embedding_size=(embed, embed),
+        input_image_size=(config.img_size, config.img_size),
+        mask_in_chans=config.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        transformer_dim=config.prompt_embed_dim,
+        transformer=TwoWayTransformer(
+            depth=config.decoder_depth,
+            embedding_dim=config.prompt_embed_dim,
+            num_heads=config.decoder_num_heads,
+            mlp_dim=config.decoder_mlp_dim,
+        ),
+        num_multimask_outputs=config.num_multimask_outputs,
+        iou_head_depth=config.iou_head_depth,
+        iou_head_hidden_dim=config.iou_head_hidden_dim,
+    )
+    model = Sam(
+        image_encoder,
+        prompt_encoder,
+        mask_decoder,
+        pixel_mean=config.pixel_mean,
+        pixel_std=config.pixel_std,
+    )
+    return model.eval()
+
+
+def list_models(*, include_aliases: bool = False) -> list[str]:
+    """Registry names :func:`build_model` accepts, smallest model first.
+
+    Parameters
+    ----------
+    include_aliases : bool
+        Also list the aliases of :data:`MODEL_ALIASES` (such as ``"default"``).
+    """
+    names = list(MODEL_CONFIGS)
+    if include_aliases:
+        names += list(MODEL_ALIASES)
+    return names
+
+
+def resolve_model_name(name: str) -> str:
+    """The :data:`MODEL_CONFIGS` key for a registry name or alias.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is neither.
+    """
+    if name in MODEL_CONFIGS:
+        return name
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
+    known = ", ".join(list_models(include_aliases=True))
+    raise ValueError(
+        f"unknown model {name!r}: use one of {known}, or the path of a checkpoint file"
+    )
+
+
+def build_model(
+    name: str | os.PathLike[str] = "vit_b",
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    *,
+    pretrained: bool = True,
+) -> Sam:
+    """Build a SAM model ready for inference.
+
+    Parameters
+    ----------
+    name : str or os.PathLike
+        A registry name (:func:`list_models`, or an alias such as ``"default"``), or the path
+        of a checkpoint file whose model type is then detected from its tensor shapes.
+    checkpoint : str or os.PathLike, optional
+        Weights for the registry model ``name`` (a fine-tuned model, or an official file kept
+        elsewhere). Not allowed when ``name`` is itself a file.
+    device : str or torch.device, optional
+        Where the model runs: ``None`` or ``"auto"`` for the best available device, or
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    pretrained : bool
+        Without ``checkpoint``: load the official weights (downloaded and verified once, see
+        :mod:`napari_sam.weights`) if true, keep random weights if false.
+
+    Returns
+    -------
+    Sam
+        In eval mode, float32, on ``device``.
+
+    Raises
+    ------
+    ValueError
+        Unknown model name, unavailable device, no official weights for ``name``.
+    CheckpointError
+        The checkpoint cannot be read or does not fit (a subclass of ``ValueError``).
+    napari_sam.weights.WeightsDownloadError
+        The official weights are not cached and could not be downloaded.
+    """
+    dev = resolve_device(device)
+    model_type, state, source = _resolve_weights(name, checkpoint, pretrained)
+    config = MODEL_CONFIGS[model_type]
+    if state is None:
+        return build_sam(config).to(dev).eval()
+
+    # Every weight is about to be overwritten: skip the random initialisation (seconds for
+    # vit_h) by building on the meta device and allocating storage directly on the target.
+    with torch.device("meta"):
+        model = build_sam(config)
+    model = model.to_empty(device=dev)
+    with torch.no_grad():
+        model.pixel_mean.copy_(torch.tensor(config.pixel_mean).view(-1, 1, 1))
+        model.pixel_std.copy_(torch.tensor(config.pixel_std).view(-1, 1, 1))
+    load_weights(model, state, model_type, source=source)
+    return model.eval()
+
+
+def _resolve_weights(
+    name: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
+    pretrained: bool,
+) -> tuple[str, dict[str, torch.Tensor] | None, str | None]:
+    """(model type, state dict or None for random weights, where the weights came from)."""
+    if isinstance(name, str) and (name in MODEL_CONFIGS or name in MODEL_ALIASES):
+        model_type = resolve_model_name(name)
+        if checkpoint is not None:
+            return model_type, load_state_dict(checkpoint), str(checkpoint)
+        if not pretrained:
+            return model_type, None, None
+        from .weights import fetch_weights
+
+        try:
+            path = fetch_weights(model_type)
+        except ValueError as exc:
+            raise ValueError(
+                f"no official weights are registered for {name!r}: pass checkpoint=PATH, or "
+                "pretrained=False for random weights"
+            ) from exc
+        return model_type, load_state_dict(path), str(path)
+
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"name must be a model name or a path, got {type(name).__name__}")
+    path = Path(name).expanduser()
+    if not path.exists() and isinstance(name, str) and path.suffix == "" and len(path.parts) == 1:
+        resolve_model_name(name)  # a bare word: report it as an unknown model name
+    if checkpoint is not None:
+        raise ValueError(
+            f"{str(name)!r} is a checkpoint path and checkpoint={str(checkpoint)!r} was given too: "
+            "pass the file once, as the model name or (with a registry name) as checkpoint"
+        )
+    state = load_state_dict(path)
+    return require_model_type(state, source=path), state, str(path)

@@ -1,0 +1,537 @@
+"""The zero-shot interactive evaluation protocol of the SAM paper, headless.
+
+Each ground-truth object is segmented from simulated clicks, and the IoU with the ground truth is
+recorded after every click:
+
+1. The first prompt is a positive point at the pixel farthest from the object's boundary
+   (:func:`farthest_point`), or the object's tight bounding box in ``"box"`` mode. A single point is
+   ambiguous, so SAM's three candidate masks are decoded and the one with the highest *predicted*
+   IoU is kept (what a user sees); the *oracle* keeps the one with the highest *true* IoU.
+2. Every further click corrects the previous mask (:func:`next_click`): a positive point in the
+   missed part or a negative point in the spurious part, whichever error region is deeper. It is
+   decoded together with all the clicks so far (and the box), with the previous low-resolution
+   logits as the mask prompt, by the single-output head.
+
+This follows RITM (Sofiiuk et al., 2022) as adopted by SAM (Kirillov et al., 2023, sec. 7.1). The
+code is model-agnostic: anything with SamPredictor's ``set_image`` and ``predict`` can be
+evaluated, which is how the tests check the metric against predictors that are right or wrong by
+construction. Coordinates are napari's ``(row, col)``; boxes ``(row0, col0, row1, col1)`` with
+inclusive pixel indices, like SAM's own evaluation. Nothing here imports torch, Qt or napari.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .predictor import SamPredictor
+
+__all__ = [
+    "GroundTruthObject",
+    "ObjectEvaluation",
+    "evaluate_image",
+    "evaluate_object",
+    "farthest_point",
+    "ground_truth_objects",
+    "mask_iou",
+    "next_click",
+]
+
+PROMPTS = ("point", "box")
+
+#: Names of the protocol's choices, recorded in every result so that numbers are never read
+#: without knowing how they were made.
+FIRST_CLICK = "farthest_from_boundary"
+NEXT_CLICK = "center_of_larger_error_region"
+SELECTION = "highest_predicted_iou"
+ORACLE = "best_true_iou_of_candidates"
+
+
+# -- clicks ----------------------------------------------------------------------------------
+
+
+def _as_2d_bool(mask: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"{name} must be a 2D (H, W) mask, got an array of shape {m.shape}")
+    return m.astype(bool, copy=False)
+
+
+def _deepest_point(mask: npt.NDArray[np.bool_]) -> tuple[tuple[int, int], float]:
+    """The pixel of a non-empty mask farthest from its boundary, and that distance.
+
+    The distance transform is computed on the mask's bounding box padded by one background pixel:
+    that is exact (every pixel outside the box is background, and the padding ring is closer than
+    any of them) and makes the image border count as boundary. Ties go to the tied pixel nearest
+    to the centroid of all tied pixels, then to the first in raster order.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = np.pad(mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1], 1)
+    dist = ndimage.distance_transform_edt(crop)[1:-1, 1:-1]
+    best = dist.max()
+    tied = np.argwhere(dist == best)  # raster order
+    if len(tied) > 1:
+        d2 = ((tied - tied.mean(axis=0)) ** 2).sum(axis=1)
+        tied = tied[d2 == d2.min()]
+    r, c = tied[0]
+    return (int(r) + r0, int(c) + c0), float(best)
+
+
+def farthest_point(mask: npt.ArrayLike) -> tuple[int, int]:
+    """The pixel of a mask farthest from the mask's boundary: the protocol's first click.
+
+    Parameters
+    ----------
+    mask : array-like, shape (H, W)
+        Nonzero inside the object. The image border counts as boundary.
+
+    Returns
+    -------
+    (int, int)
+        ``(row, col)`` of the maximum of the interior Euclidean distance transform. Ties go to the
+        tied pixel nearest to the centroid of the tied pixels, then to the first in raster order.
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 9), bool); m[2:7, 1:8] = True
+    >>> farthest_point(m)
+    (4, 4)
+    """
+    m = _as_2d_bool(mask, "mask")
+    if not m.any():
+        raise ValueError("the mask is empty, so it has no point farthest from its boundary")
+    return _deepest_point(m)[0]
+
+
+def next_click(
+    pred: npt.ArrayLike, gt: npt.ArrayLike
+) -> tuple[tuple[int, int], int] | None:
+    """The corrective click a simulated user places after seeing ``pred``.
+
+    The error is split into the false-negative region (``gt`` missed by ``pred``) and the
+    false-positive region (``pred`` outside ``gt``). The larger of the two, measured as in RITM by
+    its depth (the maximum of its distance transform, so a thin sliver along the boundary loses
+    against a compact blob of the same area), gets the click, at the pixel farthest from that
+    region's boundary. Equal depths go to the larger area, then to the false negative.
+
+    Parameters
+    ----------
+    pred, gt : array-like, shape (H, W)
+        Predicted and ground-truth masks (nonzero inside).
+
+    Returns
+    -------
+    ((int, int), int) or None
+        ``((row, col), label)`` with label 1 (positive) in a false negative and 0 (negative) in a
+        false positive; ``None`` when ``pred`` equals ``gt``.
+    """
+    p = _as_2d_bool(pred, "pred")
+    g = _as_2d_bool(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(f"pred of shape {p.shape} and gt of shape {g.shape} differ")
+    candidates = []
+    for region, label in ((g & ~p, 1), (p & ~g, 0)):
+        area = int(np.count_nonzero(region))
+        if area:
+            point, depth = _deepest_point(region)
+            candidates.append((depth, area, label, point))
+    if not candidates:
+        return None
+    _, _, label, point = max(candidates)
+    return point, label
+
+
+def mask_iou(pred: npt.ArrayLike, gt: npt.ArrayLike) -> float:
+    """Intersection over union of two masks of the same shape (1.0 if both are empty)."""
+    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
+    if p.shape != g.shape:
+        raise ValueError(f"masks of shape {p.shape} and {g.shape} differ")
+    union = np.count_nonzero(p | g)
+    return 1.0 if union == 0 else float(np.count_nonzero(p & g) / union)
+
+
+def _tight_box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+# -- one object --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectEvaluation:
+    """The outcome of the click protocol on one object.
+
+    Attributes
+    ----------
+    iou : list of float
+        IoU after each click (index 0 = first prompt) of the mask the protocol keeps: the
+        candidate with the highest predicted IoU for a single point, the single output otherwise.
+    iou_oracle : list of float
+        Best true IoU among the masks decoded for the same prompts at each click (the three
+        candidates and the kept mask), so ``iou_oracle[k] >= iou[k]``. For one point this is SAM's
+        "oracle" (best of three).
+    points : list of (int, int)
+        The clicks placed, ``(row, col)``, the first one included in point mode.
+    point_labels : list of int
+        1 for positive, 0 for negative clicks.
+    box : (int, int, int, int) or None
+        The box prompt in box mode.
+    """
+
+    iou: list[float]
+    iou_oracle: list[float]
+    points: list[tuple[int, int]]
+    point_labels: list[int]
+    box: tuple[int, int, int, int] | None = None
+
+
+def _check_protocol(prompt: str, clicks: int) -> None:
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    if isinstance(clicks, bool) or not isinstance(clicks, (int, np.integer)) or clicks < 1:
+        raise ValueError(f"clicks must be a positive integer, got {clicks!r}")
+
+
+def evaluate_object(
+    predictor: SamPredictor,
+    gt_mask: npt.ArrayLike,
+    prompt: str = "point",
+    clicks: int = 1,
+) -> ObjectEvaluation:
+    """Run the click protocol on one object of the slice currently set in ``predictor``.
+
+    Parameters
+    ----------
+    predictor : SamPredictor
+        With the object's slice already embedded (:meth:`SamPredictor.set_image`).
+    gt_mask : array-like, shape (H, W)
+        The object's ground truth; must not be empty.
+    prompt : {"point", "box"}
+        First prompt: a positive point at :func:`farthest_point` or the tight box of ``gt_mask``.
+    clicks : int
+        Number of interactions. In box mode the box is the first and ``clicks - 1`` corrective
+        points follow (the box stays in every call).
+
+    Returns
+    -------
+    ObjectEvaluation
+        ``len(iou) == len(iou_oracle) == clicks``. If the mask becomes exact before the last
+        click, no click is left to place and the remaining entries repeat that IoU of 1.0.
+    """
+    gt = _as_2d_bool(gt_mask, "gt_mask")
+    _check_protocol(prompt, clicks)
+    gt_area = int(np.count_nonzero(gt))
+    if gt_area == 0:
+        raise ValueError("the ground-truth mask is empty")
+    (gr0, gc0, gr1, gc1) = _tight_box(gt)
+    gt_window = (slice(gr0, gr1 + 1), slice(gc0, gc1 + 1))
+    gt_crop = gt[gt_window]
+
+    def iou(mask: npt.NDArray[np.bool_]) -> float:
+        if mask.shape != gt.shape:
+            raise ValueError(
+                f"the predictor returned masks of shape {mask.shape} for a ground truth of shape "
+                f"{gt.shape}: was set_image() called with this object's slice?"
+            )
+        inter = int(np.count_nonzero(mask[gt_window] & gt_crop))
+        return inter / (gt_area + int(np.count_nonzero(mask)) - inter)
+
+    box = (gr0, gc0, gr1, gc1) if prompt == "box" else None
+    points: list[tuple[int, int]] = []
+    point_labels: list[int] = []
+    if prompt == "point":
+        points.append(farthest_point(gt))
+        point_labels.append(1)
+
+    ious: list[float] = []
+    oracle: list[float] = []
+    mask_input = None
+    pred = None
+    for k in range(clicks):
+        if k > 0:
+            click = next_click(pred, gt)
+            if click is None:  # exact already: a user would stop clicking
+                ious += [ious[-1]] * (clicks - k)
+                oracle += [oracle[-1]] * (clicks - k)
+                break
+            points.append(click[0])
+            point_labels.append(click[1])
+        pts = np.asarray(points, dtype=np.float64) if points else None
+        labs = np.asarray(point_labels, dtype=np.int64) if points else None
+        multi, scores, multi_logits = predictor.predict(pts, labs, box, mask_input, multimask=True)
+        if k == 0 and prompt == "point":  # a single point is ambiguous: trust SAM's IoU head
+            best = int(np.argmax(scores))
+            pred, logits = multi[best], multi_logits[best]
+        else:
+            single, _, single_logits = predictor.predict(
+                pts, labs, box, mask_input, multimask=False
+            )
+            pred, logits = single[0], single_logits[0]
+        ious.append(iou(pred))
+        oracle.append(max([ious[-1], *(iou(m) for m in multi)]))
+        mask_input = np.asarray(logits)[None]
+    return ObjectEvaluation(ious, oracle, points, point_labels, box)
+
+
+# -- ground-truth objects ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroundTruthObject:
+    """One connected component of one label id in one 2D slice.
+
+    Attributes
+    ----------
+    id : int
+        Label id in the ground truth.
+    slice : int or None
+        Index along the slicing axis (``None`` for a 2D image).
+    window : (slice, slice)
+        Bounding box of the component in the slice.
+    crop : numpy.ndarray of bool
+        The component inside ``window``.
+    """
+
+    id: int
+    slice: int | None
+    window: tuple[slice, slice]
+    crop: npt.NDArray[np.bool_]
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.crop))
+
+    def mask(self, shape: tuple[int, int]) -> npt.NDArray[np.bool_]:
+        """The component as a full ``(H, W)`` mask of the slice."""
+        out = np.zeros(shape, dtype=bool)
+        out[self.window] = self.crop
+        return out
+
+
+def check_labels(labels: npt.ArrayLike, axis: int | None) -> tuple[np.ndarray, int | None]:
+    """Validate a ground-truth label image and the slicing axis.
+
+    Returns the labels as an integer array and the axis as a non-negative int (``None`` for 2D).
+    """
+    lab = np.asarray(labels)
+    if lab.dtype == np.bool_:
+        lab = lab.astype(np.uint8)
+    if not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(
+            f"labels must be an integer label image, got dtype {lab.dtype} "
+            "(if the values are whole numbers, convert with labels.astype(int))"
+        )
+    if lab.ndim == 2:
+        if axis is not None:
+            raise ValueError(f"axis={axis} was given but the labels are 2D {lab.shape}")
+        return lab, None
+    if lab.ndim != 3:
+        raise ValueError(
+            f"labels must be 2D (H, W) or a 3D volume with an axis, got shape {lab.shape}"
+        )
+    if axis is None:
+        raise ValueError(f"the labels are 3D {lab.shape}: pass axis= to choose the slicing axis")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis < 3:
+        raise ValueError(f"axis {axis!r} is out of range for 3D labels (use 0, 1, 2 or -3..-1)")
+    return lab, int(axis) % 3
+
+
+def check_image_matches(image_shape: tuple[int, ...], labels_shape: tuple[int, ...]) -> bool:
+    """Raise unless the image goes with the labels; return whether the image is RGB(A)."""
+    image_shape, labels_shape = tuple(image_shape), tuple(labels_shape)
+    if image_shape == labels_shape:
+        return False
+    if image_shape[:-1] == labels_shape and image_shape[-1] in (3, 4):
+        return True
+    raise ValueError(
+        f"the image of shape {image_shape} and the labels of shape {labels_shape} differ "
+        "(the image may only add a trailing RGB axis of 3 or 4)"
+    )
+
+
+def _components(labels2d: np.ndarray, index: int | None) -> Iterator[GroundTruthObject]:
+    structure = np.ones((3, 3), dtype=bool)  # 8-connectivity: a diagonal touch is one object
+    ids, dense = np.unique(labels2d, return_inverse=True)  # dense ids: sparse huge ids are fine
+    dense = dense.reshape(labels2d.shape)
+    windows = ndimage.find_objects(dense)
+    for k, lid in enumerate(ids):
+        if lid == 0:
+            continue
+        window = windows[k - 1]
+        comp, n = ndimage.label(dense[window] == k, structure=structure)
+        for j in range(1, n + 1):
+            part = comp == j
+            rows = np.flatnonzero(part.any(axis=1))
+            cols = np.flatnonzero(part.any(axis=0))
+            sub = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+            full = tuple(
+                slice(int(w.start) + s.start, int(w.start) + s.stop) for w, s in zip(window, sub)
+            )
+            yield GroundTruthObject(int(lid), index, full, part[sub])
+
+
+def ground_truth_objects(
+    labels: npt.ArrayLike, axis: int | None = None, min_area: int = 1
+) -> list[GroundTruthObject]:
+    """The objects the protocol evaluates: 2D connected components of each label id per slice.
+
+    Parameters
+    ----------
+    labels : array-like of int, shape (H, W) or a 3D volume
+        0 is background. A label id that falls apart into several pieces in a slice (a cell cut
+        by the slicing plane, or two pieces of annotation) gives one object per piece, since one
+        click can only be expected to select one piece.
+    axis : int, optional
+        Slicing axis of a 3D volume; required for 3D, not allowed for 2D.
+    min_area : int
+        Components with fewer pixels are skipped.
+
+    Returns
+    -------
+    list of GroundTruthObject
+        Ordered by slice, then label id, then the raster order of the components.
+    """
+    lab, axis = check_labels(labels, axis)
+    if lab.size and lab.min() < 0:
+        raise ValueError("labels must be non-negative (0 is background)")
+    if axis is None:
+        planes: Iterator[tuple[int | None, np.ndarray]] = iter([(None, lab)])
+    else:
+        planes = ((i, np.take(lab, i, axis=axis)) for i in range(lab.shape[axis]))
+    return [
+        obj
+        for index, plane in planes
+        if plane.any()
+        for obj in _components(plane, index)
+        if obj.area >= min_area
+    ]
+
+
+# -- whole images ------------------------------------------------------------------------------
+
+
+def _plane(image: Any, axis: int | None, index: int | None) -> np.ndarray:
+    if axis is None:
+        return np.asarray(image)
+    key = [slice(None)] * len(np.shape(image))
+    key[axis] = index
+    return np.asarray(image[tuple(key)])
+
+
+def summarize(
+    per_object: list[dict[str, Any]],
+    protocol: dict[str, Any],
+    model_name: str | None,
+) -> dict[str, Any]:
+    """The result dict of :func:`evaluate_image` from its per-object entries."""
+    iou = np.array([o["iou"] for o in per_object], dtype=np.float64)
+    iou_oracle = np.array([o["iou_oracle"] for o in per_object], dtype=np.float64)
+    return {
+        "miou": [float(v) for v in iou.mean(axis=0)],
+        "miou_oracle": [float(v) for v in iou_oracle.mean(axis=0)],
+        "n_objects": len(per_object),
+        "per_object": per_object,
+        "protocol": protocol,
+        "model": model_name,
+    }
+
+
+def evaluate_image(
+    predictor: SamPredictor,
+    image: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    prompt: str = "point",
+    clicks: int = 1,
+    axis: int | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    model_name: str | None = None,
+    min_area: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a predictor with the click protocol on every ground-truth object of an image.
+
+    Parameters
+    ----------
+    predictor : SamPredictor
+    image : array-like, shape (H, W), (H, W, 3), or a 3D volume (Z, Y, X) / (Z, Y, X, 3)
+        Any dtype.
+    labels : array-like of int, shape (H, W) or (Z, Y, X)
+        Ground-truth instances, 0 is background. The objects are the 2D connected components of
+        each label id per slice (see :func:`ground_truth_objects`).
+    prompt : {"point", "box"}
+        First prompt of each object.
+    clicks : int
+        Interactions per object (in box mode: the box and ``clicks - 1`` corrective points).
+    axis : int, optional
+        For 3D labels: the axis to slice along. Each slice with objects is embedded once.
+    intensity_range : (float, float), optional
+        Normalisation range; by default one robust range for the whole image, so all slices of a
+        volume are normalised alike.
+    model_name : str, optional
+        Recorded as ``"model"`` in the result.
+    min_area : int
+        Skip ground-truth components smaller than this many pixels.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each object.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``miou`` and ``miou_oracle`` (mean IoU over objects after 1, 2, ...
+        ``clicks`` interactions), ``per_object`` (``{"id", "slice", "iou", "iou_oracle"}`` each,
+        ``slice`` is ``None`` for a 2D image), ``n_objects``, ``protocol`` and ``model``.
+
+    Raises
+    ------
+    ValueError
+        If the image and labels do not match, the labels are not integers or hold no object, or
+        ``axis`` is missing, superfluous or out of range.
+    """
+    _check_protocol(prompt, clicks)
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    lab, axis = check_labels(labels, axis)
+    rgb = check_image_matches(image.shape, lab.shape)
+    objects = ground_truth_objects(lab, axis, min_area)
+    if not objects:
+        raise ValueError("the labels contain no objects (every pixel is 0 or below min_area)")
+    if intensity_range is None and not (rgb and image.dtype == np.uint8):
+        from .preprocess import estimate_intensity_range
+
+        intensity_range = estimate_intensity_range(image)
+
+    per_object = []
+    current = object()
+    for done, obj in enumerate(objects, start=1):
+        if obj.slice != current:
+            current = obj.slice
+            plane = _plane(image, axis, obj.slice)
+            predictor.set_image(plane, intensity_range)
+            plane_shape = plane.shape[:2]
+        result = evaluate_object(predictor, obj.mask(plane_shape), prompt, clicks)
+        per_object.append(
+            {"id": obj.id, "slice": obj.slice, "iou": result.iou, "iou_oracle": result.iou_oracle}
+        )
+        if progress is not None:
+            progress(done, len(objects))
+
+    protocol = {
+        "prompt": prompt,
+        "clicks": int(clicks),
+        "first_click": FIRST_CLICK if prompt == "point" else "tight_box",
+        "next_click": NEXT_CLICK,
+        "selection": SELECTION,
+        "oracle": ORACLE,
+    }
+    return summarize(per_object, protocol, model_name)

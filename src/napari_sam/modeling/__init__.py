@@ -1,0 +1,25 @@
+"""The Segment Anything model as plain ``nn.Module``s, one part per module.
+
+Parameter names follow Meta's reference implementation, so the official checkpoints load as
+they are. Coordinates inside the model are SAM's ``(x, y)`` in pixels of the model input.
+"""
+
+from .common import MLP, LayerNorm2d, MLPBlock
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
+from .sam import Sam
+from .transformer import TwoWayAttentionBlock, TwoWayTransformer
+
+__all__ = [
+    "MLP",
+    "ImageEncoderViT",
+    "LayerNorm2d",
+    "MLPBlock",
+    "MaskDecoder",
+    "PositionEmbeddingRandom",
+    "PromptEncoder",
+    "Sam",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
+]

@@ -1,0 +1,100 @@
+"""Small building blocks shared by the image encoder, the prompt encoder and the mask decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MLP", "LayerNorm2d", "MLPBlock"]
+
+
+class MLPBlock(nn.Module):
+    """The two-layer feed-forward block of a transformer layer: ``lin2(act(lin1(x)))``.
+
+    Parameters
+    ----------
+    embedding_dim : int
+        Size of the input and output features ``C``.
+    mlp_dim : int
+        Size of the hidden layer.
+    act : type of nn.Module
+        Activation between the two layers.
+    """
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C) -> (..., C)``."""
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class MLP(nn.Module):
+    """A plain multi-layer perceptron with ReLU between its layers (none after the last).
+
+    Parameters
+    ----------
+    input_dim, hidden_dim, output_dim : int
+        Feature sizes of the input, of every hidden layer and of the output.
+    num_layers : int
+        Number of linear layers (at least 1).
+    sigmoid_output : bool
+        Apply a sigmoid to the output.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int,
+        output_dim: int,
+        num_layers: int,
+        sigmoid_output: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP needs at least one layer, got num_layers={num_layers}")
+        sizes_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        sizes_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(sizes_in, sizes_out))
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., input_dim) -> (..., output_dim)``."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x = F.relu(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class LayerNorm2d(nn.Module):
+    """Layer normalisation over the channel axis of a channels-first image tensor.
+
+    Each pixel's ``C`` values are normalised to zero mean and unit variance, then scaled and
+    shifted per channel.
+
+    Parameters
+    ----------
+    num_channels : int
+        ``C``.
+    eps : float
+        Added to the variance for numerical stability.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, C, H, W)``."""
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]

@@ -1,0 +1,402 @@
+"""The stateful SAM predictor: embed a 2D slice once, decode prompts cheaply many times.
+
+Coordinates are napari data order throughout: points ``(row, col)``, boxes
+``(row0, col0, row1, col1)``, images ``(H, W)`` or ``(H, W, 3)``. The conversion to SAM's
+``(x, y)`` model-input frame happens here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from .modeling import Sam
+from .preprocess import ResizeGeometry, to_rgb_uint8_range
+
+__all__ = ["ImageEmbedding", "SamPredictor"]
+
+#: Magnitude of the logits a binary mask prompt is turned into (SAM's own logits are of this order).
+MASK_PROMPT_LOGIT = 10.0
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """The image-encoder output of one 2D slice, with the geometry needed to decode against it.
+
+    Attributes
+    ----------
+    features : torch.Tensor, shape (1, C, h, w)
+        Image embedding (``C = 256``, ``h = w = 64`` for the official models).
+    original_size : (int, int)
+        ``(H, W)`` of the slice that was embedded.
+    img_size : int
+        Side of the model's square input.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    img_size: int
+
+    @property
+    def geometry(self) -> ResizeGeometry:
+        return ResizeGeometry(self.original_size, self.img_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()
+
+
+class SamPredictor:
+    """Segment objects in a 2D slice from point, box and mask prompts.
+
+    ``set_image`` runs the (expensive) image encoder once; ``predict`` runs only the prompt encoder
+    and mask decoder, so it can be called on every click.
+
+    Parameters
+    ----------
+    model : Sam
+        A model from :func:`napari_sam.build_model`.
+
+    Examples
+    --------
+    >>> from napari_sam import build_model, SamPredictor
+    >>> predictor = SamPredictor(build_model("default"))  # doctest: +SKIP
+    >>> predictor.set_image(image2d)  # doctest: +SKIP
+    >>> masks, scores, logits = predictor.predict(points=[[120, 80]], labels=[1])  # doctest: +SKIP
+    >>> best = masks[scores.argmax()]  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Sam) -> None:
+        self.model = model
+        self._embedding: ImageEmbedding | None = None
+
+    # -- image -------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def embedding(self) -> ImageEmbedding | None:
+        """The current slice's embedding (``None`` before :meth:`set_image`)."""
+        return self._embedding
+
+    def compute_embedding(
+        self,
+        image: npt.ArrayLike,
+        intensity_range: tuple[float, float] | None = None,
+    ) -> ImageEmbedding:
+        """Run the image encoder on one 2D slice without changing the predictor's state.
+
+        Parameters
+        ----------
+        image : array-like, shape (H, W) or (H, W, 3)
+            Any dtype. ``uint8`` RGB is used as is; anything else is rescaled from
+            ``intensity_range`` (default: robust percentiles of this slice) to ``[0, 255]``.
+        intensity_range : (float, float), optional
+            Pass the range of the whole stack so that all slices are normalised alike.
+
+        Returns
+        -------
+        ImageEmbedding
+        """
+        rgb = to_rgb_uint8_range(image, intensity_range)
+        geometry = ResizeGeometry(rgb.shape[:2], self.model.img_size)
+        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        x = x.permute(2, 0, 1)[None]  # (1, 3, H, W)
+        with torch.inference_mode():
+            x = F.interpolate(
+                x, size=geometry.input_size, mode="bilinear", align_corners=False, antialias=True
+            )
+            features = self.model.image_encoder(self.model.preprocess(x))
+        return ImageEmbedding(features, geometry.original_size, geometry.img_size)
+
+    def set_image(
+        self,
+        image: npt.ArrayLike,
+        intensity_range: tuple[float, float] | None = None,
+    ) -> None:
+        """Embed a 2D slice and keep its embedding for the following :meth:`predict` calls.
+
+        See :meth:`compute_embedding` for the parameters.
+        """
+        self._embedding = self.compute_embedding(image, intensity_range)
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Use an embedding computed earlier (for example from a cache)."""
+        if embedding.img_size != self.model.img_size:
+            raise ValueError(
+                f"the embedding was computed for a model input of {embedding.img_size} px, "
+                f"this model takes {self.model.img_size} px"
+            )
+        features = embedding.features
+        if features.device != self.device:
+            embedding = ImageEmbedding(
+                features.to(self.device), embedding.original_size, embedding.img_size
+            )
+        self._embedding = embedding
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image embedding, shape ``(1, C, h, w)``."""
+        return self._require_embedding().features
+
+    def reset_image(self) -> None:
+        self._embedding = None
+
+    def _require_embedding(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise RuntimeError("no image is set: call set_image() (or set_embedding()) first")
+        return self._embedding
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def mask_to_logits(self, mask: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Turn a binary mask of the slice into a low-resolution mask prompt.
+
+        Parameters
+        ----------
+        mask : array-like, shape (H, W)
+            Nonzero inside the object, in the current slice's pixel grid.
+
+        Returns
+        -------
+        numpy.ndarray, shape (1, 4h, 4w), float32
+            Logits (``+MASK_PROMPT_LOGIT`` inside, ``-MASK_PROMPT_LOGIT`` outside) in the
+            low-resolution frame the mask decoder takes as ``mask_input``.
+        """
+        emb = self._require_embedding()
+        m = np.asarray(mask)
+        if m.shape != tuple(emb.original_size):
+            raise ValueError(
+                f"mask shape {m.shape} does not match the slice shape {tuple(emb.original_size)}"
+            )
+        geometry = emb.geometry
+        low = self._low_res_size()
+        t = torch.from_numpy((m != 0).astype(np.float32))[None, None]
+        t = F.interpolate(t, size=geometry.input_size, mode="bilinear", align_corners=False)
+        padded = torch.zeros((1, 1, geometry.img_size, geometry.img_size))
+        padded[..., : geometry.input_size[0], : geometry.input_size[1]] = t
+        small = F.interpolate(padded, size=low, mode="area")
+        logits = (small[0] * 2.0 - 1.0) * MASK_PROMPT_LOGIT
+        return logits.numpy().astype(np.float32)
+
+    def _low_res_size(self) -> tuple[int, int]:
+        h, w = self.model.prompt_encoder.image_embedding_size
+        return (4 * h, 4 * w)
+
+    def predict(
+        self,
+        points: npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+        box: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
+        multimask: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[npt.NDArray, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Decode masks for the prompts on the current slice.
+
+        Parameters
+        ----------
+        points : array-like, shape (N, 2) or (B, N, 2), optional
+            Point prompts as ``(row, col)`` in slice pixels. With ``B`` boxes, ``(N, 2)`` points
+            apply to every object and ``(B, N, 2)`` give each object its own.
+        labels : array-like, shape (N,) or (B, N), optional
+            1 for a positive (foreground) point, 0 for a negative one. Defaults to all positive.
+        box : array-like, shape (4,) or (B, 4), optional
+            Box prompt(s) ``(row0, col0, row1, col1)``. ``B`` boxes decode ``B`` objects at once.
+        mask_input : array-like, optional
+            Dense prompt: low-resolution logits ``(1, 4h, 4w)`` (for example the previous call's
+            ``low_res_logits[best][None]``), ``(B, 1, 4h, 4w)`` for ``B`` objects, or a binary
+            mask ``(H, W)`` of the slice (converted with :meth:`mask_to_logits`).
+        multimask : bool
+            Return the three candidate masks (for an ambiguous prompt such as one point) instead
+            of the single-output mask.
+        return_logits : bool
+            Return the full-resolution logits instead of thresholded masks.
+
+        Returns
+        -------
+        masks : numpy.ndarray, shape (K, H, W) or (B, K, H, W)
+            ``bool`` masks (float32 logits with ``return_logits``); ``K`` is 3 with ``multimask``
+            and 1 otherwise; the leading ``B`` is present when several objects were decoded.
+        scores : numpy.ndarray, shape (K,) or (B, K)
+            The model's predicted IoU of each mask.
+        low_res_logits : numpy.ndarray, shape (K, 4h, 4w) or (B, K, 4h, 4w)
+            Low-resolution logits, usable as the next call's ``mask_input``.
+        """
+        emb = self._require_embedding()
+        geometry = emb.geometry
+        batched, point_prompts, boxes, masks = self._prepare_prompts(
+            geometry, points, labels, box, mask_input
+        )
+        low_res, iou = self._decode(emb, point_prompts, boxes, masks, multimask)
+        full = self._upscale(low_res, geometry)
+        with torch.inference_mode():
+            out = full if return_logits else full > 0.0
+        out_np = out.cpu().numpy()
+        scores = iou.float().cpu().numpy()
+        low_np = low_res.float().cpu().numpy()
+        if not batched:
+            return out_np[0], scores[0], low_np[0]
+        return out_np, scores, low_np
+
+    def segment(
+        self,
+        points: npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+        box: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
+    ) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
+        """One mask for one object, choosing the output the way SAM's paper does.
+
+        A single point is ambiguous (part, object or group): the three candidates are decoded
+        and the one with the highest predicted IoU is kept. Any richer prompt (several points, a
+        box, a mask) uses the single-output head.
+
+        Parameters
+        ----------
+        points, labels, box, mask_input
+            As in :meth:`predict`, for one object: points ``(N, 2)``, labels ``(N,)``, box
+            ``(4,)``.
+
+        Returns
+        -------
+        mask : numpy.ndarray, shape (H, W), bool
+        score : float
+            Predicted IoU of the mask.
+        low_res_logits : numpy.ndarray, shape (1, 4h, 4w)
+            Usable as ``mask_input`` of a refining call.
+        """
+        n_points = 0 if points is None else int(np.size(points) // 2)
+        if box is not None and np.ndim(box) > 1 and np.shape(box)[0] > 1:
+            raise ValueError("segment() takes one object: use predict() for several boxes")
+        ambiguous = n_points == 1 and (box is None or np.size(box) == 0) and mask_input is None
+        masks, scores, low_res = self.predict(
+            points, labels, box, mask_input, multimask=ambiguous
+        )
+        if masks.ndim == 4:  # a (1, 4) box gives a batch of one
+            masks, scores, low_res = masks[0], scores[0], low_res[0]
+        best = int(np.argmax(scores))
+        return masks[best], float(scores[best]), low_res[best][None]
+
+    def _prepare_prompts(self, geometry, points, labels, box, mask_input):
+        has_points = points is not None and np.size(points) > 0
+        has_box = box is not None and np.size(box) > 0
+        if not has_points and not has_box and mask_input is None:
+            raise ValueError("no prompt given: pass points, a box or a mask_input")
+
+        boxes_np = None
+        batched = False
+        n_obj = 1
+        if has_box:
+            b = np.asarray(box, dtype=np.float64)
+            if b.ndim == 1:
+                b = b[None]
+            elif b.ndim == 2:
+                batched = True
+            else:
+                raise ValueError(f"box must have shape (4,) or (B, 4), got {np.shape(box)}")
+            boxes_np = geometry.boxes_to_xyxy(b)
+            n_obj = b.shape[0]
+
+        coords_np = labels_np = None
+        if has_points:
+            p = np.asarray(points, dtype=np.float64)
+            if p.ndim == 1:
+                p = p[None]
+            if p.ndim == 2:
+                p = np.broadcast_to(p[None], (n_obj, *p.shape))
+            elif p.ndim == 3:
+                if has_box and p.shape[0] != n_obj:
+                    raise ValueError(
+                        f"{p.shape[0]} point sets for {n_obj} boxes: give one per box or (N, 2)"
+                    )
+                n_obj = p.shape[0]
+                batched = True
+            else:
+                raise ValueError(f"points must have shape (N, 2) or (B, N, 2), got {p.shape}")
+            lab = np.ones(p.shape[:2]) if labels is None else np.asarray(labels, dtype=np.float64)
+            if lab.ndim == 0:
+                lab = lab[None]
+            if lab.ndim == 1:
+                lab = np.broadcast_to(lab[None], (n_obj, lab.shape[0]))
+            if lab.shape != p.shape[:2]:
+                raise ValueError(
+                    f"labels of shape {np.shape(labels)} do not match points of shape "
+                    f"{np.shape(points)}"
+                )
+            if not np.isin(lab, (0, 1)).all():
+                raise ValueError("point labels must be 1 (positive) or 0 (negative)")
+            if not np.isfinite(p).all():
+                raise ValueError("point coordinates must be finite")
+            coords_np = geometry.points_to_xy(p)
+            labels_np = lab
+
+        masks_t = None
+        if mask_input is not None:
+            m = np.asarray(mask_input)
+            if m.ndim == 2:
+                m = self.mask_to_logits(m)
+            m = m.astype(np.float32)
+            if m.ndim == 3:
+                m = m[None]
+            if m.ndim != 4 or m.shape[1] != 1 or tuple(m.shape[2:]) != self._low_res_size():
+                raise ValueError(
+                    f"mask_input must be (1, {self._low_res_size()[0]}, {self._low_res_size()[1]})"
+                    f" logits, (B, 1, ...) for B objects, or an (H, W) mask; got {np.shape(mask_input)}"
+                )
+            if m.shape[0] > 1:
+                if not batched and not has_box and not has_points:
+                    batched = True
+                    n_obj = m.shape[0]
+                elif m.shape[0] != n_obj:
+                    raise ValueError(f"{m.shape[0]} mask prompts for {n_obj} objects")
+            else:
+                m = np.broadcast_to(m, (n_obj, *m.shape[1:]))
+            masks_t = torch.from_numpy(np.array(m)).to(self.device)
+
+        dev = self.device
+        coords_t = None
+        if coords_np is not None:
+            coords_t = (
+                torch.tensor(np.array(coords_np), dtype=torch.float32, device=dev),
+                torch.tensor(np.array(labels_np), dtype=torch.int64, device=dev),
+            )
+        boxes_t = None
+        if boxes_np is not None:
+            boxes_t = torch.as_tensor(boxes_np, dtype=torch.float32, device=dev)
+        return batched, coords_t, boxes_t, masks_t
+
+    def _decode(self, emb, points, boxes, masks, multimask):
+        """Run prompt encoder + mask decoder. Returns low-res logits (B, K, 4h, 4w) and IoU (B, K)."""
+        with torch.inference_mode():
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=emb.features,
+                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+        return low_res, iou
+
+    def _upscale(self, low_res: torch.Tensor, geometry: ResizeGeometry) -> torch.Tensor:
+        """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W)."""
+        with torch.inference_mode():
+            x = F.interpolate(
+                low_res.float(),
+                size=(geometry.img_size, geometry.img_size),
+                mode="bilinear",
+                align_corners=False,
+            )
+            h, w = geometry.input_size
+            x = x[..., :h, :w]
+            return F.interpolate(x, size=geometry.original_size, mode="bilinear", align_corners=False)

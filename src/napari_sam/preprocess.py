@@ -1,0 +1,188 @@
+"""Image preparation for SAM: intensity normalisation and the resize-longest-side geometry.
+
+All functions here take and return numpy arrays in napari's axis order: a 2D slice is ``(H, W)``
+(grayscale) or ``(H, W, 3)`` (RGB), points are ``(row, col)``. The model itself works in SAM's
+``(x, y)`` pixel convention on a square input of side ``img_size``; :class:`ResizeGeometry` maps
+between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "ResizeGeometry",
+    "estimate_intensity_range",
+    "to_rgb_uint8_range",
+]
+
+#: Percentiles used for the robust intensity range of non-uint8 images.
+DEFAULT_PERCENTILES = (0.5, 99.8)
+
+
+def estimate_intensity_range(
+    data: npt.ArrayLike,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    max_samples: int = 2_000_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Robust intensity range of an image of any dimensionality.
+
+    Computing the range once per image (not per slice) keeps the normalisation identical across
+    the slices of a stack, so dim slices at the ends of a z-stack are not amplified into noise.
+
+    Parameters
+    ----------
+    data : array-like
+        Image data of any shape (a dask or zarr array is sampled, not loaded whole).
+    percentiles : (float, float)
+        Lower and upper percentile.
+    max_samples : int
+        At most this many values are used (a random subset of flat indices for large arrays).
+    seed : int
+        Seed of the subsampling, so the range is reproducible.
+
+    Returns
+    -------
+    (float, float)
+        ``(low, high)`` with ``high > low`` whenever the finite values are not all equal; for an
+        image without any finite value ``(0.0, 1.0)``.
+    """
+    size = int(np.prod(np.shape(data)))
+    if size == 0:
+        return (0.0, 1.0)
+    if size > max_samples:
+        rng = np.random.default_rng(seed)
+        flat_idx = np.sort(rng.choice(size, size=max_samples, replace=False))
+        idx = np.unravel_index(flat_idx, np.shape(data))
+        values = np.asarray(_take_points(data, idx), dtype=np.float64)
+    else:
+        values = np.asarray(data, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (0.0, 1.0)
+    low, high = np.percentile(values, percentiles)
+    if not high > low:
+        low, high = float(values.min()), float(values.max())
+    return (float(low), float(high))
+
+
+def _take_points(data, idx):
+    try:
+        return np.asarray(data)[idx]
+    except Exception:  # pragma: no cover - lazy arrays that do not support fancy indexing
+        return np.asarray(data[...])[idx]
+
+
+def to_rgb_uint8_range(
+    image: npt.ArrayLike,
+    intensity_range: tuple[float, float] | None = None,
+) -> npt.NDArray[np.float32]:
+    """Convert a 2D slice to a float32 ``(H, W, 3)`` RGB image with values in ``[0, 255]``.
+
+    ``uint8`` RGB input is used as is (so results match SAM's reference pipeline). Anything else
+    (grayscale, 16-bit, float, with NaN or inf) is rescaled from ``intensity_range`` (default: a
+    robust percentile range of this slice) to ``[0, 255]``; a constant image becomes all zeros.
+
+    Parameters
+    ----------
+    image : array-like, shape (H, W) or (H, W, 3) or (H, W, 4)
+        One 2D slice. RGBA drops its alpha channel.
+    intensity_range : (float, float), optional
+        Values mapped to 0 and 255. Pass the range of the whole stack for consistent slices.
+
+    Returns
+    -------
+    numpy.ndarray, shape (H, W, 3), float32
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+        raise ValueError(
+            f"expected a 2D slice of shape (H, W) or (H, W, 3), got an array of shape {arr.shape}"
+        )
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"the image slice is empty (shape {arr.shape})")
+    if arr.dtype == np.uint8 and arr.ndim == 3 and intensity_range is None:
+        return arr.astype(np.float32)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if intensity_range is None:
+        intensity_range = estimate_intensity_range(arr)
+    low, high = (float(v) for v in intensity_range)
+    work = arr.astype(np.float32)
+    work = np.nan_to_num(work, nan=low, posinf=high, neginf=low)
+    if not high > low:
+        out = np.zeros(work.shape, dtype=np.float32)
+    else:
+        out = (work - low) * np.float32(255.0 / (high - low))
+        np.clip(out, 0.0, 255.0, out=out)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return out
+
+
+@dataclass(frozen=True)
+class ResizeGeometry:
+    """How a slice of ``original_size`` is resized and padded to the square model input.
+
+    The longest side is scaled to ``img_size``; the result (``input_size``) sits in the top-left
+    corner of the ``img_size`` x ``img_size`` input and the rest is zero padding.
+
+    Attributes
+    ----------
+    original_size : (int, int)
+        ``(H, W)`` of the slice.
+    img_size : int
+        Side of the model's square input (1024 for the official SAM models).
+    """
+
+    original_size: tuple[int, int]
+    img_size: int
+
+    @property
+    def scale(self) -> float:
+        """Factor from original pixels to model-input pixels."""
+        return self.img_size / max(self.original_size)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the resized slice before padding."""
+        h, w = self.original_size
+        s = self.scale
+        return (int(h * s + 0.5), int(w * s + 0.5))
+
+    def points_to_xy(self, points_rc: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Map ``(..., 2)`` ``(row, col)`` original coordinates to model-input ``(x, y)``."""
+        pts = np.asarray(points_rc, dtype=np.float64)
+        if pts.shape[-1] != 2:
+            raise ValueError(f"points must have shape (..., 2) as (row, col), got {pts.shape}")
+        h, w = self.original_size
+        new_h, new_w = self.input_size
+        xy = np.empty_like(pts)
+        xy[..., 0] = pts[..., 1] * (new_w / w)
+        xy[..., 1] = pts[..., 0] * (new_h / h)
+        return xy.astype(np.float32)
+
+    def boxes_to_xyxy(self, boxes_rc: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Map ``(..., 4)`` boxes ``(row0, col0, row1, col1)`` to model-input ``(x0, y0, x1, y1)``.
+
+        Corners may come in any order; they are sorted so that ``x0 <= x1`` and ``y0 <= y1``.
+        """
+        b = np.asarray(boxes_rc, dtype=np.float64)
+        if b.shape[-1] != 4:
+            raise ValueError(
+                f"boxes must have shape (..., 4) as (row0, col0, row1, col1), got {b.shape}"
+            )
+        r = np.sort(b[..., [0, 2]], axis=-1)
+        c = np.sort(b[..., [1, 3]], axis=-1)
+        corners = np.stack([r[..., 0], c[..., 0], r[..., 1], c[..., 1]], axis=-1)
+        xy0 = self.points_to_xy(corners[..., :2])
+        xy1 = self.points_to_xy(corners[..., 2:])
+        return np.concatenate([xy0, xy1], axis=-1)

@@ -1,0 +1,448 @@
+"""SAM's promptable-segmentation training scheme (Kirillov et al. 2023, section 3 and appendix A).
+
+Per image the encoder runs once; per object a first prompt is drawn (a point uniform in the mask
+or the mask's box with noise), then refinement rounds add a point sampled uniformly from the error
+region (positive in false negatives, negative in false positives) and feed the previous low-res
+logits back as the mask prompt; a few final rounds add no point. The loss is focal + dice (20:1)
+on the predicted mask (the best of the three for an ambiguous single point) plus the MSE of the
+IoU head against the true IoU.
+
+All tensors here are in the model-input frame: images ``(3, S, S)``, masks ``(M, S, S)`` with
+``S = model.img_size``, points ``(x, y)`` as SAM's prompt encoder takes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .modeling import Sam
+from .preprocess import ResizeGeometry, to_rgb_uint8_range
+
+__all__ = [
+    "TrainConfig",
+    "dice_loss",
+    "focal_loss",
+    "prepare_example",
+    "sample_error_points",
+    "sample_points_in_masks",
+    "noisy_boxes",
+    "train",
+    "train_step",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training or fine-tuning run (saved into every checkpoint).
+
+    The paper uses 8 sampled refinement rounds plus 2 without new points; the defaults here are
+    smaller so that training on a laptop CPU makes progress, and are recorded in the checkpoint.
+    """
+
+    steps: int = 1000
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    objects_per_image: int = 8
+    refine_rounds: int = 3
+    maskonly_rounds: int = 1
+    box_probability: float = 0.5
+    box_noise: float = 0.1
+    box_noise_max: float = 20.0
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    min_object_pixels: int = 4
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    extra: dict = field(default_factory=dict)
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+               gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss per mask, averaged over pixels: ``(..., H, W) -> (...)``."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return (alpha_t * loss).flatten(-2).mean(-1)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft dice loss per mask: ``(..., H, W) -> (...)``."""
+    p = torch.sigmoid(logits).flatten(-2)
+    t = target.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks ``(..., H, W) -> (...)``; 1 where both are empty."""
+    inter = (pred & target).flatten(-2).sum(-1).float()
+    union = (pred | target).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+# -- prompt simulation -------------------------------------------------------------------------
+
+
+def sample_points_in_masks(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One point uniformly inside each mask.
+
+    Parameters
+    ----------
+    masks : torch.Tensor, shape (M, H, W), bool
+        Non-empty masks.
+
+    Returns
+    -------
+    torch.Tensor, shape (M, 2), float
+        ``(x, y)`` pixel coordinates.
+    """
+    m, h, w = masks.shape
+    weights = masks.reshape(m, -1).float()
+    empty = weights.sum(-1) == 0
+    weights[empty] = 1.0
+    idx = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    return torch.stack([(idx % w).float(), (idx // w).float()], dim=-1)
+
+
+def sample_error_points(
+    pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A corrective click per object, uniform in the error region of the previous prediction.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor, shape (M, H, W), bool
+
+    Returns
+    -------
+    points : torch.Tensor, shape (M, 2)
+        ``(x, y)``.
+    labels : torch.Tensor, shape (M,), int64
+        1 where the point fell in a false negative, 0 in a false positive, -1 (a padding point
+        that the prompt encoder ignores) where the prediction had no error.
+    """
+    error = pred ^ target
+    points = sample_points_in_masks(error, generator)
+    x, y = points[:, 0].long(), points[:, 1].long()
+    rows = torch.arange(len(points))
+    labels = target[rows, y, x].long()
+    labels[error.flatten(1).sum(-1) == 0] = -1
+    return points, labels
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight ``(x0, y0, x1, y1)`` boxes of ``(M, H, W)`` masks."""
+    m, h, w = masks.shape
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    any_row = masks.any(-1)
+    any_col = masks.any(-2)
+    big = torch.tensor(10**9, device=masks.device)
+    y0 = torch.where(any_row, ys, big).min(-1).values
+    y1 = torch.where(any_row, ys, -big).max(-1).values
+    x0 = torch.where(any_col, xs, big).min(-1).values
+    x1 = torch.where(any_col, xs, -big).max(-1).values
+    return torch.stack([x0, y0, x1, y1], dim=-1).float()
+
+
+def noisy_boxes(
+    masks: torch.Tensor, generator: torch.Generator, noise: float = 0.1, noise_max: float = 20.0
+) -> torch.Tensor:
+    """The masks' boxes with Gaussian noise of ``noise`` x side length, at most ``noise_max`` px."""
+    boxes = masks_to_boxes(masks)
+    side = torch.stack(
+        [boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=-1
+    ).clamp(min=1.0)
+    jitter = torch.randn(boxes.shape, generator=generator) * noise * side
+    jitter = jitter.clamp(-noise_max, noise_max)
+    h, w = masks.shape[-2:]
+    out = boxes + jitter
+    out[:, 0::2] = out[:, 0::2].clamp(0, w - 1)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h - 1)
+    x0, x1 = torch.minimum(out[:, 0], out[:, 2]), torch.maximum(out[:, 0], out[:, 2])
+    y0, y1 = torch.minimum(out[:, 1], out[:, 3]), torch.maximum(out[:, 1], out[:, 3])
+    return torch.stack([x0, y0, x1, y1], dim=-1)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def prepare_example(
+    image: np.ndarray, labels: np.ndarray, img_size: int, min_object_pixels: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring a 2D image and its instance labels into the model-input frame.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, shape (H, W) or (H, W, 3)
+    labels : numpy.ndarray, shape (H, W), int
+        0 background, other values instances.
+    img_size : int
+        The model's input side ``S``.
+
+    Returns
+    -------
+    pixels : torch.Tensor, shape (3, h, w), float32 in [0, 255]
+        The image resized so that its longest side is ``S`` (not yet normalised or padded).
+    masks : torch.Tensor, shape (M, S, S), bool
+        One mask per instance with at least ``min_object_pixels`` pixels after resizing, padded.
+    """
+    if image.shape[:2] != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
+    geometry = ResizeGeometry(labels.shape, img_size)
+    rgb = torch.from_numpy(to_rgb_uint8_range(image)).permute(2, 0, 1)[None]
+    pixels = F.interpolate(rgb, size=geometry.input_size, mode="bilinear",
+                           align_corners=False, antialias=True)[0]
+    lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
+    lab = F.interpolate(lab, size=geometry.input_size, mode="nearest")[0, 0].long()
+    ids = torch.unique(lab)
+    ids = ids[ids != 0]
+    h, w = geometry.input_size
+    masks = torch.zeros((len(ids), img_size, img_size), dtype=torch.bool)
+    if len(ids):
+        masks[:, :h, :w] = lab[None] == ids[:, None, None]
+        masks = masks[masks.flatten(1).sum(-1) >= min_object_pixels]
+    return pixels, masks
+
+
+# -- the step ----------------------------------------------------------------------------------
+
+
+def _decode_all(model: Sam, features, points, boxes, mask_input):
+    """Prompt encoder + mask decoder returning all four outputs: (M, 4, 4h, 4w), (M, 4)."""
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+    return model.mask_decoder.predict_masks(
+        image_embeddings=features,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+    )
+
+
+def train_step(
+    model: Sam,
+    pixels: torch.Tensor,
+    masks: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> dict[str, float] | tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one image with its objects under SAM's simulated interactive prompting.
+
+    Parameters
+    ----------
+    model : Sam
+    pixels : torch.Tensor, shape (3, h, w), float in [0, 255]
+    masks : torch.Tensor, shape (M, S, S), bool
+        Ground-truth objects (already subsampled to at most ``config.objects_per_image``).
+
+    Returns
+    -------
+    loss : torch.Tensor, scalar
+    stats : dict
+        ``loss``, ``iou_first`` (mean IoU after the first prompt), ``iou_last``.
+    """
+    device = model.device
+    masks = masks.to(device)
+    target = masks.float()
+    m = masks.shape[0]
+    S = model.img_size
+    features = model.image_encoder(model.preprocess(pixels[None].to(device)))
+
+    use_box = torch.rand(m, generator=generator) < config.box_probability
+    boxes = noisy_boxes(masks.cpu(), generator, config.box_noise, config.box_noise_max).to(device)
+    pts = sample_points_in_masks(masks.cpu(), generator).to(device)
+    # Box objects carry a padding point (label -1) so that all objects batch together.
+    coords = pts[:, None, :]
+    labels = torch.where(use_box.to(device), -1, 1).long()[:, None]
+
+    total = torch.zeros((), device=device)
+    n_rounds = 1 + config.refine_rounds + config.maskonly_rounds
+    mask_input = None
+    ious = []
+    for r in range(n_rounds):
+        box_arg = boxes.clone()
+        # prompt encoder has no per-object "no box": objects without a box are decoded separately
+        out_logits = torch.empty((m, 4, 4 * features.shape[-2], 4 * features.shape[-1]),
+                                 device=device)
+        out_iou = torch.empty((m, 4), device=device)
+        for sel, with_box in ((use_box, True), (~use_box, False)):
+            idx = torch.nonzero(sel.to(device))[:, 0]
+            if len(idx) == 0:
+                continue
+            lo, io = _decode_all(
+                model,
+                features,
+                (coords[idx], labels[idx]),
+                box_arg[idx] if with_box else None,
+                None if mask_input is None else mask_input[idx],
+            )
+            out_logits[idx] = lo
+            out_iou[idx] = io
+        up = F.interpolate(out_logits, size=(S, S), mode="bilinear", align_corners=False)
+        per_mask = config.focal_weight * focal_loss(up, target[:, None].expand_as(up))
+        per_mask = per_mask + config.dice_weight * dice_loss(up, target[:, None].expand_as(up))
+        with torch.no_grad():
+            true_iou = mask_iou(up > 0, masks[:, None].expand_as(up))
+        iou_loss = F.mse_loss(out_iou, true_iou, reduction="none")
+        # Ambiguous prompt (one point, no box, first round): best of the three multimask outputs;
+        # otherwise the single-output token (index 0), as SAM does for richer prompts.
+        ambiguous = (~use_box.to(device)) & (r == 0)
+        multi_best = per_mask[:, 1:].argmin(-1) + 1
+        chosen = torch.where(ambiguous, multi_best, torch.zeros_like(multi_best))
+        rows = torch.arange(m, device=device)
+        mask_term = per_mask[rows, chosen]
+        iou_term = torch.where(ambiguous, iou_loss[:, 1:].mean(-1), iou_loss[:, 0])
+        total = total + (mask_term + config.iou_weight * iou_term).mean()
+        ious.append(float(true_iou[rows, chosen].mean()))
+
+        if r == n_rounds - 1:
+            break
+        chosen_low = out_logits[rows, chosen].detach()[:, None]
+        mask_input = chosen_low
+        if r < config.refine_rounds:
+            pred = (up[rows, chosen] > 0).detach()
+            new_pts, new_lab = sample_error_points(pred.cpu(), masks.cpu(), generator)
+            coords = torch.cat([coords, new_pts.to(device)[:, None]], dim=1)
+            labels = torch.cat([labels, new_lab.to(device)[:, None]], dim=1)
+    loss = total / n_rounds
+    return loss, {"loss": float(loss), "iou_first": ious[0], "iou_last": ious[-1]}
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    model: Sam,
+    examples: Iterator[tuple[np.ndarray, np.ndarray]],
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = True,
+    progress: Callable[[int, int, dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place on ``examples`` and write its weights to ``out``.
+
+    A resumable training state (model, optimizer, step, config, log) is kept beside ``out`` as
+    ``<out>.state.pt`` every ``config.checkpoint_every`` steps; with ``resume`` a run restarts from
+    it. The final file ``out`` holds the model's state dict only (loadable with ``build_model``).
+
+    Parameters
+    ----------
+    model : Sam
+    examples : iterator of (image (H, W[, 3]), labels (H, W))
+        Training images with instance labels, drawn as needed (one per step).
+    config : TrainConfig
+    out : path
+    resume : bool
+    progress : callable, optional
+        ``progress(step, total, stats)`` after each step.
+    should_stop : callable, optional
+        Polled every step; when it returns True the state is saved and training stops early.
+
+    Returns
+    -------
+    list of dict
+        The log: one dict of stats per logged step.
+    """
+    out = Path(out)
+    state_path = out.with_name(out.name + ".state.pt")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    step, log = 0, []
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, log = int(state["step"]), json.loads(state["log"])
+        generator.manual_seed(config.seed + step)
+        rng = np.random.default_rng(config.seed + step)
+
+    def save_state():
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "config": json.dumps(asdict(config)),
+                "log": json.dumps(log),
+            },
+            state_path,
+        )
+
+    model.train()
+    t0 = time.perf_counter()
+    window: list[dict] = []
+    while step < config.steps:
+        image, labels = next(examples)
+        pixels, masks = prepare_example(image, labels, model.img_size, config.min_object_pixels)
+        if len(masks) == 0:
+            continue
+        if len(masks) > config.objects_per_image:
+            keep = rng.choice(len(masks), config.objects_per_image, replace=False)
+            masks = masks[torch.from_numpy(np.sort(keep))]
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        loss, stats = train_step(model, pixels, masks, config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        window.append(stats)
+        if step % config.log_every == 0 or step == config.steps:
+            entry = {k: float(np.mean([s[k] for s in window])) for k in window[0]}
+            entry.update(step=step, lr=_lr_at(step - 1, config),
+                         seconds=round(time.perf_counter() - t0, 1))
+            log.append(entry)
+            window = []
+        if progress is not None:
+            progress(step, config.steps, stats)
+        if step % config.checkpoint_every == 0:
+            save_state()
+        if should_stop is not None and should_stop():
+            save_state()
+            break
+    model.eval()
+    if step >= config.steps:
+        _atomic_save(model.state_dict(), out)
+        save_state()
+    return log

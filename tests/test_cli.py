@@ -1,0 +1,80 @@
+"""The napari-sam command line: segment, models, errors as one line with exit code 2."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_sam import cli
+from napari_sam.build import build_sam, tiny_config
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    torch.manual_seed(0)
+    model = build_sam(tiny_config())
+    monkeypatch.setattr(cli, "_load_model", lambda args: model)
+    return model
+
+
+@pytest.fixture
+def stack(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16))
+    return path
+
+
+def test_help_runs_as_a_console_command():
+    out = subprocess.run([sys.executable, "-m", "napari_sam.cli", "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "segment" in out.stdout
+
+
+def test_segment_stack_from_csv_and_box(tmp_path, stack, tiny_model, capsys):
+    csv = tmp_path / "points.csv"
+    csv.write_text("index,axis-0,axis-1,axis-2,label\n0,2,10,12,1\n1,2,30,30,0\n")
+    out = tmp_path / "labels.tif"
+    code = cli.main(["segment", str(stack), "--points", str(csv), "--box", "1,5,5,30,40",
+                     "--out", str(out)])
+    assert code == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (4, 40, 50)
+    assert set(np.unique(labels[[0, 3]])) == {0}
+    assert set(np.unique(labels[2])) <= {0, 1}
+    assert set(np.unique(labels[1])) <= {0, 2}
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "missing.tif", "--box", "0,0,5,5", "--out", "o.tif"], "no such file"),
+        (["segment", "{stack}", "--out", "o.tif"], "no prompts"),
+        (["segment", "{stack}", "--box", "0,0,5,5", "--out", "o.tif"], "plane index"),
+        (["segment", "{stack}", "--box", "9,0,0,5,5", "--out", "o.tif"], "outside the image"),
+        (["segment", "{stack}", "--box", "0,0,0,500,5", "--out", "o.tif"], "outside the 40x50"),
+        (["segment", "{stack}", "--points", "{csv}", "--out", "o.tif"], "expected coordinate"),
+        (["segment", "{stack}", "--box", "0,0,0,5,5", "--out", "nodir/o.tif"], "does not exist"),
+    ],
+)
+def test_bad_input_one_line_exit_2(tmp_path, stack, tiny_model, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "bad.csv"
+    csv.write_text("a,b\n1,2\n")
+    argv = [a.format(stack=stack, csv=csv) for a in args]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-sam: error:") and "\n" not in err
+    assert message in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_unknown_model_is_a_clean_error(stack, tmp_path, capsys):
+    code = cli.main(["segment", str(stack), "--box", "0,0,0,5,5", "--out",
+                     str(tmp_path / "o.tif"), "--model", "no_such_model"])
+    assert code == 2
+    assert "no_such_model" in capsys.readouterr().err

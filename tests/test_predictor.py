@@ -1,0 +1,198 @@
+"""SamPredictor: geometry, prompt handling, batching, and parity with Meta's predictor."""
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam.build import build_sam, tiny_config
+from napari_sam.predictor import ImageEmbedding, SamPredictor
+from napari_sam.preprocess import ResizeGeometry
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_sam(tiny_config())
+
+
+@pytest.fixture
+def predictor(model):
+    p = SamPredictor(model)
+    rng = np.random.default_rng(0)
+    p.set_image(rng.integers(0, 4000, size=(48, 64)).astype(np.uint16))
+    return p
+
+
+def test_geometry_maps_row_col_to_xy():
+    g = ResizeGeometry((50, 100), 64)
+    assert g.input_size == (32, 64)
+    np.testing.assert_allclose(g.points_to_xy([[10, 20]]), [[20 * 64 / 100, 10 * 32 / 50]])
+    # box corners in any order come out sorted as x0 <= x1, y0 <= y1
+    np.testing.assert_allclose(
+        g.boxes_to_xyxy([[40, 80, 10, 20]]), [[12.8, 6.4, 51.2, 25.6]], rtol=1e-6
+    )
+
+
+def test_predict_shapes_single_point(predictor):
+    masks, scores, low = predictor.predict(points=[[10, 20]], labels=[1])
+    assert masks.shape == (3, 48, 64) and masks.dtype == bool
+    assert scores.shape == (3,)
+    assert low.shape == (3, 32, 32)
+    masks1, scores1, _ = predictor.predict(points=[[10, 20]], labels=[1], multimask=False)
+    assert masks1.shape == (1, 48, 64) and scores1.shape == (1,)
+
+
+def test_several_boxes_decode_several_objects(predictor):
+    boxes = np.array([[2, 2, 20, 30], [25, 30, 45, 60]])
+    masks, scores, low = predictor.predict(box=boxes, multimask=False)
+    assert masks.shape == (2, 1, 48, 64) and scores.shape == (2, 1) and low.shape == (2, 1, 32, 32)
+    # each object equals its own single-box decode
+    for i, b in enumerate(boxes):
+        m, s, _ = predictor.predict(box=b, multimask=False)
+        np.testing.assert_array_equal(masks[i], m)
+        np.testing.assert_allclose(scores[i], s, rtol=1e-4, atol=1e-5)
+
+
+def test_mask_prompt_changes_output_and_roundtrips(predictor):
+    base, _, low = predictor.predict(points=[[10, 20]], labels=[1], multimask=False)
+    mask = np.zeros((48, 64), bool)
+    mask[5:30, 10:40] = True
+    logits = predictor.mask_to_logits(mask)
+    assert logits.shape == (1, 32, 32)
+    assert logits.max() > 0 > logits.min()
+    with_mask, _, _ = predictor.predict(points=[[10, 20]], labels=[1], mask_input=mask,
+                                        multimask=False, return_logits=True)
+    with_logits, _, _ = predictor.predict(points=[[10, 20]], labels=[1], mask_input=logits,
+                                          multimask=False, return_logits=True)
+    np.testing.assert_allclose(with_mask, with_logits)
+    plain, _, _ = predictor.predict(points=[[10, 20]], labels=[1], multimask=False,
+                                    return_logits=True)
+    assert not np.allclose(plain, with_mask)
+
+
+def test_segment_picks_best_of_three_for_one_point(predictor):
+    masks, scores, _ = predictor.predict(points=[[10, 20]], labels=[1])
+    mask, score, low = predictor.segment(points=[[10, 20]], labels=[1])
+    best = int(np.argmax(scores))
+    np.testing.assert_array_equal(mask, masks[best])
+    assert score == pytest.approx(float(scores[best]))
+    assert low.shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "no prompt"),
+        ({"points": [[1, 2]], "labels": [2]}, "1 \\(positive\\) or 0"),
+        ({"points": [[1, 2], [3, 4]], "labels": [1]}, "do not match"),
+        ({"points": [[np.nan, 2]]}, "finite"),
+        ({"box": [1, 2, 3]}, "row0, col0, row1, col1"),
+        ({"mask_input": np.zeros((5, 5))}, "does not match the slice"),
+    ],
+)
+def test_bad_prompts_raise_clear_errors(predictor, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        predictor.predict(**kwargs)
+
+
+def test_predict_before_set_image(model):
+    with pytest.raises(RuntimeError, match="set_image"):
+        SamPredictor(model).predict(points=[[1, 1]])
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((1, 1), np.uint8),
+        np.full((30, 20), 7.0),
+        np.array([[np.nan, np.inf], [-np.inf, 1.0]]),
+        np.random.default_rng(1).random((20, 30, 3)).astype(np.float32),
+        np.random.default_rng(2).integers(0, 255, (40, 30, 3), dtype=np.uint8),
+    ],
+    ids=["1px", "constant", "nan-inf", "rgb-float", "rgb-uint8"],
+)
+def test_any_slice_embeds_and_decodes(model, image):
+    p = SamPredictor(model)
+    p.set_image(image)
+    emb = p.embedding
+    assert emb.original_size == image.shape[:2]
+    assert torch.isfinite(emb.features).all()
+    masks, _, _ = p.predict(points=[[0, 0]])
+    assert masks.shape[1:] == image.shape[:2]
+
+
+def test_set_embedding_reuses_features(model, predictor):
+    emb = predictor.embedding
+    other = SamPredictor(model)
+    other.set_embedding(emb)
+    a, _, _ = predictor.predict(points=[[10, 20]], return_logits=True)
+    b, _, _ = other.predict(points=[[10, 20]], return_logits=True)
+    np.testing.assert_array_equal(a, b)
+    wrong = ImageEmbedding(emb.features, emb.original_size, emb.img_size * 2)
+    with pytest.raises(ValueError, match="model input"):
+        other.set_embedding(wrong)
+
+
+def _meta_tiny_sam(ours):
+    """Meta's modules with the same tiny hyperparameters, loaded with our weights."""
+    sa = pytest.importorskip("segment_anything")
+    from segment_anything.modeling import (
+        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
+    )
+
+    c = tiny_config()
+    emb = c.img_size // c.patch_size
+    ref = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=c.encoder_depth, embed_dim=c.encoder_embed_dim, img_size=c.img_size,
+            mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=c.encoder_num_heads,
+            patch_size=c.patch_size, qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=tuple(c.encoder_global_attn_indexes),
+            window_size=c.window_size, out_chans=c.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c.prompt_embed_dim, image_embedding_size=(emb, emb),
+            input_image_size=(c.img_size, c.img_size), mask_in_chans=c.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=c.decoder_depth, embedding_dim=c.prompt_embed_dim,
+                mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_num_heads,
+            ),
+            transformer_dim=c.prompt_embed_dim, iou_head_depth=c.iou_head_depth,
+            iou_head_hidden_dim=c.iou_head_hidden_dim,
+        ),
+    )
+    ref.load_state_dict(ours.state_dict())
+    ref.eval()
+    return sa.SamPredictor(ref)
+
+
+def test_matches_meta_predictor_in_napari_coordinates(model):
+    """Same weights, same uint8 RGB image: our (row, col) prompts give Meta's (x, y) results."""
+    ref = _meta_tiny_sam(model)
+    rng = np.random.default_rng(3)
+    # longest side == img_size, so neither pipeline resamples the pixels
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    ours = SamPredictor(model)
+    ours.set_image(image)
+    ref.set_image(image)
+    np.testing.assert_allclose(
+        ours.get_image_embedding().numpy(), ref.get_image_embedding().numpy(),
+        rtol=1e-4, atol=1e-5,
+    )
+    rc = np.array([[10.0, 40.0], [30.0, 12.0]])
+    m1, s1, l1 = ours.predict(points=rc, labels=[1, 0], multimask=True)
+    m2, s2, l2 = ref.predict(point_coords=rc[:, ::-1], point_labels=np.array([1, 0]),
+                             multimask_output=True)
+    np.testing.assert_allclose(l1, l2, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-4)
+    assert (m1 == m2).mean() > 0.999
+    box_rc = np.array([5.0, 8.0, 40.0, 50.0])
+    m1, s1, _ = ours.predict(box=box_rc, multimask=False)
+    m2, s2, _ = ref.predict(box=box_rc[[1, 0, 3, 2]], multimask_output=False)
+    np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-4)
+    assert (m1 == m2).mean() > 0.999
