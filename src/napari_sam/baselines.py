@@ -1,9 +1,10 @@
 """A classical nucleus segmentation to compare SAM against, and instance-segmentation metrics.
 
 :func:`classical_instances` is the textbook pipeline (Gaussian smoothing, a global automatic
-threshold, distance-transform watershed to split touching nuclei). :func:`evaluate_classical_interactive`
-scores it with the same single-click protocol and result format as
-:func:`napari_sam.evaluation.evaluate_image`, so the two numbers can be put side by side.
+threshold, distance-transform watershed to split touching nuclei).
+:func:`evaluate_classical_interactive` scores it with the same single-click protocol and result
+format as :func:`napari_sam.evaluation.evaluate_image`, so the two numbers can be put side by
+side.
 :func:`instance_metrics` scores any automatic instance segmentation against ground truth with
 F1 at IoU 0.5 and the mean segmentation accuracy of the DSB 2018 / StarDist papers.
 
@@ -184,7 +185,9 @@ def instance_metrics(
     """
     pred, gt = np.asarray(pred_labels), np.asarray(gt_labels)
     if pred.shape != gt.shape:
-        raise ValueError(f"pred_labels of shape {pred.shape} and gt_labels of shape {gt.shape} differ")
+        raise ValueError(
+            f"pred_labels of shape {pred.shape} and gt_labels of shape {gt.shape} differ"
+        )
     for name, arr in (("pred_labels", pred), ("gt_labels", gt)):
         if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
             raise ValueError(f"{name} must be an integer label image, got dtype {arr.dtype}")

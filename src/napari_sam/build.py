@@ -126,7 +126,9 @@ class SamConfig:
         if not isinstance(self.window_size, int) or self.window_size < 0:
             raise ValueError(f"window_size must be an int >= 0, got {self.window_size!r}")
         if self.prompt_embed_dim % 8:
-            raise ValueError(f"prompt_embed_dim must be a multiple of 8, got {self.prompt_embed_dim}")
+            raise ValueError(
+                f"prompt_embed_dim must be a multiple of 8, got {self.prompt_embed_dim}"
+            )
         if (self.prompt_embed_dim // 2) % self.decoder_num_heads:
             raise ValueError(
                 f"decoder_num_heads ({self.decoder_num_heads}) must divide prompt_embed_dim / 2 "
@@ -170,9 +172,27 @@ MODEL_CONFIGS: dict[str, SamConfig] = {
     ),
 }
 
-#: Other names :func:`build_model` accepts. "default" is the smallest model: the only one that
-#: is comfortable on a CPU.
-MODEL_ALIASES: dict[str, str] = {"default": "vit_b"}
+#: The project's own small model (same architecture family, trained here with SAM's scheme on
+#: synthetic microscopy; see docs/default-model.md). A 512 px input with 8 px patches gives the
+#: same 64 x 64 embedding grid as SAM, at a fraction of ViT-B's cost.
+DEFAULT_CONFIG = SamConfig(
+    img_size=512,
+    patch_size=8,
+    encoder_embed_dim=128,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(3,),
+    window_size=16,
+    prompt_embed_dim=128,
+    mask_in_chans=16,
+    decoder_mlp_dim=512,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=128,
+)
+MODEL_CONFIGS["default"] = DEFAULT_CONFIG
+
+#: Other names :func:`build_model` accepts.
+MODEL_ALIASES: dict[str, str] = {}
 
 
 def tiny_config(img_size: int = 64, **overrides) -> SamConfig:
@@ -275,12 +295,12 @@ def build_sam(config: SamConfig) -> Sam:
 
 
 def list_models(*, include_aliases: bool = False) -> list[str]:
-    """Registry names :func:`build_model` accepts, smallest model first.
+    """Registry names :func:`build_model` accepts, in registration order.
 
     Parameters
     ----------
     include_aliases : bool
-        Also list the aliases of :data:`MODEL_ALIASES` (such as ``"default"``).
+        Also list the alternative names of :data:`MODEL_ALIASES`.
     """
     names = list(MODEL_CONFIGS)
     if include_aliases:
@@ -318,7 +338,7 @@ def build_model(
     Parameters
     ----------
     name : str or os.PathLike
-        A registry name (:func:`list_models`, or an alias such as ``"default"``), or the path
+        A registry name (:func:`list_models`, or an alias from :data:`MODEL_ALIASES`), or the path
         of a checkpoint file whose model type is then detected from its tensor shapes.
     checkpoint : str or os.PathLike, optional
         Weights for the registry model ``name`` (a fine-tuned model, or an official file kept

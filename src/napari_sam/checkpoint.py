@@ -88,15 +88,20 @@ def _torch_load(path: Path) -> Any:
         mmap = zipfile.is_zipfile(path)
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
+        message = str(exc)
+        if "weights only load failed" not in message.lower():
             raise CheckpointError(_not_a_checkpoint(path, exc)) from exc
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        what = f" (for example {found.group(1)})" if found else ""
+        found = re.search(r"\bGLOBAL\s+([\w.]+)", message)
+        if found is None:  # the safe unpickler met bytes it cannot read: not a torch file
+            reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", message)
+            detail = reason.group(1).strip() if reason else "unreadable data"
+            raise CheckpointError(_not_a_checkpoint(path, detail)) from None
         raise CheckpointError(
-            f"checkpoint {str(path)!r} contains pickled Python objects{what} besides the weights. "
-            "They are refused because unpickling them can run arbitrary code. If you trust the "
-            "file, load it once yourself with torch.load(path, weights_only=False) and "
-            "torch.save() only its state dict (a dict of tensors) to a new file."
+            f"checkpoint {str(path)!r} contains pickled Python objects (for example "
+            f"{found.group(1)}) besides the weights. They are refused because unpickling them "
+            "can run arbitrary code. If you trust the file, load it once yourself with "
+            "torch.load(path, weights_only=False) and torch.save() only its state dict (a dict "
+            "of tensors) to a new file."
         ) from None
     except (MemoryError, KeyboardInterrupt):
         raise
@@ -104,11 +109,15 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(_not_a_checkpoint(path, exc)) from exc
 
 
-def _not_a_checkpoint(path: Path, exc: BaseException) -> str:
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+def _not_a_checkpoint(path: Path, exc: BaseException | str) -> str:
+    if isinstance(exc, str):
+        detail = exc
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     return (
-        f"{str(path)!r} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
-        f"{detail[:200]}); it may be truncated, damaged, or another kind of file"
+        f"{str(path)!r} is not a readable PyTorch checkpoint ({detail[:200]}); it may be "
+        "truncated, damaged, or another kind of file"
     )
 
 

@@ -17,7 +17,9 @@ def _mps_available() -> bool:
 
 def available_devices() -> list[str]:
     """Device names usable on this machine, best first, e.g. ``["cuda:0", "cuda:1", "cpu"]``."""
-    names = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    names = []
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if _mps_available():
         names.append("mps")
     names.append("cpu")
@@ -62,7 +64,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
                 f"(available here: {', '.join(available_devices())})"
             ) from None
     else:
-        raise TypeError(f"device must be a str, a torch.device or None, got {type(device).__name__}")
+        raise TypeError(
+            f"device must be a str, a torch.device or None, got {type(device).__name__}"
+        )
 
     available = ", ".join(available_devices())
     if dev.type == "cuda":
@@ -93,13 +97,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 def default_dtype(device: str | torch.device | None = None) -> torch.dtype:
     """The floating-point dtype for the model's weights and inputs on ``device``.
 
-    Always ``torch.float32``: it is what SAM was validated in, it is supported everywhere
-    (MPS has no float64), and half precision is a separate, explicit choice.
+    Always ``torch.float32`` for now: SAM was validated in it, every backend supports it (MPS
+    has no float64), and half precision is a separate, explicit choice. The argument is there
+    so that a device-dependent choice does not change the signature.
 
     Parameters
     ----------
     device : str or torch.device, optional
-        As for :func:`resolve_device`; validated the same way.
+        The device the model runs on (not checked here).
     """
-    resolve_device(device)
     return torch.float32

@@ -19,7 +19,7 @@ offset, ``float32``: 0..1). Values beyond the white level clip, which is how a f
 objects ends up saturated.
 
 Training vs held-out settings (:func:`random_settings`)
-------------------------------------------------------
+-------------------------------------------------------
 ``held_out=False`` (training) draws Gaussian PSFs, smooth chromatin texture with *dark*
 nucleoli (human-cell DAPI), nucleus radii of 5..40 px, coverage 5..45 %, 30..3000 photons per
 unit, mild illumination gradients and no fixed-pattern noise.
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 from scipy import ndimage
 from scipy.signal import fftconvolve
 from scipy.spatial import cKDTree
@@ -311,7 +310,8 @@ def _draw_harmonics(
     if settings.n_harmonics < 2:
         return np.zeros((n, 0, ndim)), np.zeros((n, 0), int), np.zeros((n, 0))
     if ndim == 2:
-        orders = np.broadcast_to(np.arange(2, settings.n_harmonics + 1), (n, settings.n_harmonics - 1))
+        orders = np.broadcast_to(np.arange(2, settings.n_harmonics + 1),
+                                 (n, settings.n_harmonics - 1))
         psi = rng.uniform(0, 2 * np.pi, orders.shape)
         dirs = np.stack([np.sin(psi), np.cos(psi)], axis=-1)
     else:
@@ -344,7 +344,7 @@ def _place_centres(
     extents: np.ndarray,
     metric: np.ndarray,
     settings: SyntheticSettings,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy random placement; returns the indices of the accepted candidates and positions.
 
     ``domain`` is ``(ndim, 2)`` physical bounds of the centres, ``radii``/``extents`` the
@@ -419,27 +419,16 @@ def _make_scene(
             obj_size = 4.0 / 3.0 * np.pi * axial_mean * r_med**3
         else:
             obj_size = np.pi * r_med**2
-        n_target = int(round(cov * np.prod(extent_phys + 2 * margin) / obj_size))
+        expected = cov * np.prod(extent_phys + 2 * margin) / obj_size
+        n_target = int(expected + rng.random())  # unbiased rounding: small images get objects
     if n_target <= 0:
         return [], r_med
 
-    n_cand = 4 * n_target + 20
-    radii = np.clip(r_med * np.exp(settings.radius_spread * rng.standard_normal(n_cand)),
-                    r_lo, r_hi)
-    elong = rng.uniform(*settings.elongation, n_cand)
-    axial = rng.uniform(*settings.axial_ratio, n_cand) if is3d else np.ones(n_cand)
-    # outer extent of an outline with harmonics of total amplitude ~ 3x irregularity
-    extents = radii * np.sqrt(elong) * (1.0 + min(3 * settings.irregularity, 0.6))
-    metric = np.ones(ndim)
-    if is3d:
-        metric[0] = 1.0 / axial_mean
-    # centres may lie a little outside, so objects are cut by the image border
-    pad = 0.4 * r_med * np.where(metric != 1, axial_mean, 1.0) + margin
-    domain = np.stack([-0.5 * spacing - pad, extent_phys - 0.5 * spacing + pad], axis=1)
-    idx, centres = _place_centres(rng, n_target, domain, radii, extents, metric, settings)
-
-    n = idx.size
-    radius, elong, axial = radii[idx], elong[idx], axial[idx]
+    # Draw every candidate's shape first, so that placement knows its true outer extent.
+    n = 4 * n_target + 20
+    radius = np.clip(r_med * np.exp(settings.radius_spread * rng.standard_normal(n)), r_lo, r_hi)
+    elong = rng.uniform(*settings.elongation, n)
+    axial = rng.uniform(*settings.axial_ratio, n) if is3d else np.ones(n)
     brightness = _draw_brightness(rng, n, settings)
     dome = np.full(n, settings.dome)
     tex_gain = np.full(n, settings.texture_strength)
@@ -465,9 +454,22 @@ def _make_scene(
         spots[..., 0] *= 0.6
     spot_sigmas = rng.uniform(*settings.spot_size, (n, s_hi))
 
+    # Placement compares 3D objects in coordinates where z is rescaled by the mean axial ratio.
+    metric = np.ones(ndim)
+    typical = np.full(ndim, r_med)
+    if is3d:
+        metric[0] = 1.0 / axial_mean
+        typical[0] *= axial_mean
+    outer = np.maximum(np.sqrt(elong), axial / axial_mean) * radius
+    outer *= 1.0 + np.abs(amps).sum(axis=1)
+    # centres may lie a little outside, so objects are cut by the image border
+    pad = 0.4 * typical + margin
+    domain = np.stack([-0.5 * spacing - pad, extent_phys - 0.5 * spacing + pad], axis=1)
+    idx, centres = _place_centres(rng, n_target, domain, radius, outer, metric, settings)
+
     blobs = [
         _Blob(
-            center=centres[j].copy(),
+            center=centre.copy(),
             inv_axes=_inv_axes(radius[j], elong[j], angle[j], axial[j] if is3d else None),
             harm_dirs=dirs[j],
             harm_orders=orders[j],
@@ -481,7 +483,7 @@ def _make_scene(
             extra={"radius": radius[j], "elong": elong[j], "angle": angle[j],
                    "base_amps": amps[j].copy()},
         )
-        for j in range(n)
+        for j, centre in zip(idx, centres)
     ]
     return blobs, r_med
 
@@ -511,18 +513,19 @@ def _texture_field(
 
 
 def _assign_texture_origins(
-    rng: np.random.Generator, blobs: list[_Blob], spacing: np.ndarray, settings: SyntheticSettings,
-    slack: float = 1.0,
+    rng: np.random.Generator, blobs: list[_Blob], spacing: np.ndarray, slack: float = 1.0,
 ) -> tuple[int, ...]:
-    """Give each blob a random anchor in a texture field; return the field's shape."""
+    """Give each blob a random anchor in a (wrapped) texture field; return the field's shape.
+
+    The field is larger than any blob's box, so no texture repeats within an object.
+    """
     if not blobs:
-        return tuple(np.ones_like(spacing, dtype=int) * 8)
+        return tuple(np.full(spacing.size, 8))
     ext = np.max([b.extent for b in blobs], axis=0) * slack / spacing
-    half = np.ceil(ext).astype(int) + 3
     room = np.maximum(16, np.round(64 / spacing).astype(int))
-    fshape = 2 * half + 1 + room
+    fshape = 2 * (np.ceil(ext).astype(int) + 3) + 1 + room
     for b in blobs:
-        b.tex_origin = half + rng.integers(0, room + 1)
+        b.tex_origin = rng.integers(0, fshape)
     return tuple(int(s) for s in fshape)
 
 
@@ -602,11 +605,13 @@ def _render_objects(
         # touching objects is where their normalised distances are equal.
         score = 1.0 - dn
         lab, zb = labels[sl], zbuf[sl]
-        win = inside & (score > zb)
-        taken = lab[win & (lab > 0)]
-        if taken.size or np.count_nonzero(win) != np.count_nonzero(inside):
+        owners = lab[inside]
+        if owners.any():
+            win = inside & (score > zb)
             conflicted.add(i)
-            conflicted.update((np.unique(taken) - 1).tolist())
+            conflicted.update((np.unique(owners[owners > 0]) - 1).tolist())
+        else:
+            win = inside
         lab[win] = i + 1
         zb[win] = score[win]
         crops[i] = crop
@@ -636,10 +641,13 @@ def _render_objects(
         dn_in = np.minimum(dn, 1.0)
         value = (1.0 - b.dome) + b.dome * np.sqrt(1.0 - dn_in * dn_in)
         if b.texture_gain > 0:
+            # the window moves with the object; wrapping only matters if a time-lapse object
+            # outgrows the field, and then costs a seam, not an error
             anchor = np.round(b.center / spacing).astype(int)
             start = b.tex_origin + lo - anchor
-            tsl = tuple(slice(int(s), int(s) + n_) for s, n_ in zip(start, dn.shape))
-            value = value * np.maximum(1.0 + b.texture_gain * texture[tsl], 0.05)
+            idx = np.ix_(*(np.arange(s, s + n_) % f for s, n_, f in
+                           zip(start, dn.shape, texture.shape)))
+            value = value * np.maximum(1.0 + b.texture_gain * texture[idx], 0.05)
         if b.spots.shape[0]:
             ndim = q.shape[0]
             p = b.spots.T.astype(np.float32).reshape(ndim, -1, *([1] * ndim))
@@ -762,15 +770,17 @@ def make_nuclei_2d(
     Examples
     --------
     >>> image, labels = make_nuclei_2d((128, 128), seed=1)
-    >>> image.shape, image.dtype, labels.max() > 0
-    ((128, 128), dtype('uint16'), True)
+    >>> image.shape, image.dtype, labels.dtype
+    ((128, 128), dtype('uint16'), dtype('int32'))
+    >>> bool(labels.max() > 0)
+    True
     """
     settings = SyntheticSettings() if settings is None else settings
     shape = _check_shape(shape, 2, "shape")
     rng = np.random.default_rng(seed)
     spacing = np.ones(2)
     blobs, r_med = _make_scene(rng, shape, spacing, settings)
-    tex_shape = _assign_texture_origins(rng, blobs, spacing, settings)
+    tex_shape = _assign_texture_origins(rng, blobs, spacing)
     texture = _texture_field(rng, tex_shape, spacing, settings)
     labels, signal, _ = _render_objects(blobs, shape, spacing, settings, texture)
     illum = _illumination(rng, shape, settings)
@@ -825,7 +835,7 @@ def make_nuclei_3d(
     rng = np.random.default_rng(seed)
     spacing = np.array([float(z_anisotropy), 1.0, 1.0])
     blobs, r_med = _make_scene(rng, shape, spacing, settings)
-    tex_shape = _assign_texture_origins(rng, blobs, spacing, settings)
+    tex_shape = _assign_texture_origins(rng, blobs, spacing)
     texture = _texture_field(rng, tex_shape, spacing, settings)
     labels, signal, _ = _render_objects(blobs, shape, spacing, settings, texture)
     if settings.depth_attenuation > 0 and shape[0] > 1:
@@ -850,10 +860,11 @@ def make_timelapse(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A 2D time-lapse of drifting, slowly deforming nuclei with tracked labels.
 
-    Each object moves by a persistent random walk (with a soft repulsion that keeps objects from
-    overlapping more than ``settings.max_overlap``), its outline harmonics and orientation drift,
-    its texture moves with it, and all signal bleaches a little per frame. Objects may enter or
-    leave through the image border.
+    Each object moves by a persistent random walk, and objects that come closer than the
+    settings allow (``max_overlap`` or ``min_gap``) are pushed apart. Outline harmonics and
+    orientation drift slowly, the texture moves with its object, and all signal bleaches a
+    little per frame. Objects may enter or leave through the image border. The illumination is
+    the same in every frame; the noise is drawn anew.
 
     Parameters
     ----------
@@ -889,14 +900,16 @@ def make_timelapse(
     spacing = np.ones(2)
     margin = min(speed * n_frames, 3 * settings.radius_range[1])
     blobs, r_med = _make_scene(rng, shape, spacing, settings, margin=margin)
-    tex_shape = _assign_texture_origins(rng, blobs, spacing, settings, slack=1.4)
+    tex_shape = _assign_texture_origins(rng, blobs, spacing, slack=1.4)
     texture = _texture_field(rng, tex_shape, spacing, settings)
     illum = _illumination(rng, shape, settings)
     n = len(blobs)
-    radii = np.array([b.extra["radius"] for b in blobs])
-    min_dist = (radii[:, None] + radii[None, :]) * (1.0 - settings.max_overlap)
-    if not settings.allow_touching:
-        min_dist = min_dist / (1.0 - settings.max_overlap) * 1.3 + settings.min_gap
+    if settings.allow_touching:
+        size = np.array([b.extra["radius"] for b in blobs]) * (1.0 - settings.max_overlap)
+        min_dist = size[:, None] + size[None, :]
+    else:  # the largest extent an outline can reach while it deforms (harmonics sum <= 0.6)
+        size = np.array([b.extra["radius"] * np.sqrt(b.extra["elong"]) * 1.6 for b in blobs])
+        min_dist = size[:, None] + size[None, :] + settings.min_gap
     persistence = 0.8
     velocity = rng.standard_normal((n, 2)) * speed / np.sqrt(2)
     rho = 1.0 - deformation
@@ -905,7 +918,7 @@ def make_timelapse(
     movie = np.empty((n_frames, *shape), np.dtype(settings.dtype))
     labels = np.empty((n_frames, *shape), np.int32)
     for t in range(n_frames):
-        if t > 0:
+        if t > 0 and n:
             velocity = (persistence * velocity
                         + np.sqrt(1 - persistence**2) * speed / np.sqrt(2)
                         * rng.standard_normal((n, 2)))

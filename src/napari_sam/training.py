@@ -47,6 +47,8 @@ class TrainConfig:
 
     The paper uses 8 sampled refinement rounds plus 2 without new points; the defaults here are
     smaller so that training on a laptop CPU makes progress, and are recorded in the checkpoint.
+    With ``backprop_all_rounds=False`` only the first and the last round carry gradients; the
+    rounds in between only simulate the user's corrections (about 3x cheaper per round).
     """
 
     steps: int = 1000
@@ -56,6 +58,7 @@ class TrainConfig:
     objects_per_image: int = 8
     refine_rounds: int = 3
     maskonly_rounds: int = 1
+    backprop_all_rounds: bool = False
     box_probability: float = 0.5
     box_noise: float = 0.1
     box_noise_max: float = 20.0
@@ -261,10 +264,15 @@ def train_step(
     """
     device = model.device
     masks = masks.to(device)
-    target = masks.float()
     m = masks.shape[0]
     S = model.img_size
     features = model.image_encoder(model.preprocess(pixels[None].to(device)))
+    low = 4 * features.shape[-1]
+    factor = S // low
+    # The loss lives in the decoder's low-res frame with soft (area-fraction) targets: 4x fewer
+    # pixels than the input frame, which keeps CPU training affordable.
+    target = F.avg_pool2d(masks[:, None].float(), factor)[:, 0] if factor > 1 else masks.float()
+    target_bool = target > 0.5
 
     use_box = torch.rand(m, generator=generator) < config.box_probability
     boxes = noisy_boxes(masks.cpu(), generator, config.box_noise, config.box_noise_max).to(device)
@@ -272,58 +280,76 @@ def train_step(
     # Box objects carry a padding point (label -1) so that all objects batch together.
     coords = pts[:, None, :]
     labels = torch.where(use_box.to(device), -1, 1).long()[:, None]
+    use_box_d = use_box.to(device)
+    rows = torch.arange(m, device=device)
 
     total = torch.zeros((), device=device)
+    n_grad = 0
     n_rounds = 1 + config.refine_rounds + config.maskonly_rounds
     mask_input = None
     ious = []
     for r in range(n_rounds):
-        box_arg = boxes.clone()
-        # prompt encoder has no per-object "no box": objects without a box are decoded separately
-        out_logits = torch.empty((m, 4, 4 * features.shape[-2], 4 * features.shape[-1]),
-                                 device=device)
-        out_iou = torch.empty((m, 4), device=device)
-        for sel, with_box in ((use_box, True), (~use_box, False)):
-            idx = torch.nonzero(sel.to(device))[:, 0]
-            if len(idx) == 0:
-                continue
-            lo, io = _decode_all(
-                model,
-                features,
-                (coords[idx], labels[idx]),
-                box_arg[idx] if with_box else None,
-                None if mask_input is None else mask_input[idx],
+        with_grad = config.backprop_all_rounds or r in (0, n_rounds - 1)
+        with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+            round_loss, round_iou, chosen_low = _round(
+                model, features, coords, labels, boxes, mask_input, use_box_d, target,
+                target_bool, first=r == 0, config=config,
             )
-            out_logits[idx] = lo
-            out_iou[idx] = io
-        up = F.interpolate(out_logits, size=(S, S), mode="bilinear", align_corners=False)
-        per_mask = config.focal_weight * focal_loss(up, target[:, None].expand_as(up))
-        per_mask = per_mask + config.dice_weight * dice_loss(up, target[:, None].expand_as(up))
-        with torch.no_grad():
-            true_iou = mask_iou(up > 0, masks[:, None].expand_as(up))
-        iou_loss = F.mse_loss(out_iou, true_iou, reduction="none")
-        # Ambiguous prompt (one point, no box, first round): best of the three multimask outputs;
-        # otherwise the single-output token (index 0), as SAM does for richer prompts.
-        ambiguous = (~use_box.to(device)) & (r == 0)
-        multi_best = per_mask[:, 1:].argmin(-1) + 1
-        chosen = torch.where(ambiguous, multi_best, torch.zeros_like(multi_best))
-        rows = torch.arange(m, device=device)
-        mask_term = per_mask[rows, chosen]
-        iou_term = torch.where(ambiguous, iou_loss[:, 1:].mean(-1), iou_loss[:, 0])
-        total = total + (mask_term + config.iou_weight * iou_term).mean()
-        ious.append(float(true_iou[rows, chosen].mean()))
-
+        if with_grad:
+            total = total + round_loss
+            n_grad += 1
+        ious.append(round_iou)
         if r == n_rounds - 1:
             break
-        chosen_low = out_logits[rows, chosen].detach()[:, None]
-        mask_input = chosen_low
+        mask_input = chosen_low[:, None]
         if r < config.refine_rounds:
-            pred = (up[rows, chosen] > 0).detach()
-            new_pts, new_lab = sample_error_points(pred.cpu(), masks.cpu(), generator)
+            pred = (chosen_low > 0).cpu()
+            new_pts, new_lab = sample_error_points(pred, target_bool.cpu(), generator)
+            # low-res pixel -> input pixel (centre of the low-res cell)
+            new_pts = (new_pts + 0.5) * factor - 0.5
             coords = torch.cat([coords, new_pts.to(device)[:, None]], dim=1)
             labels = torch.cat([labels, new_lab.to(device)[:, None]], dim=1)
-    loss = total / n_rounds
-    return loss, {"loss": float(loss), "iou_first": ious[0], "iou_last": ious[-1]}
+    loss = total / n_grad
+    return loss, {"loss": float(loss.detach()), "iou_first": ious[0], "iou_last": ious[-1]}
+
+
+def _round(model, features, coords, labels, boxes, mask_input, use_box, target, target_bool,
+           *, first: bool, config: TrainConfig):
+    """Decode every object once; return its loss, the mean IoU and the chosen low-res logits."""
+    m, low = target.shape[0], target.shape[-1]
+    device = features.device
+    rows = torch.arange(m, device=device)
+    out_logits = torch.empty((m, 4, low, low), device=device)
+    out_iou = torch.empty((m, 4), device=device)
+    # The prompt encoder takes a box for all objects of a call or for none: two groups.
+    for sel, with_box in ((use_box, True), (~use_box, False)):
+        idx = torch.nonzero(sel)[:, 0]
+        if len(idx) == 0:
+            continue
+        lo, io = _decode_all(
+            model,
+            features,
+            (coords[idx], labels[idx]),
+            boxes[idx] if with_box else None,
+            None if mask_input is None else mask_input[idx],
+        )
+        out_logits[idx] = lo
+        out_iou[idx] = io
+    tgt = target[:, None].expand_as(out_logits)
+    per_mask = config.focal_weight * focal_loss(out_logits, tgt)
+    per_mask = per_mask + config.dice_weight * dice_loss(out_logits, tgt)
+    with torch.no_grad():
+        true_iou = mask_iou(out_logits > 0, target_bool[:, None].expand_as(out_logits))
+    iou_loss = F.mse_loss(out_iou, true_iou, reduction="none")
+    # Ambiguous prompt (one point, no box, first round): best of the three multimask outputs;
+    # otherwise the single-output token (index 0), as SAM does for richer prompts.
+    ambiguous = (~use_box) & first
+    multi_best = per_mask[:, 1:].argmin(-1) + 1
+    chosen = torch.where(ambiguous, multi_best, torch.zeros_like(multi_best))
+    mask_term = per_mask[rows, chosen]
+    iou_term = torch.where(ambiguous, iou_loss[:, 1:].mean(-1), iou_loss[:, 0])
+    round_loss = (mask_term + config.iou_weight * iou_term).mean()
+    return round_loss, float(true_iou[rows, chosen].mean()), out_logits[rows, chosen].detach()
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -446,3 +472,100 @@ def train(
         _atomic_save(model.state_dict(), out)
         save_state()
     return log
+
+
+# -- data sources ------------------------------------------------------------------------------
+
+
+def synthetic_examples(
+    seed: int = 0,
+    shape: tuple[int, int] = (256, 256),
+    held_out: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless synthetic 2D nuclei images with labels, each with freshly drawn settings.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the stream; the same seed gives the same images.
+    shape : (int, int)
+        ``(H, W)`` of each image.
+    held_out : bool
+        Draw generator settings from the held-out distribution (for evaluation, not training).
+    """
+    from .synthetic import make_nuclei_2d, random_settings
+
+    rng = np.random.default_rng(seed)
+    while True:
+        settings = random_settings(rng, held_out=held_out)
+        image, labels = make_nuclei_2d(shape, seed=int(rng.integers(2**31)), settings=settings)
+        yield image, labels
+
+
+def folder_examples(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    crop: int,
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless random 2D crops of a user's annotated images (for fine-tuning).
+
+    Parameters
+    ----------
+    images : list of numpy.ndarray
+        2D ``(H, W)`` / ``(H, W, 3)`` images or 3D ``(Z, H, W)`` stacks.
+    labels : list of numpy.ndarray
+        Instance labels with the images' spatial shapes.
+    crop : int
+        Crops are at most ``crop`` x ``crop`` pixels (the model's input size keeps the pixel
+        scale of the data); planes without objects are skipped.
+    """
+    rng = np.random.default_rng(seed)
+    planes = []
+    for img, lab in zip(images, labels):
+        rgb = img.ndim == lab.ndim + 1
+        if lab.ndim == 2:
+            planes.append((img, lab))
+        else:
+            for z in range(lab.shape[0]):
+                if lab[z].any():
+                    planes.append((img[z], lab[z]))
+        del rgb
+    planes = [(i, lab) for i, lab in planes if lab.any()]
+    if not planes:
+        raise ValueError("the label images contain no objects")
+    while True:
+        img, lab = planes[int(rng.integers(len(planes)))]
+        h, w = lab.shape
+        r0 = int(rng.integers(0, max(1, h - crop + 1)))
+        c0 = int(rng.integers(0, max(1, w - crop + 1)))
+        sub = lab[r0 : r0 + crop, c0 : c0 + crop]
+        if not sub.any():
+            continue
+        yield img[r0 : r0 + crop, c0 : c0 + crop], sub
+
+
+def with_input_size(model: Sam, config, img_size: int) -> Sam:
+    """A copy of ``model`` for another input size (same weights, position embedding resampled).
+
+    The absolute position embedding is resized bicubically to the new patch grid; windowed
+    attention is size-independent and the global blocks' relative position tables are resampled
+    by the encoder itself. Used to train cheaply at a small input size and deploy at a larger one.
+    """
+    import dataclasses
+
+    from .build import build_sam
+
+    new_config = dataclasses.replace(config, img_size=img_size)
+    new = build_sam(new_config)
+    state = model.state_dict()
+    grid = new_config.image_embedding_size
+    pos = state["image_encoder.pos_embed"].permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False)
+    state["image_encoder.pos_embed"] = pos.permute(0, 2, 3, 1).contiguous()
+    for key, value in new.state_dict().items():
+        if key.endswith(("rel_pos_h", "rel_pos_w")) and state[key].shape != value.shape:
+            t = state[key].T[None]
+            state[key] = F.interpolate(t, size=value.shape[0], mode="linear")[0].T.contiguous()
+    new.load_state_dict(state)
+    return new.to(model.device)

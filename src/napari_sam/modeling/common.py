@@ -59,7 +59,9 @@ class MLP(nn.Module):
             raise ValueError(f"an MLP needs at least one layer, got num_layers={num_layers}")
         sizes_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         sizes_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(sizes_in, sizes_out))
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip(sizes_in, sizes_out, strict=True)
+        )
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

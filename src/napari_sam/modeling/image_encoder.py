@@ -32,6 +32,9 @@ __all__ = [
     "window_split",
 ]
 
+#: Largest relative-position bias materialised at once, in bytes (see RelPosAttention.forward).
+_BIAS_BUDGET_BYTES = 256 * 2**20
+
 
 class ImageEncoderViT(nn.Module):
     """Vision transformer backbone of SAM.
@@ -308,10 +311,23 @@ class RelPosAttention(nn.Module):
         # (B, h*w, 3*C) -> three (B, heads, h*w, head_dim)
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
-        if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            # The bias has (B, heads, h*w, h*w) entries: 1 GiB for one vit_h image in a global
+            # block. Heads are independent, so take a few at a time to bound the peak memory.
+            per_head = b * (h * w) ** 2 * q.element_size()
+            step = max(1, _BIAS_BUDGET_BYTES // per_head)
+            outs = []
+            for start in range(0, self.num_heads, step):
+                heads = slice(start, start + step)
+                bias = decomposed_rel_pos_bias(
+                    q[:, heads], self.rel_pos_h, self.rel_pos_w, (h, w), (h, w)
+                )
+                outs.append(
+                    F.scaled_dot_product_attention(q[:, heads], k[:, heads], v[:, heads], bias)
+                )
+            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
 
@@ -436,7 +452,9 @@ def decomposed_rel_pos_bias(
     table_w = relative_position_table(q_w, k_w, rel_pos_w).to(q.dtype)  # (q_w, k_w, C)
     b, n = q.shape[:2]
     grid_q = q.reshape(b, n, q_h, q_w, -1)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)  # (B, heads, q_h, q_w, k_h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)  # (B, heads, q_h, q_w, k_w)
+    # einsum may return permuted strides, which the broadcast sum would inherit and the final
+    # reshape would then copy: a full extra pass over the (large) bias in global blocks.
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h).contiguous()  # (B, n, q_h, q_w, k_h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w).contiguous()  # (B, n, q_h, q_w, k_w)
     bias = rel_h[..., :, None] + rel_w[..., None, :]  # (B, heads, q_h, q_w, k_h, k_w)
     return bias.reshape(b, n, q_h * q_w, k_h * k_w)

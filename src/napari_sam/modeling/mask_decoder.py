@@ -130,7 +130,8 @@ class MaskDecoder(nn.Module):
             )
         if image_embeddings.ndim != 4:
             raise ValueError(
-                f"image_embeddings must have shape (B, C, h, w), got {tuple(image_embeddings.shape)}"
+                "image_embeddings must have shape (B, C, h, w), "
+                f"got {tuple(image_embeddings.shape)}"
             )
         bs = sparse_prompt_embeddings.shape[0]
         if image_embeddings.shape[0] not in (1, bs):

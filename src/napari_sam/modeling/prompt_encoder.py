@@ -150,8 +150,10 @@ class PromptEncoder(nn.Module):
                 )
             sizes["points"] = coords.shape[0]
         if boxes is not None:
-            if boxes.ndim not in (2, 3) or boxes.shape[-1] != 4 or (
-                boxes.ndim == 3 and boxes.shape[1] != 1
+            if (
+                boxes.ndim not in (2, 3)
+                or boxes.shape[-1] != 4
+                or (boxes.ndim == 3 and boxes.shape[1] != 1)
             ):
                 raise ValueError(f"boxes must have shape (B, 4), got {tuple(boxes.shape)}")
             sizes["boxes"] = boxes.shape[0]
@@ -177,9 +179,7 @@ class PromptEncoder(nn.Module):
         coords = coords + 0.5  # pixel centres
         if pad:
             coords = torch.cat([coords, coords.new_zeros((coords.shape[0], 1, 2))], dim=1)
-            labels = torch.cat(
-                [labels, labels.new_full((labels.shape[0], 1), NOT_A_POINT)], dim=1
-            )
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), NOT_A_POINT)], dim=1)
         emb = self.pe_layer.forward_with_coords(coords, self.input_image_size)
         labels = labels[..., None]
         emb = torch.where(labels == NOT_A_POINT, self.not_a_point_embed.weight, emb)

@@ -212,7 +212,7 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attend from ``q`` (B, Nq, C) to ``k`` (B, Nk, C) / ``v`` (B, Nk, C); returns (B, Nq, C)."""
+        """Attend from ``q`` (B, Nq, C) to ``k``, ``v`` (B, Nk, C); returns (B, Nq, C)."""
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))

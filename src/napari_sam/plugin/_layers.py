@@ -59,7 +59,18 @@ _ELLIPSE_VERTICES = 64
 
 
 class PromptError(ValueError):
-    """A user-facing problem with the current view or prompts (shown as one notification)."""
+    """A user-facing problem with the current view or prompts (shown as one notification).
+
+    Attributes
+    ----------
+    kind : str
+        ``"3d"`` (3D display), ``"axes"`` (the image is not on the displayed axes),
+        ``"outside"`` (the position is outside the image) or ``"size"`` (plane too small/large).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 # -- image geometry -------------------------------------------------------------------------
@@ -166,7 +177,8 @@ def current_plane(image: Image, dims: Dims) -> Plane:
     if dims.ndisplay != 2:
         raise PromptError(
             "Segment Anything works on 2D slices: switch the viewer to 2D display "
-            "(the 2D/3D button at the bottom left, or Ctrl+Y)."
+            "(the 2D/3D button at the bottom left, or Ctrl+Y).",
+            "3d",
         )
     spatial = image_spatial_shape(image)
     ndim = len(spatial)
@@ -175,7 +187,8 @@ def current_plane(image: Image, dims: Dims) -> Plane:
     axes = sorted(d - offset for d in dims.displayed if d - offset >= 0)
     if len(axes) != 2:
         raise PromptError(
-            f"The displayed axes do not cross image '{image.name}': show two of its axes."
+            f"The displayed axes do not cross image '{image.name}': show two of its axes.",
+            "axes",
         )
     data_point = np.asarray(image.world_to_data(world_point), dtype=float)
     index = [0] * ndim
@@ -186,7 +199,8 @@ def current_plane(image: Image, dims: Dims) -> Plane:
         if not 0 <= i < spatial[a]:
             raise PromptError(
                 f"The current position is outside image '{image.name}' along axis {a} "
-                f"(index {i} of {spatial[a]}): move the slider back into the image."
+                f"(index {i} of {spatial[a]}): move the slider back into the image.",
+                "outside",
             )
         index[a] = i
     plane = Plane((axes[0], axes[1]), tuple(index), spatial, world_point)
@@ -194,13 +208,15 @@ def current_plane(image: Image, dims: Dims) -> Plane:
     if min(h, w) < MIN_PLANE_SIDE:
         raise PromptError(
             f"Image '{image.name}' is {h} x {w} pixels in the displayed plane: too small to "
-            "segment."
+            "segment.",
+            "size",
         )
     if h * w > MAX_PLANE_PIXELS:
         raise PromptError(
             f"Image '{image.name}' is {h} x {w} pixels in the displayed plane, more than "
             f"{MAX_PLANE_PIXELS // 2**20} megapixels: crop or downsample it first (SAM works "
-            "at 1024 pixels anyway)."
+            "at 1024 pixels anyway).",
+            "size",
         )
     return plane
 

@@ -1,0 +1,1039 @@
+"""The "Segment Anything" dock widget: prompts in napari layers, SAM masks as a preview, commit
+into a Labels layer.
+
+The widget owns no segmentation logic: prompts are read from layers by :mod:`._layers`, masks
+come from :class:`napari_sam.predictor.SamPredictor`, embeddings are kept in an
+:class:`napari_sam.embedding_cache.EmbeddingCache`. What lives here is the wiring: which plane
+is on screen, one background worker at a time for the image encoder, the preview, and turning
+every failure into one napari notification.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+)
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+
+from ._layers import (
+    Plane,
+    PlanePrompts,
+    PromptError,
+    assemble_objects,
+    affine_between,
+    current_plane,
+    image_level0,
+    image_spatial_shape,
+    mask_prompts_from_labels,
+    paint_mask,
+    plane_layer_translate,
+    points_on_plane,
+    shapes_on_plane,
+    transform_kwargs,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+    import torch
+
+    from ..embedding_cache import EmbeddingCache
+    from ..predictor import ImageEmbedding, SamPredictor
+
+__all__ = ["KEY_CLEAR", "KEY_COMMIT", "KEY_TOGGLE", "SamWidget"]
+
+logger = logging.getLogger(__name__)
+
+#: Toggle positive / negative for the next points.
+KEY_TOGGLE = "N"
+#: Commit the preview into the result Labels layer ("keep").
+KEY_COMMIT = "K"
+#: Clear the prompts of the current slice.
+KEY_CLEAR = "Q"
+
+POINTS_NAME = "SAM points"
+BOXES_NAME = "SAM boxes"
+PREVIEW_NAME = "SAM preview"
+LABELS_NAME = "SAM labels"
+POSITIVE_COLOR = "#00ff00"
+NEGATIVE_COLOR = "#ff00ff"
+#: More objects than this on one slice are not decoded (each costs a decoder pass).
+MAX_OBJECTS = 100
+
+CHECKPOINT_CHOICE = "checkpoint file..."
+_NEW_LAYER = "__new__"
+_NO_LAYER = "__none__"
+_DEBOUNCE_VIEW_MS = 60
+
+
+def _guarded(method: Callable) -> Callable:
+    """Run a Qt/napari callback; report any failure as one notification instead of a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: SamWidget, *args: Any, **kwargs: Any) -> Any:
+        if self._closed:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except RuntimeError as exc:
+            if "has been deleted" in str(exc):  # the Qt side is gone (viewer closed)
+                self._closed = True
+                return None
+            logger.exception("Segment Anything: %s failed", method.__name__)
+            show_error(f"Segment Anything: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the user sees the message, the log the rest
+            logger.exception("Segment Anything: %s failed", method.__name__)
+            show_error(f"Segment Anything: {exc}")
+        return None
+
+    return wrapper
+
+
+@dataclass
+class Preview:
+    """The masks decoded for the prompts of one plane, not yet committed.
+
+    Attributes
+    ----------
+    image : napari.layers.Image
+    plane : Plane
+    masks : list of numpy.ndarray of bool, shape (H, W)
+        One per object, in the order of :func:`._layers.assemble_objects`.
+    scores : list of float
+        SAM's predicted IoU of each mask.
+    mask_objects : dict
+        ``{label value: digest}`` of the mask-prompt layer's objects used.
+    """
+
+    image: Image
+    plane: Plane
+    masks: list[np.ndarray]
+    scores: list[float]
+    mask_objects: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def label_image(self) -> np.ndarray:
+        """The masks as one ``(H, W)`` label image (object ``i`` is ``i + 1``; first one wins)."""
+        out = np.zeros(self.plane.shape, dtype=np.uint8)
+        for i, mask in enumerate(self.masks):
+            out[mask & (out == 0)] = i + 1
+        return out
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Union of all masks, ``(H, W)`` bool."""
+        return self.label_image > 0
+
+
+@dataclass
+class _Job:
+    """The embedding worker's task."""
+
+    key: tuple
+    image_uid: Any
+    image_name: str
+    plane_label: str
+    model_token: int
+    cancelled: bool = False
+
+
+def _compute_embedding(predictor, data, indexer, intensity_range, range_source):
+    """Worker body: the intensity range (once per image) and the embedding of one plane.
+
+    Returns ``(embedding, intensity_range, error)``; errors are returned, not raised, so that
+    the GUI thread reports them as one notification.
+    """
+    try:
+        if intensity_range is None and range_source is not None:
+            from ..preprocess import estimate_intensity_range
+
+            intensity_range = estimate_intensity_range(range_source)
+        plane = np.asarray(data[indexer])
+        return predictor.compute_embedding(plane, intensity_range), intensity_range, None
+    except Exception as exc:  # noqa: BLE001
+        logger.exception("computing the SAM embedding failed")
+        return None, intensity_range, exc
+
+
+def _build_model(name, checkpoint, device):
+    try:
+        from .. import build_model
+
+        return build_model(name, checkpoint=checkpoint, device=device), None
+    except Exception as exc:  # noqa: BLE001
+        logger.info("loading model %r failed", name, exc_info=True)
+        return None, exc
+
+
+def _model_choices() -> list[str]:
+    try:
+        from .. import list_models
+
+        names = list(list_models())
+    except Exception:  # noqa: BLE001 - the widget still opens; loading reports the problem
+        logger.exception("listing the models failed")
+        names = []
+    return [*names, CHECKPOINT_CHOICE]
+
+
+def _device_choices() -> list[str]:
+    try:
+        from ..device import available_devices
+
+        return ["auto", *available_devices()]
+    except Exception:  # noqa: BLE001
+        return ["auto", "cpu"]
+
+
+class SamWidget(Container):
+    """Interactive Segment Anything on the displayed 2D slice of an image layer.
+
+    Prompts are points in the "SAM points" layer (positive / negative, toggled with
+    ``N``), rectangles (box prompts), polygons and ellipses (mask prompts) in the "SAM boxes"
+    layer, and optionally the objects of a rough Labels layer (``mask_combo``). Every change of
+    the prompts on the current slice re-decodes at once into the "SAM preview" layer;
+    ``K`` (or ``commit_button``) writes the preview into the target Labels layer with fresh ids,
+    undoably; ``Q`` (or ``clear_button``) drops the slice's prompts.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Attributes
+    ----------
+    image_combo, model_combo, checkpoint_edit, device_combo, load_button, target_combo,
+    mask_combo, point_mode, overwrite_checkbox, commit_button, clear_button, progress_bar,
+    status_label, model_label
+        The sub-widgets (magicgui widgets; ``.value`` reads and sets them).
+    predictor : SamPredictor or None
+        The predictor of the loaded model.
+    cache : EmbeddingCache
+        Embeddings by ``(image layer id, plane, model)``.
+    preview : Preview or None
+        The masks currently shown in the "SAM preview" layer.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        from ..embedding_cache import EmbeddingCache
+
+        self.viewer = viewer
+        self.predictor: SamPredictor | None = None
+        self.model_name: str | None = None
+        self.cache: EmbeddingCache = EmbeddingCache()
+        self.preview: Preview | None = None
+
+        self._closed = False
+        self._model_token = 0
+        self._model_loading = False
+        self._embedding_key: tuple | None = None
+        self._job: _Job | None = None
+        self._worker = None
+        self._model_worker = None
+        self._ranges: dict[Any, tuple[float, float] | None] = {}
+        self._failed: set[tuple] = set()
+        self._warned: set[str] = set()
+        self._plane_key: tuple | None = None
+        self._consumed: dict[tuple, dict[int, str]] = {}
+        self._connected_layers: dict[int, tuple] = {}
+        self._points: Points | None = None
+        self._shapes: Shapes | None = None
+        self._preview_layer: Labels | None = None
+        self._image: Image | None = None
+        self._pending_reasons: set[str] = set()
+
+        # -- sub-widgets ---------------------------------------------------------------------
+        self.image_combo = ComboBox(label="image", choices=self._image_choices)
+        self.model_combo = ComboBox(label="model", choices=_model_choices())
+        self.checkpoint_edit = FileEdit(
+            label="checkpoint", mode="r", filter="*.pth *.pt *.ckpt", visible=False
+        )
+        self.device_combo = ComboBox(label="device", choices=_device_choices())
+        self.load_button = PushButton(text="Load model")
+        self.model_label = Label(label="loaded", value="no model")
+        self.target_combo = ComboBox(label="write into", choices=self._target_choices)
+        self.mask_combo = ComboBox(label="mask prompt", choices=self._mask_choices)
+        self.point_mode = RadioButtons(
+            label=f"points ({KEY_TOGGLE})",
+            choices=["positive", "negative"],
+            value="positive",
+            orientation="horizontal",
+        )
+        self.overwrite_checkbox = CheckBox(text="overwrite existing objects", value=False)
+        self.commit_button = PushButton(text=f"Commit ({KEY_COMMIT})")
+        self.clear_button = PushButton(text=f"Clear slice ({KEY_CLEAR})")
+        self.progress_bar = ProgressBar(label="", min=0, max=1, value=0, visible=False)
+        self.status_label = Label(label="status", value="")
+        self._actions = Container(
+            widgets=[self.commit_button, self.clear_button], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self.image_combo,
+                self.model_combo,
+                self.checkpoint_edit,
+                self.device_combo,
+                self.load_button,
+                self.model_label,
+                self.target_combo,
+                self.mask_combo,
+                self.point_mode,
+                self.overwrite_checkbox,
+                self._actions,
+                self.progress_bar,
+                self.status_label,
+            ]
+        )
+        self.status_label.native.setWordWrap(True)
+
+        self._timer = QTimer(self.native)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._on_timer)
+
+        self.model_combo.changed.connect(self._on_model_choice)
+        self.load_button.changed.connect(self._on_load_clicked)
+        self.commit_button.changed.connect(self._on_commit_clicked)
+        self.clear_button.changed.connect(self._on_clear_clicked)
+        self.point_mode.changed.connect(self._on_point_mode)
+        self.image_combo.changed.connect(self._on_image_changed)
+        self.mask_combo.changed.connect(self._on_mask_source_changed)
+
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        viewer.dims.events.current_step.connect(self._on_view_changed)
+        viewer.dims.events.order.connect(self._on_view_changed)
+        viewer.dims.events.ndisplay.connect(self._on_ndisplay)
+        self._keys = {
+            KEY_TOGGLE: self.toggle_point_mode,
+            KEY_COMMIT: self.commit,
+            KEY_CLEAR: self.clear,
+        }
+        for key, action in self._keys.items():
+            viewer.bind_key(key, _key_handler(action), overwrite=True)
+        self.native.destroyed.connect(self._on_destroyed)
+
+        self._on_image_changed(self.image_combo.value)
+        self._set_status("Load a model to start." if self.image else "Open an image.")
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def image(self) -> Image | None:
+        """The image layer being segmented."""
+        layer = self.image_combo.value
+        return layer if isinstance(layer, Image) and layer in self.viewer.layers else None
+
+    @property
+    def points_layer(self) -> Points | None:
+        """The "SAM points" prompt layer (feature ``positive``: True / False)."""
+        return self._points
+
+    @property
+    def shapes_layer(self) -> Shapes | None:
+        """The "SAM boxes" prompt layer: rectangles, polygons, ellipses."""
+        return self._shapes
+
+    @property
+    def preview_layer(self) -> Labels | None:
+        """The "SAM preview" layer, holding only the plane of the current preview."""
+        return self._preview_layer
+
+    @property
+    def target_layer(self) -> Labels | None:
+        """The Labels layer commits write into (``None`` until a new one is created)."""
+        value = self.target_combo.value
+        return value if isinstance(value, Labels) else None
+
+    @property
+    def mask_source(self) -> Labels | None:
+        """The Labels layer whose objects are mask prompts, if one is chosen."""
+        value = self.mask_combo.value
+        return value if isinstance(value, Labels) else None
+
+    @property
+    def is_busy(self) -> bool:
+        """Whether an embedding is being computed, a model loaded, or a refresh pending."""
+        return (
+            self._job is not None
+            or self._model_loading
+            or (not self._closed and self._timer.isActive())
+        )
+
+    def set_model(self, model: Any, name: str = "model") -> None:
+        """Use ``model`` (a :class:`napari_sam.modeling.Sam`) from now on.
+
+        Embeddings of the previous model are dropped; labels and prompts are kept.
+        """
+        from ..predictor import SamPredictor
+
+        self.predictor = SamPredictor(model)
+        self.model_name = name
+        self._model_token += 1
+        self._embedding_key = None
+        self.cache.clear()
+        self._failed.clear()
+        self._warned.discard("no-model")
+        device = getattr(model, "device", "cpu")
+        self.model_label.value = f"{name} ({device})"
+        self._schedule("model")
+
+    def load_model(
+        self,
+        name: str | None = None,
+        checkpoint: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        """Build a model in a background worker and :meth:`set_model` it when ready.
+
+        Parameters default to the widget's choices. Failures (unknown name, missing weights,
+        no network) are shown as one notification with the weights module's message.
+        """
+        if self._model_loading:
+            show_info("A model is already being loaded.")
+            return
+        if name is None:
+            name = self.model_combo.value
+            if name == CHECKPOINT_CHOICE:
+                path = str(self.checkpoint_edit.value or "")
+                if not path or path == ".":
+                    show_warning("Choose a checkpoint file first.")
+                    return
+                name = path
+        if device is None:
+            device = self.device_combo.value
+        device = None if device in (None, "auto") else device
+        self._model_loading = True
+        self.load_button.enabled = False
+        self._set_busy(True)
+        self._set_status(f"Loading model '{name}'...")
+        worker = create_worker(
+            _build_model, name, checkpoint, device, _start_thread=False, _ignore_errors=True
+        )
+        worker.returned.connect(functools.partial(self._on_model_loaded, name))
+        self._model_worker = worker
+        worker.start()
+
+    def toggle_point_mode(self) -> None:
+        """Switch the next points between positive and negative."""
+        self.point_mode.value = "negative" if self.point_mode.value == "positive" else "positive"
+
+    def refresh(self) -> None:
+        """Re-read the prompts of the current slice and decode them now."""
+        self._timer.stop()
+        self._pending_reasons.add("prompts")
+        self._on_timer()
+
+    @_guarded
+    def commit(self) -> list[int]:
+        """Write the preview into the target Labels layer with fresh ids (one undo step).
+
+        Pixels of other objects are kept unless ``overwrite_checkbox`` is on. The prompts of the
+        slice are cleared afterwards.
+
+        Returns
+        -------
+        list of int
+            The ids written (empty if nothing was committed).
+        """
+        if self._timer.isActive():
+            self.refresh()
+        if self.viewer.dims.ndisplay != 2:
+            show_warning("Segment Anything commits on 2D slices: switch the viewer to 2D display.")
+            return []
+        image = self.image
+        if image is None:
+            show_warning("No image layer: open an image and choose it in the Segment Anything panel.")
+            return []
+        preview = self.preview
+        if preview is None or not any(m.any() for m in preview.masks):
+            if self._job is not None and self._has_prompts():
+                show_info("The embedding of this slice is still being computed: commit when the preview appears.")
+            else:
+                show_warning("Nothing to commit: place a point or draw a box on this slice first.")
+            return []
+        target = self.target_layer
+        if target is not None and target is self.mask_source:
+            show_warning(
+                f"'{target.name}' is both the mask prompt and the target: choose another "
+                "target layer (or 'new layer')."
+            )
+            return []
+        if target is None:
+            target = self._new_labels_layer(image)
+        current = int(np.max(np.asarray(target.data))) if np.size(target.data) else 0
+        dtype = np.asarray(target.data[(0,) * target.ndim]).dtype
+        if np.issubdtype(dtype, np.integer) and current + len(preview.masks) > np.iinfo(dtype).max:
+            show_error(
+                f"Labels layer '{target.name}' ({dtype}) has no free ids left: "
+                "choose another target layer."
+            )
+            return []
+        overwrite = bool(self.overwrite_checkbox.value)
+        ids: list[int] = []
+        next_id = current + 1
+        with target.block_history():
+            for mask in preview.masks:
+                if paint_mask(target, image, preview.plane, mask, next_id, overwrite):
+                    ids.append(next_id)
+                    next_id += 1
+        if not ids:
+            show_warning(
+                "Nothing was written: the preview lies entirely on existing objects "
+                "(tick 'overwrite existing objects' to replace them)."
+            )
+            return []
+        if preview.mask_objects and self.mask_source is not None:
+            self._consumed_for(self.mask_source, image, preview.plane).update(preview.mask_objects)
+        self._remove_prompts(image, preview.plane)
+        self.preview = None
+        self._show_preview(None)
+        target.selected_label = ids[-1]
+        self._set_status(
+            f"Committed object{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+            f"into '{target.name}' ({preview.plane.label()}). Ctrl+Z on that layer undoes it."
+        )
+        return ids
+
+    @_guarded
+    def clear(self) -> None:
+        """Drop the prompts of the current slice and the preview."""
+        image = self.image
+        if image is None:
+            show_warning("No image layer: nothing to clear.")
+            return
+        try:
+            plane = current_plane(image, self.viewer.dims)
+        except PromptError as exc:
+            show_warning(str(exc))
+            return
+        if self.mask_source is not None:
+            consumed = self._consumed_for(self.mask_source, image, plane)
+            for value, _, digest in mask_prompts_from_labels(self.mask_source, image, plane):
+                consumed[value] = digest
+        self._remove_prompts(image, plane)
+        self.preview = None
+        self._show_preview(None)
+        self._set_status(f"Cleared the prompts of {plane.label()}.")
+
+    # -- layers ------------------------------------------------------------------------------
+
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _labels_layers(self) -> list[Labels]:
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels) and layer is not self._preview_layer
+        ]
+
+    def _target_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [(f"new layer '{LABELS_NAME}'", _NEW_LAYER)] + [
+            (layer.name, layer) for layer in self._labels_layers()
+        ]
+
+    def _mask_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [("none", _NO_LAYER)] + [(layer.name, layer) for layer in self._labels_layers()]
+
+    @_guarded
+    def _on_layers_changed(self, event=None) -> None:
+        self.reset_choices()
+        if self.image_combo.value is not self._image:
+            self._on_image_changed(self.image_combo.value)
+
+    @_guarded
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if layer is self._points:
+            self._points = None
+        elif layer is self._shapes:
+            self._shapes = None
+        elif layer is self._preview_layer:
+            self._preview_layer = None
+        self._disconnect_layer(layer)
+        if isinstance(layer, Image):
+            uid = layer.unique_id
+            self.cache.discard(lambda key: key[0] == uid)
+            self._ranges.pop(uid, None)
+            if self._job is not None and self._job.image_uid == uid and not self._job.cancelled:
+                self._job.cancelled = True
+                show_warning(
+                    f"Image layer '{layer.name}' was removed while its embedding was being "
+                    "computed: the computation is discarded (no labels were touched)."
+                )
+            if self.preview is not None and self.preview.image is layer:
+                self.preview = None
+                self._show_preview(None)
+        self._on_layers_changed()
+
+    @_guarded
+    def _on_image_changed(self, layer=None) -> None:
+        image = layer if isinstance(layer, Image) else None
+        if self._image is not None and self._image is not image:
+            self._disconnect_layer(self._image)
+        self._image = image
+        self.preview = None
+        self._show_preview(None)
+        if image is None:
+            self._set_status("Open an image.")
+            return
+        self._connect(image, image.events.data, self._on_image_data)
+        self._ensure_prompt_layers(image)
+        self._schedule("view")
+
+    def _on_image_data(self, event=None) -> None:
+        image = self._image
+        if image is None:
+            return
+        uid = image.unique_id
+        self.cache.discard(lambda key: key[0] == uid)
+        self._ranges.pop(uid, None)
+        self._failed = {k for k in self._failed if k[0] != uid}
+        self._embedding_key = None
+        self._schedule("view")
+
+    def _ensure_prompt_layers(self, image: Image) -> None:
+        """Create (or reuse) the preview, the "SAM boxes" and the "SAM points" layers."""
+        kwargs = transform_kwargs(image)
+        spatial = image_spatial_shape(image)
+        size = float(np.clip(0.015 * max(spatial[-2:]), 2.0, 30.0))
+
+        if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+            self._preview_layer = self._find(PREVIEW_NAME, Labels, image.ndim)
+            if self._preview_layer is None:
+                shape = (1,) * (len(spatial) - 2) + tuple(spatial[-2:])
+                self._preview_layer = self.viewer.add_labels(
+                    np.zeros(shape, dtype=np.uint8),
+                    name=PREVIEW_NAME,
+                    opacity=0.6,
+                    blending="translucent",
+                    **kwargs,
+                )
+            self._preview_layer.editable = False
+            self.reset_choices()
+
+        if self._shapes is None or self._shapes not in self.viewer.layers:
+            self._shapes = self._find(BOXES_NAME, Shapes, image.ndim)
+            if self._shapes is None:
+                self._shapes = self.viewer.add_shapes(
+                    ndim=image.ndim,
+                    name=BOXES_NAME,
+                    edge_color="yellow",
+                    face_color="transparent",
+                    edge_width=max(size / 4, 0.5),
+                    **kwargs,
+                )
+        self._connect(self._shapes, self._shapes.events.data, self._on_prompts_changed)
+
+        if self._points is None or self._points not in self.viewer.layers:
+            self._points = self._find(POINTS_NAME, Points, image.ndim)
+            if self._points is None:
+                self._points = self.viewer.add_points(
+                    ndim=image.ndim,
+                    name=POINTS_NAME,
+                    features={"positive": np.zeros(0, dtype=bool)},
+                    feature_defaults={"positive": True},
+                    face_color="positive",
+                    face_color_cycle={True: POSITIVE_COLOR, False: NEGATIVE_COLOR},
+                    border_color="white",
+                    size=size,
+                    **kwargs,
+                )
+                self._points.mode = "add"
+            elif "positive" not in self._points.features:
+                n = len(self._points.data)
+                self._points.features = {"positive": np.ones(n, dtype=bool)}
+                self._points.face_color = "positive"
+                self._points.face_color_cycle = {True: POSITIVE_COLOR, False: NEGATIVE_COLOR}
+            self._points.feature_defaults = {"positive": self.point_mode.value == "positive"}
+        self._connect(self._points, self._points.events.data, self._on_prompts_changed)
+        self._connect(self._points, self._points.events.features, self._on_prompts_changed)
+
+    def _find(self, name: str, kind: type, ndim: int):
+        """An existing layer of ``kind`` called ``name``; an empty one of another ndim is dropped."""
+        for layer in list(self.viewer.layers):
+            if layer.name == name and isinstance(layer, kind):
+                if layer.ndim == ndim:
+                    return layer
+                empty = (
+                    not np.asarray(layer.data).any() if isinstance(layer, Labels)
+                    else len(layer.data) == 0
+                )
+                if empty:
+                    self.viewer.layers.remove(layer)
+                    return None
+                return layer
+        return None
+
+    def _new_labels_layer(self, image: Image) -> Labels:
+        """A zero Labels layer on the image's grid, placed just above the image."""
+        labels = Labels(
+            np.zeros(image_spatial_shape(image), dtype=np.int32),
+            name=LABELS_NAME,
+            **transform_kwargs(image),
+        )
+        index = self.viewer.layers.index(image) + 1
+        self.viewer.layers.insert(index, labels)
+        self.target_combo.value = labels
+        return labels
+
+    def _connect(self, layer, emitter, callback) -> None:
+        entry = self._connected_layers.setdefault(id(layer), (layer, []))
+        if any(e is emitter for e, _ in entry[1]):
+            return
+        emitter.connect(callback)
+        entry[1].append((emitter, callback))
+
+    def _disconnect_layer(self, layer) -> None:
+        entry = self._connected_layers.pop(id(layer), None)
+        if entry is None:
+            return
+        for emitter, callback in entry[1]:
+            emitter.disconnect(callback)
+
+    def _consumed_for(self, source: Labels, image: Image, plane: Plane) -> dict[int, str]:
+        return self._consumed.setdefault((source.unique_id, image.unique_id, plane.key), {})
+
+    def _remove_prompts(self, image: Image, plane: Plane) -> None:
+        """Delete the points and shapes lying on ``plane``."""
+        for layer in (self._points, self._shapes):
+            if layer is None or len(layer.data) == 0:
+                continue
+            a, b = affine_between(layer, image, plane.world_point)
+            if isinstance(layer, Points):
+                coords = np.asarray(layer.data, dtype=float) @ a.T + b
+                on = np.flatnonzero(plane.on_plane(coords))
+            else:
+                on = [
+                    i
+                    for i, verts in enumerate(layer.data)
+                    if plane.on_plane(np.asarray(verts, dtype=float) @ a.T + b).all()
+                ]
+            if len(on):
+                layer.remove(list(map(int, on)))
+
+    def _has_prompts(self) -> bool:
+        return any(
+            layer is not None and len(layer.data) > 0 for layer in (self._points, self._shapes)
+        ) or self.mask_source is not None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _on_prompts_changed(self, event=None) -> None:
+        action = getattr(event, "action", None)
+        if action is not None and str(getattr(action, "value", action)) in (
+            "adding",
+            "removing",
+            "changing",
+        ):
+            return  # wait for the completed edit
+        self._schedule("prompts")
+
+    def _on_view_changed(self, event=None) -> None:
+        self._schedule("view", _DEBOUNCE_VIEW_MS)
+
+    def _on_mask_source_changed(self, value=None) -> None:
+        source = self.mask_source
+        if source is not None:
+            self._connect(source, source.events.paint, self._on_prompts_changed)
+            self._connect(source, source.events.data, self._on_prompts_changed)
+        self._schedule("prompts")
+
+    @_guarded
+    def _on_ndisplay(self, event=None) -> None:
+        if self.viewer.dims.ndisplay == 2:
+            self._warned.discard("3d")
+            self._warned.discard("axes")
+        self._schedule("view")
+
+    @_guarded
+    def _on_point_mode(self, value=None) -> None:
+        positive = self.point_mode.value == "positive"
+        if self._points is not None:
+            self._points.feature_defaults = {"positive": positive}
+        self._set_status(f"Next points are {'positive' if positive else 'negative'}.")
+
+    @_guarded
+    def _on_model_choice(self, value=None) -> None:
+        self.checkpoint_edit.visible = self.model_combo.value == CHECKPOINT_CHOICE
+
+    @_guarded
+    def _on_load_clicked(self, value=None) -> None:
+        self.load_model()
+
+    def _on_commit_clicked(self, value=None) -> None:
+        self.commit()
+
+    def _on_clear_clicked(self, value=None) -> None:
+        self.clear()
+
+    def _on_destroyed(self, *args) -> None:
+        self._closed = True
+        try:
+            for key in self._keys:
+                self.viewer.bind_key(key, None)
+            self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
+            self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+            self.viewer.dims.events.current_step.disconnect(self._on_view_changed)
+            self.viewer.dims.events.order.disconnect(self._on_view_changed)
+            self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
+            for layer_id in list(self._connected_layers):
+                self._disconnect_layer(self._connected_layers[layer_id][0])
+        except Exception:  # noqa: BLE001 - the viewer may be half torn down already
+            logger.debug("disconnecting the widget failed", exc_info=True)
+
+    # -- the refresh loop ------------------------------------------------------------------------
+
+    def _schedule(self, reason: str, delay_ms: int = 0) -> None:
+        if self._closed:
+            return
+        self._pending_reasons.add(reason)
+        if not self._timer.isActive() or delay_ms == 0:
+            self._timer.start(delay_ms)
+
+    @_guarded
+    def _on_timer(self) -> None:
+        reasons, self._pending_reasons = self._pending_reasons, set()
+        self._update(user_action="prompts" in reasons)
+
+    def _update(self, user_action: bool) -> None:
+        """Bring the preview up to date with the current slice and prompts."""
+        image = self.image
+        if image is None:
+            self._drop_preview()
+            if user_action and self._has_prompts():
+                self._warn_once("no-image", "No image layer: open an image to segment.")
+            self._set_status("Open an image.")
+            return
+        try:
+            plane = current_plane(image, self.viewer.dims)
+        except PromptError as exc:
+            self._drop_preview()
+            self._set_status(str(exc))
+            # a plane SAM cannot take is worth saying at once; the rest only when prompting
+            if exc.kind == "size":
+                self._warn_once(f"size:{image.unique_id}", str(exc))
+            elif user_action:
+                self._warn_once(exc.kind, str(exc))
+            return
+        key_plane = (image.unique_id, plane.key)
+        if key_plane != self._plane_key:
+            self._plane_key = key_plane
+            self._warned = {w for w in self._warned if w in ("no-model", "3d")}
+            self._drop_preview()
+        if self.predictor is None:
+            if self._model_loading:
+                self._set_status("Loading the model: prompts are decoded as soon as it is ready.")
+            else:
+                self._set_status("Load a model to start.")
+                if user_action:
+                    self._warn_once(
+                        "no-model",
+                        "No SAM model is loaded: choose one and press 'Load model'.",
+                    )
+            return
+        key = (image.unique_id, plane.key, self._model_token)
+        if key in self._failed:
+            self._set_status("The embedding of this slice failed (see the notification).")
+            return
+        embedding = self.cache.get(key)
+        if embedding is None:
+            self._request_embedding(image, plane, key)
+            return
+        if self._embedding_key != key:
+            self.predictor.set_embedding(embedding)
+            self._embedding_key = key
+        self._decode(image, plane)
+
+    def _request_embedding(self, image: Image, plane: Plane, key: tuple) -> None:
+        """Start the worker for ``key`` unless one is running (then it is asked for next)."""
+        if self._job is not None:
+            if self._job.key != key:
+                self._set_status(
+                    f"Waiting for the embedding of {self._job.plane_label}, then {plane.label()}..."
+                )
+            return
+        uid = image.unique_id
+        data = image_level0(image)
+        intensity_range = self._ranges.get(uid)
+        range_source = None
+        if uid not in self._ranges:
+            rgb_uint8 = image.rgb and np.dtype(image.dtype) == np.uint8
+            # one range for the whole image, from the coarsest level of a multiscale pyramid
+            range_source = None if rgb_uint8 else (image.data[-1] if image.multiscale else data)
+        job = _Job(key, uid, image.name, plane.label(), self._model_token)
+        self._job = job
+        self._set_busy(True)
+        self._set_status(f"Computing the embedding of {plane.label()} of '{image.name}'...")
+        worker = create_worker(
+            _compute_embedding,
+            self.predictor,
+            data,
+            plane.indexer(),
+            intensity_range,
+            range_source,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
+        worker.returned.connect(functools.partial(self._on_embedding_ready, job))
+        self._worker = worker
+        worker.start()
+
+    @_guarded
+    def _on_embedding_ready(self, job: _Job, result) -> None:
+        embedding, intensity_range, error = result
+        self._job = None
+        self._worker = None
+        self._set_busy(self._model_loading)
+        if job.cancelled or job.model_token != self._model_token:
+            pass  # the image was removed (already reported) or the model replaced
+        elif error is not None:
+            self._failed.add(job.key)
+            show_error(
+                f"Computing the SAM embedding of '{job.image_name}' ({job.plane_label}) "
+                f"failed: {error}"
+            )
+        else:
+            self._ranges[job.image_uid] = intensity_range
+            self.cache.put(job.key, embedding)
+        self._schedule("embedding")
+
+    @_guarded
+    def _on_model_loaded(self, name: str, result) -> None:
+        model, error = result
+        self._model_loading = False
+        self._model_worker = None
+        self.load_button.enabled = True
+        self._set_busy(self._job is not None)
+        if error is not None:
+            self._set_status(f"Loading model '{name}' failed.")
+            show_error(f"Could not load model '{name}': {error}")
+            return
+        self.set_model(model, name)
+        show_info(f"Segment Anything: model '{name}' loaded.")
+
+    # -- decoding and preview --------------------------------------------------------------------
+
+    def _collect_prompts(self, image: Image, plane: Plane) -> PlanePrompts:
+        prompts = PlanePrompts()
+        if self._points is not None and self._points in self.viewer.layers:
+            rc, labels, idx, problems = points_on_plane(self._points, image, plane)
+            prompts.points, prompts.labels, prompts.point_indices = rc, labels, idx
+            prompts.problems += problems
+        if self._shapes is not None and self._shapes in self.viewer.layers:
+            shapes, problems = shapes_on_plane(self._shapes, image, plane)
+            prompts.shapes = shapes
+            prompts.problems += problems
+        source = self.mask_source
+        if source is not None:
+            skip = self._consumed_for(source, image, plane)
+            prompts.masks = [
+                (value, shape)
+                for value, shape, _ in mask_prompts_from_labels(source, image, plane, skip)
+            ]
+        return prompts
+
+    def _decode(self, image: Image, plane: Plane) -> None:
+        prompts = self._collect_prompts(image, plane)
+        for problem in prompts.problems:
+            self._warn_once(problem, problem)
+        objects = assemble_objects(prompts)
+        if len(objects) > MAX_OBJECTS:
+            self._warn_once(
+                "too-many",
+                f"{len(objects)} objects on this slice: only the first {MAX_OBJECTS} are "
+                "previewed. Commit them, then continue.",
+            )
+            objects = objects[:MAX_OBJECTS]
+        if not objects:
+            self._drop_preview()
+            hint = (
+                "Add a positive point: negative points alone do not make an object."
+                if len(prompts.points)
+                else f"Ready on {plane.label()}: click a point or draw a box."
+            )
+            self._set_status(hint)
+            return
+        masks, scores = [], []
+        for obj in objects:
+            mask, score, _ = self.predictor.segment(**obj)
+            masks.append(np.asarray(mask, dtype=bool))
+            scores.append(float(score))
+        digests = {}
+        if prompts.masks and self.mask_source is not None:
+            digests = {
+                value: digest
+                for value, _, digest in mask_prompts_from_labels(self.mask_source, image, plane)
+            }
+        self.preview = Preview(image, plane, masks, scores, digests)
+        self._show_preview(self.preview)
+        self._set_status(
+            f"Preview of {len(masks)} object{'s' if len(masks) > 1 else ''} on {plane.label()} "
+            f"(score {', '.join(f'{s:.2f}' for s in scores[:5])}). "
+            f"{KEY_COMMIT}: commit, {KEY_CLEAR}: clear."
+        )
+
+    def _drop_preview(self) -> None:
+        if self.preview is not None:
+            self.preview = None
+            self._show_preview(None)
+
+    def _show_preview(self, preview: Preview | None) -> None:
+        layer = self._preview_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        if preview is None:
+            if np.asarray(layer.data).any():
+                layer.data = np.zeros_like(np.asarray(layer.data))
+            return
+        plane = preview.plane
+        shape = [1] * plane.ndim
+        shape[plane.axes[0]], shape[plane.axes[1]] = plane.shape
+        data = preview.label_image.reshape(shape)
+        if layer.ndim != plane.ndim:
+            return
+        translate = plane_layer_translate(preview.image, plane)
+        if not np.allclose(layer.translate, translate):
+            layer.translate = translate
+        layer.data = data
+
+    # -- feedback --------------------------------------------------------------------------------
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.value = text
+
+    def _set_busy(self, busy: bool) -> None:
+        self.progress_bar.visible = busy
+        # min == max: Qt draws an indeterminate ("busy") bar
+        self.progress_bar.max = 0 if busy else 1
+
+    def _warn_once(self, tag: str, message: str) -> None:
+        if tag in self._warned:
+            return
+        self._warned.add(tag)
+        show_warning(message)
+
+
+def _key_handler(action: Callable[[], Any]) -> Callable:
+    def handler(viewer) -> None:
+        action()
+
+    handler.__name__ = getattr(action, "__name__", "sam_action")
+    handler.__doc__ = getattr(action, "__doc__", None)
+    return handler

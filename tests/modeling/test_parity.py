@@ -1,0 +1,218 @@
+"""Numerical parity with Meta's reference implementation (``segment_anything``), a test-only oracle.
+
+Both models get the same state dict (random, with the zero/one-initialised tensors perturbed so
+that position embeddings and norms matter), then must agree on the image embedding and on the
+decoder outputs. The encoder forward pass of vit_b at 1024 x 1024 dominates the run time (two of
+them: about 40 s on two CPU cores).
+"""
+
+from functools import partial
+
+import pytest
+import torch
+
+segment_anything = pytest.importorskip("segment_anything")
+
+from segment_anything import modeling as ref_modeling  # noqa: E402
+from segment_anything import sam_model_registry  # noqa: E402
+
+from napari_sam.build import MODEL_CONFIGS, build_sam, tiny_config  # noqa: E402
+from napari_sam.checkpoint import load_weights, state_dict_shapes  # noqa: E402
+
+#: Largest relative error ||ours - ref|| / ||ref|| accepted in float32.
+REL_TOL = 1e-4
+
+
+def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((ours - ref).norm() / ref.norm())
+
+
+def perturbed_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, t in state.items():
+        if "rel_pos" in name:
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.3)
+        elif t.numel() > 1 and torch.all(t == t.flatten()[0]):
+            t.add_(torch.randn(t.shape, generator=gen) * 0.1)
+    return state
+
+
+def reference_sam(config):
+    """Meta's Sam with the hyperparameters of ``config`` (their builder is fixed to 1024 px)."""
+    e = config.image_embedding_size
+    return ref_modeling.Sam(
+        image_encoder=ref_modeling.ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.img_size,
+            mlp_ratio=config.encoder_mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=config.encoder_global_attn_indexes,
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=ref_modeling.PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(e, e),
+            input_image_size=(config.img_size, config.img_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=ref_modeling.MaskDecoder(
+            num_multimask_outputs=config.num_multimask_outputs,
+            transformer=ref_modeling.TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    ).eval()
+
+
+def shapes(state) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+# -- state dicts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["vit_b", "vit_l", "vit_h"])
+def test_state_dict_keys_and_shapes_match(name):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        ref = sam_model_registry[name]()
+        ours = build_sam(MODEL_CONFIGS[name])
+    assert shapes(ours.state_dict()) == shapes(ref.state_dict())
+    assert state_dict_shapes(MODEL_CONFIGS[name]) == shapes(ref.state_dict())
+    assert {k for k, _ in ours.named_buffers()} == {k for k, _ in ref.named_buffers()}
+
+
+# -- vit_b numerics ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vit_b_pair():
+    torch.manual_seed(0)
+    ref = sam_model_registry["vit_b"]()
+    state = perturbed_state(ref, seed=1)
+    ref.load_state_dict(state)
+    ours = build_sam(MODEL_CONFIGS["vit_b"])
+    load_weights(ours, state, "vit_b")
+    return ours.eval(), ref.eval()
+
+
+@pytest.fixture(scope="module")
+def vit_b_embeddings(vit_b_pair):
+    ours, ref = vit_b_pair
+    gen = torch.Generator().manual_seed(2)
+    # a 1024 x 768 image: the padding is part of what is compared
+    image = torch.rand(1, 3, 1024, 768, generator=gen) * 255
+    with torch.inference_mode():
+        x_ours, x_ref = ours.preprocess(image), ref.preprocess(image)
+        torch.testing.assert_close(x_ours, x_ref)
+        return ours.image_encoder(x_ours), ref.image_encoder(x_ref)
+
+
+def test_image_embedding_parity(vit_b_embeddings):
+    ours, ref = vit_b_embeddings
+    assert ours.shape == ref.shape == (1, 256, 64, 64)
+    assert rel_err(ours, ref) <= REL_TOL
+
+
+PROMPTS = {
+    "point": dict(points=([[[500.0, 300.0]]], [[1]]), boxes=None, multimask=True),
+    "points-neg": dict(
+        points=([[[500.0, 300.0], [120.5, 900.0]]], [[1, 0]]), boxes=None, multimask=True
+    ),
+    "box": dict(points=None, boxes=[[100.0, 200.0, 600.0, 700.0]], multimask=False),
+    "point+box": dict(
+        points=([[[350.0, 450.0]]], [[0]]), boxes=[[100.0, 200.0, 600.0, 700.0]], multimask=False
+    ),
+    "three-boxes": dict(
+        points=None,
+        boxes=[[10.0, 20.0, 300.0, 400.0], [500, 500, 900, 700], [0, 0, 1023, 767]],
+        multimask=False,
+    ),
+}
+
+
+def _decode(model, embedding, prompt, masks=None):
+    points = None
+    if prompt["points"] is not None:
+        coords, labels = prompt["points"]
+        points = (torch.tensor(coords, dtype=torch.float32), torch.tensor(labels))
+    boxes = None if prompt["boxes"] is None else torch.tensor(prompt["boxes"], dtype=torch.float32)
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return model.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=prompt["multimask"],
+        )
+
+
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+def test_decoder_parity(vit_b_pair, vit_b_embeddings, prompt):
+    ours, ref = vit_b_pair
+    embedding = vit_b_embeddings[1]  # the same input for both decoders
+    masks, iou = _decode(ours, embedding, PROMPTS[prompt])
+    ref_masks, ref_iou = _decode(ref, embedding, PROMPTS[prompt])
+    assert masks.shape == ref_masks.shape
+    assert masks.shape[-2:] == (256, 256)
+    assert rel_err(masks, ref_masks) <= REL_TOL
+    assert rel_err(iou, ref_iou) <= REL_TOL
+
+
+def test_mask_prompt_parity(vit_b_pair, vit_b_embeddings):
+    ours, ref = vit_b_pair
+    gen = torch.Generator().manual_seed(3)
+    mask = torch.randn(1, 1, 256, 256, generator=gen) * 10
+    prompt = PROMPTS["point"]
+    masks, iou = _decode(ours, vit_b_embeddings[1], prompt, masks=mask)
+    ref_masks, ref_iou = _decode(ref, vit_b_embeddings[1], prompt, masks=mask)
+    assert rel_err(masks, ref_masks) <= REL_TOL
+    assert rel_err(iou, ref_iou) <= REL_TOL
+
+
+# -- other sizes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [tiny_config(), tiny_config(img_size=96, window_size=5), tiny_config(window_size=0)],
+    ids=["tiny", "padded-windows", "all-global"],
+)
+def test_small_config_parity(config):
+    """Same numbers at non-default sizes (patch grid, windows with padding, embedding width)."""
+    torch.manual_seed(0)
+    ref = reference_sam(config)
+    state = perturbed_state(ref, seed=4)
+    ref.load_state_dict(state)
+    ours = build_sam(config)
+    load_weights(ours, state, "tiny")
+    gen = torch.Generator().manual_seed(5)
+    image = torch.rand(2, 3, config.img_size, config.img_size, generator=gen) * 255
+    s = config.img_size
+    prompt = dict(
+        points=([[[s * 0.3, s * 0.6]], [[s * 0.5, s * 0.1]]], [[1], [0]]),
+        boxes=[[2.0, 3.0, s / 2, s - 5], [s / 4, 0, s - 1, s / 3]],
+        multimask=True,
+    )
+    with torch.inference_mode():
+        emb = ours.image_encoder(ours.preprocess(image))
+        ref_emb = ref.image_encoder(ref.preprocess(image))
+        assert rel_err(emb, ref_emb) <= REL_TOL
+        for i in range(2):
+            masks, iou = _decode(ours, ref_emb[i : i + 1], prompt)
+            ref_masks, ref_iou = _decode(ref, ref_emb[i : i + 1], prompt)
+            assert rel_err(masks, ref_masks) <= REL_TOL
+            assert rel_err(iou, ref_iou) <= REL_TOL

@@ -1,0 +1,366 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk
+
+from napari_sam.build import build_sam, tiny_config
+from napari_sam.evaluation import (
+    evaluate_image,
+    evaluate_object,
+    farthest_point,
+    ground_truth_objects,
+    mask_iou,
+    next_click,
+)
+from napari_sam.predictor import SamPredictor
+from napari_sam.synthetic import make_nuclei_2d, make_nuclei_3d
+
+# -- test-only predictors whose answers are right or wrong by construction ---------------------
+
+
+class GroundTruthPredictorForTests(SamPredictor):
+    """Returns the ground-truth object under the first positive click (or filling the box).
+
+    Not a model: it proves that a perfect segmenter scores exactly 1 under the protocol.
+    """
+
+    def __init__(self, labels2d):
+        super().__init__(model=None)
+        self.labels = np.asarray(labels2d)
+
+    def set_image(self, image, intensity_range=None):
+        assert np.shape(image)[:2] == self.labels.shape
+
+    def _object(self, points, labels, box):
+        if points is not None:
+            for (r, c), lab in zip(np.asarray(points, int), np.asarray(labels)):
+                if lab == 1:
+                    return self.labels == self.labels[r, c]
+        r0, c0, r1, c1 = np.asarray(box, int)
+        ids = np.bincount(self.labels[r0 : r1 + 1, c0 : c1 + 1].ravel())
+        ids[0] = 0
+        return self.labels == ids.argmax()
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True,
+                return_logits=False):
+        k = 3 if multimask else 1
+        mask = self._object(points, labels, box)
+        return (np.repeat(mask[None], k, 0), np.ones(k, np.float32),
+                np.zeros((k, 16, 16), np.float32))
+
+
+class EmptyMaskPredictorForTests(SamPredictor):
+    """Always predicts nothing: the metric must then report 0."""
+
+    def __init__(self):
+        super().__init__(model=None)
+        self.shape = None
+
+    def set_image(self, image, intensity_range=None):
+        self.shape = np.shape(image)[:2]
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True,
+                return_logits=False):
+        k = 3 if multimask else 1
+        return (np.zeros((k, *self.shape), bool), np.ones(k, np.float32),
+                np.zeros((k, 16, 16), np.float32))
+
+
+class ScriptedPredictorForTests(SamPredictor):
+    """Multimask: [wrong, right, wrong] with the wrong one ranked first; single output: right.
+
+    Records every call so the protocol's prompts can be checked.
+    """
+
+    def __init__(self, gt):
+        super().__init__(model=None)
+        self.gt = gt
+        self.calls = []
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True,
+                return_logits=False):
+        self.calls.append(dict(points=None if points is None else np.array(points),
+                               labels=None if labels is None else np.array(labels),
+                               box=box, mask_input=mask_input, multimask=multimask))
+        wrong = np.zeros_like(self.gt)
+        wrong[:2, :2] = True
+        if multimask:
+            logits = np.stack([np.full((16, 16), v, np.float32) for v in (1.0, 2.0, 3.0)])
+            return (np.stack([wrong, self.gt, wrong]), np.array([0.9, 0.1, 0.2], np.float32),
+                    logits)
+        return self.gt[None], np.array([0.5], np.float32), np.full((1, 16, 16), 7.0, np.float32)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # The tiny model's ops take microseconds: thread hand-offs would dominate, badly so on a
+    # busy machine (measured 20x slower with 2 threads under load).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def predictor(_one_torch_thread):
+    torch.manual_seed(0)
+    return SamPredictor(build_sam(tiny_config()).eval())
+
+
+@pytest.fixture(scope="module")
+def nuclei_2d():
+    return make_nuclei_2d((64, 64), seed=1)
+
+
+def _three_disks(shape=(40, 60)):
+    labels = np.zeros(shape, np.int32)
+    for i, (center, radius) in enumerate((((10, 10), 6), ((25, 30), 8), ((12, 48), 5)), 1):
+        labels[disk(center, radius, shape=shape)] = i
+    return labels
+
+
+# -- clicks --------------------------------------------------------------------------------
+
+
+def test_farthest_point_of_a_disk_is_its_centre():
+    mask = np.zeros((64, 64), bool)
+    mask[disk((30, 37), 11)] = True
+    assert farthest_point(mask) == (30, 37)
+
+
+def test_farthest_point_of_an_l_shape_lies_inside():
+    mask = np.zeros((50, 50), bool)
+    mask[5:45, 5:15] = True
+    mask[35:45, 5:45] = True
+    r, c = farthest_point(mask)
+    assert mask[r, c]
+    assert farthest_point(mask) == (r, c)  # deterministic
+
+
+def test_farthest_point_counts_the_image_border_as_boundary():
+    mask = np.zeros((20, 30), bool)
+    mask[:, :7] = True  # a strip along the left border
+    r, c = farthest_point(mask)
+    assert c == 3 and 0 < r < 19
+
+
+def test_farthest_point_tie_break_is_central():
+    mask = np.zeros((9, 9), bool)
+    mask[2:7, 1:8] = True  # a plateau of three pixels along the middle row
+    assert farthest_point(mask) == (4, 4)
+
+
+def test_farthest_point_rejects_empty_and_non_2d_masks():
+    with pytest.raises(ValueError, match="empty"):
+        farthest_point(np.zeros((5, 5), bool))
+    with pytest.raises(ValueError, match="2D"):
+        farthest_point(np.ones((2, 5, 5), bool))
+
+
+def test_next_click_is_positive_in_a_false_negative():
+    gt = np.zeros((50, 50), bool)
+    gt[10:30, 10:30] = True
+    pred = gt.copy()
+    pred[10:20, 10:30] = False  # the top half is missed
+    (r, c), label = next_click(pred, gt)
+    assert label == 1 and gt[r, c] and not pred[r, c]
+
+
+def test_next_click_is_negative_in_a_false_positive():
+    gt = np.zeros((50, 50), bool)
+    gt[10:30, 10:30] = True
+    pred = gt.copy()
+    pred[30:45, 10:30] = True  # a spurious region below
+    (r, c), label = next_click(pred, gt)
+    assert label == 0 and pred[r, c] and not gt[r, c]
+
+
+def test_next_click_goes_to_the_deeper_error_region():
+    gt = np.zeros((60, 60), bool)
+    gt[10:40, 10:40] = True
+    pred = np.zeros_like(gt)
+    pred[12:38, 12:38] = True  # a 2-px rim of false negatives (208 px)...
+    pred[45:48, 0:60] = True  # ... and a 3-px-thick strip of false positives (180 px)
+    (r, c), label = next_click(pred, gt)
+    assert label == 0 and 45 <= r < 48
+    pred[45:48, 0:60] = False
+    pred[12:24, 12:38] = False  # now a 12-px-deep false negative
+    (r, c), label = next_click(pred, gt)
+    assert label == 1 and gt[r, c] and not pred[r, c]
+
+
+def test_next_click_is_none_without_error():
+    gt = np.zeros((10, 10), bool)
+    gt[2:5, 2:5] = True
+    assert next_click(gt.copy(), gt) is None
+    with pytest.raises(ValueError, match="differ"):
+        next_click(gt, gt[:5])
+
+
+def test_mask_iou():
+    a = np.zeros((10, 10), bool)
+    a[:, :5] = True
+    b = np.zeros((10, 10), bool)
+    b[:, 2:7] = True
+    assert mask_iou(a, b) == pytest.approx(30 / 70)
+    assert mask_iou(a, a) == 1.0
+
+
+# -- one object ----------------------------------------------------------------------------
+
+
+def test_evaluate_object_selects_by_predicted_iou_and_reports_the_oracle():
+    gt = np.zeros((32, 32), bool)
+    gt[10:20, 12:24] = True
+    fake = ScriptedPredictorForTests(gt)
+    result = evaluate_object(fake, gt, "point", clicks=3)
+    # click 1: the wrong mask has the highest predicted IoU; the oracle finds the right one
+    assert result.iou[0] == 0.0 and result.iou_oracle[0] == 1.0
+    # click 2 corrects it (single output = ground truth); then nothing is left to correct
+    assert result.iou == [0.0, 1.0, 1.0]
+    assert result.iou_oracle == [1.0, 1.0, 1.0]
+    assert result.point_labels == [1, 1]
+    assert result.points[0] == farthest_point(gt)
+    first, second_single = fake.calls[0], fake.calls[-1]
+    assert first["multimask"] and first["mask_input"] is None
+    assert not second_single["multimask"]
+    assert len(second_single["points"]) == 2
+    # the previous logits passed on are those of the selected mask (index 0 -> value 1.0)
+    np.testing.assert_array_equal(second_single["mask_input"], np.full((1, 16, 16), 1.0))
+
+
+def test_evaluate_object_box_mode_keeps_the_box():
+    gt = np.zeros((32, 32), bool)
+    gt[10:20, 12:24] = True
+    fake = EmptyMaskPredictorForTests()
+    fake.set_image(np.zeros((32, 32)))
+    result = evaluate_object(fake, gt, "box", clicks=3)
+    assert result.box == (10, 12, 19, 23)
+    assert result.iou == [0.0, 0.0, 0.0]
+    assert len(result.points) == 2 and result.point_labels == [1, 1]  # box + 2 corrections
+
+
+def test_evaluate_object_rejects_bad_arguments():
+    gt = np.zeros((8, 8), bool)
+    fake = EmptyMaskPredictorForTests()
+    fake.set_image(gt)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate_object(fake, gt)
+    gt[2:4, 2:4] = True
+    with pytest.raises(ValueError, match="prompt"):
+        evaluate_object(fake, gt, "lasso")
+    with pytest.raises(ValueError, match="clicks"):
+        evaluate_object(fake, gt, clicks=0)
+    fake.set_image(np.zeros((9, 8)))
+    with pytest.raises(ValueError, match="set_image"):
+        evaluate_object(fake, gt)
+
+
+# -- whole images --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+def test_evaluate_image_result_format(predictor, nuclei_2d, prompt):
+    image, labels = nuclei_2d
+    calls = []
+    result = evaluate_image(predictor, image, labels, prompt=prompt, clicks=3, model_name="tiny",
+                            progress=lambda done, total: calls.append((done, total)))
+    assert set(result) == {"miou", "miou_oracle", "per_object", "n_objects", "protocol", "model"}
+    n = result["n_objects"]
+    assert n == len(ground_truth_objects(labels)) == len(result["per_object"]) > 0
+    assert len(result["miou"]) == len(result["miou_oracle"]) == 3
+    assert result["model"] == "tiny"
+    assert result["protocol"]["prompt"] == prompt and result["protocol"]["clicks"] == 3
+    assert result["protocol"]["next_click"] == "center_of_larger_error_region"
+    assert result["protocol"]["selection"] == "highest_predicted_iou"
+    for obj in result["per_object"]:
+        assert set(obj) == {"id", "slice", "iou", "iou_oracle"}
+        assert obj["slice"] is None and len(obj["iou"]) == 3
+        assert all(0.0 <= v <= 1.0 for v in obj["iou"] + obj["iou_oracle"])
+        assert all(o >= s for o, s in zip(obj["iou_oracle"], obj["iou"]))
+    assert all(o >= s for o, s in zip(result["miou_oracle"], result["miou"]))
+    assert calls[-1] == (n, n)
+    json.loads(json.dumps(result))
+    # deterministic
+    again = evaluate_image(predictor, image, labels, prompt=prompt, clicks=3, model_name="tiny")
+    assert again == result
+
+
+def test_evaluate_image_rgb(predictor):
+    labels = _three_disks()
+    image = np.zeros((*labels.shape, 3), np.uint8)
+    image[labels > 0] = (200, 120, 40)
+    result = evaluate_image(predictor, image, labels, clicks=2)
+    assert result["n_objects"] == 3 and len(result["miou"]) == 2
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+def test_a_perfect_predictor_scores_exactly_one(prompt):
+    labels = _three_disks()
+    image = (labels > 0).astype(np.float32)
+    result = evaluate_image(GroundTruthPredictorForTests(labels), image, labels,
+                            prompt=prompt, clicks=3)
+    assert result["miou"] == [1.0, 1.0, 1.0]
+    assert result["miou_oracle"] == [1.0, 1.0, 1.0]
+    assert result["n_objects"] == 3
+
+
+def test_an_empty_predictor_scores_zero():
+    labels = _three_disks()
+    image = (labels > 0).astype(np.float32)
+    result = evaluate_image(EmptyMaskPredictorForTests(), image, labels, clicks=2)
+    assert result["miou"] == [0.0, 0.0] and result["miou_oracle"] == [0.0, 0.0]
+
+
+def test_objects_are_connected_components_per_label():
+    labels = _three_disks()
+    labels[labels == 3] = 1  # label 1 now has two separate pieces
+    objects = ground_truth_objects(labels)
+    assert [o.id for o in objects] == [1, 1, 2]
+    result = evaluate_image(GroundTruthPredictorForTests(labels), labels.astype(float), labels)
+    # the predictor returns the whole label id (both pieces), so each piece scores < 1
+    assert result["n_objects"] == 3 and result["miou"][0] < 1.0
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_evaluate_image_3d_along_an_axis(predictor, axis):
+    image, labels = make_nuclei_3d((6, 40, 40), seed=2)
+    result = evaluate_image(predictor, image, labels, axis=axis, clicks=2, prompt="box")
+    slices = {o["slice"] for o in result["per_object"]}
+    n_along = labels.shape[axis]
+    expected = sum(
+        len(ground_truth_objects(np.take(labels, i, axis=axis))) for i in range(n_along)
+    )
+    assert result["n_objects"] == expected
+    assert slices <= set(range(n_along)) and len(slices) > 1
+    assert all(0.0 <= v <= 1.0 for v in result["miou"] + result["miou_oracle"])
+    json.dumps(result)
+
+
+def test_evaluate_image_validates_its_inputs(predictor):
+    labels = _three_disks()
+    image = labels.astype(np.float32)
+    with pytest.raises(ValueError, match="differ"):
+        evaluate_image(predictor, image[:, :-1], labels)
+    with pytest.raises(ValueError, match="no objects"):
+        evaluate_image(predictor, image, np.zeros_like(labels))
+    with pytest.raises(ValueError, match="integer"):
+        evaluate_image(predictor, image, labels.astype(np.float32))
+    with pytest.raises(ValueError, match="non-negative"):
+        evaluate_image(predictor, image, -labels)
+    with pytest.raises(ValueError, match="axis"):
+        evaluate_image(predictor, image, labels, axis=0)  # 2D labels take no axis
+    volume = np.stack([labels] * 2)
+    with pytest.raises(ValueError, match="axis"):
+        evaluate_image(predictor, volume.astype(float), volume)  # 3D labels need one
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate_image(predictor, volume.astype(float), volume, axis=3)
+    with pytest.raises(ValueError, match="prompt"):
+        evaluate_image(predictor, image, labels, prompt="scribble")
+    with pytest.raises(ValueError, match="clicks"):
+        evaluate_image(predictor, image, labels, clicks=0)

@@ -1,0 +1,37 @@
+"""The engine is headless: importing it loads neither napari nor any Qt binding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import napari_sam
+    import napari_sam.predictor, napari_sam.embedding_cache, napari_sam.preprocess
+    import napari_sam.segment, napari_sam.build, napari_sam.cli, napari_sam.synthetic
+    from napari_sam import SamPredictor, build_model, list_models
+    list_models()
+    forbidden = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui",
+                 "superqt", "torchvision")
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in forbidden)
+    print(" ".join(loaded) if loaded else "CLEAN")
+    """
+)
+
+
+def test_engine_imports_no_gui():
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "CLEAN", f"GUI modules imported: {proc.stdout.strip()}"
+

@@ -1,0 +1,265 @@
+"""Tests of the synthetic nuclei generator (napari_sam.synthetic)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import regionprops
+
+from napari_sam.synthetic import (
+    SyntheticSettings,
+    make_nuclei_2d,
+    make_nuclei_3d,
+    make_timelapse,
+    random_settings,
+)
+
+#: No noise, blur, background or illumination: the image is exactly the objects' fluorescence.
+CLEAN = dict(
+    psf_sigma=0.0, haze=0.0, background=0.0, illumination_gradient=0.0, vignette=0.0,
+    photons=1e9, read_noise=0.0, dtype="float32",
+)
+
+
+def _assert_consecutive(labels: np.ndarray) -> None:
+    ids = np.unique(labels)
+    assert labels.dtype == np.int32
+    assert ids[0] == 0
+    np.testing.assert_array_equal(ids, np.arange(ids.size))
+
+
+def _touch_border(region, shape) -> bool:
+    bbox = region.bbox
+    ndim = len(shape)
+    return any(bbox[d] == 0 or bbox[d + ndim] == shape[d] for d in range(ndim))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda seed: make_nuclei_2d((96, 128), seed=seed),
+        lambda seed: make_nuclei_3d((8, 48, 64), seed=seed),
+        lambda seed: make_timelapse(3, (64, 64), seed=seed),
+    ],
+    ids=["2d", "3d", "timelapse"],
+)
+def test_same_seed_same_arrays_different_seed_different(make):
+    image_a, labels_a = make(3)
+    image_b, labels_b = make(3)
+    image_c, labels_c = make(4)
+    np.testing.assert_array_equal(image_a, image_b)
+    np.testing.assert_array_equal(labels_a, labels_b)
+    assert not np.array_equal(image_a, image_c)
+    assert not np.array_equal(labels_a, labels_c)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_shapes_and_dtypes(dtype):
+    settings = SyntheticSettings(dtype=dtype)
+    black, white = settings.levels
+    image, labels = make_nuclei_2d((64, 80), seed=1, settings=settings)
+    assert image.shape == labels.shape == (64, 80)
+    assert image.dtype == np.dtype(dtype)
+    assert image.min() >= 0 and image.max() <= white
+    assert np.median(image[labels == 0]) >= black
+
+    stack, stack_labels = make_nuclei_3d((6, 40, 48), seed=1, settings=settings)
+    assert stack.shape == stack_labels.shape == (6, 40, 48)
+    assert stack.dtype == np.dtype(dtype)
+
+    movie, movie_labels = make_timelapse(4, (40, 48), seed=1, settings=settings)
+    assert movie.shape == movie_labels.shape == (4, 40, 48)
+    assert movie.dtype == np.dtype(dtype)
+
+
+def test_uint16_has_a_camera_like_range():
+    image, labels = make_nuclei_2d((128, 128), seed=0)
+    background = np.median(image[labels == 0])
+    assert 100 <= background < 600  # black level 100 plus a little background
+    assert 1000 < np.percentile(image[labels > 0], 90) <= 4095
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_labels_consecutive_and_exactly_where_the_signal_is(seed):
+    settings = SyntheticSettings(**CLEAN)
+    image, labels = make_nuclei_2d((128, 128), seed=seed, settings=settings)
+    _assert_consecutive(labels)
+    assert labels.max() > 0
+    np.testing.assert_array_equal(image > 0, labels > 0)
+    areas = np.bincount(labels.ravel())[1:]
+    assert areas.min() >= settings.min_visible_area
+
+    stack, stack_labels = make_nuclei_3d((8, 64, 64), seed=seed, settings=settings)
+    _assert_consecutive(stack_labels)
+    np.testing.assert_array_equal(stack > 0, stack_labels > 0)
+
+
+def test_objects_contrast_with_background():
+    for seed in range(3):
+        image, labels = make_nuclei_2d((128, 128), seed=seed)
+        inside = image[labels > 0].astype(float).mean()
+        outside = image[labels == 0].astype(float).mean()
+        black = SyntheticSettings().levels[0]
+        assert inside - black > 3 * (outside - black)
+
+
+@pytest.mark.parametrize("radius_range", [(4.0, 6.0), (8.0, 14.0), (40.0, 70.0)])
+def test_object_sizes_within_radius_range(radius_range):
+    settings = SyntheticSettings(radius_range=radius_range, allow_touching=False,
+                                 mitotic_fraction=0.0, irregularity=0.08)
+    shape = (384, 384) if radius_range[1] > 30 else (192, 192)
+    radii = []
+    for seed in range(3):
+        _, labels = make_nuclei_2d(shape, seed=seed, settings=settings)
+        radii += [np.sqrt(r.area / np.pi) for r in regionprops(labels)
+                  if not _touch_border(r, labels.shape)]
+    assert len(radii) >= 3
+    lo, hi = radius_range
+    assert min(radii) >= 0.85 * lo - 0.5
+    assert max(radii) <= 1.1 * hi + 0.5
+
+
+def test_touching_objects_partition_and_separated_objects_keep_a_gap():
+    dense = dict(coverage=(0.45, 0.5), clustering=0.8)
+    _, labels = make_nuclei_2d((192, 192), seed=2, settings=SyntheticSettings(**dense))
+    # some pixel of one object has a 4-neighbour in another object
+    right = (labels[:, :-1] > 0) & (labels[:, 1:] > 0) & (labels[:, :-1] != labels[:, 1:])
+    down = (labels[:-1] > 0) & (labels[1:] > 0) & (labels[:-1] != labels[1:])
+    assert right.any() or down.any()
+
+    settings = SyntheticSettings(allow_touching=False, min_gap=2.0, **dense)
+    _, labels = make_nuclei_2d((192, 192), seed=2, settings=settings)
+    grown = ndimage.grey_dilation(labels, size=(3, 3))
+    assert np.all((grown == labels) | (labels == 0))  # no different id next to an object
+
+
+def _z_to_x_sharpness(psf_sigma: float) -> float:
+    """Gradient energy along z over that along x (mean abs differences would not do: blur
+    preserves the total variation of an edge)."""
+    settings = SyntheticSettings(**{
+        **CLEAN, "psf_sigma": psf_sigma, "texture_strength": 0.0, "spot_count": (0, 0),
+        "depth_attenuation": 0.0, "axial_ratio": (1.0, 1.0), "coverage": (0.3, 0.3),
+        "radius_range": (6.0, 10.0),
+    })
+    ratios = []
+    for seed in range(2):
+        # isotropic voxels and round objects: the geometry is statistically the same along z and
+        # x, only the PSF is not
+        stack, labels = make_nuclei_3d((32, 64, 64), seed=seed, settings=settings,
+                                       z_anisotropy=1.0)
+        _assert_consecutive(labels)
+        stack = stack.astype(np.float64)
+        ratios.append((np.diff(stack, axis=0) ** 2).mean() / (np.diff(stack, axis=2) ** 2).mean())
+    return float(np.mean(ratios))
+
+
+def test_z_blur_is_stronger_than_lateral_blur():
+    assert _z_to_x_sharpness(0.0) > 0.7
+    assert _z_to_x_sharpness(1.5) < 0.5
+
+
+def test_3d_objects_are_flattened_by_anisotropy():
+    _, labels = make_nuclei_3d((16, 96, 96), seed=1, z_anisotropy=3.0)
+    _assert_consecutive(labels)
+    for r in regionprops(labels):
+        z0, y0, x0, z1, y1, x1 = r.bbox
+        if not _touch_border(r, labels.shape):
+            assert z1 - z0 < max(y1 - y0, x1 - x0)
+
+
+def test_timelapse_ids_persist_and_move_little():
+    settings = SyntheticSettings(radius_range=(6.0, 10.0))
+    movie, labels = make_timelapse(8, (128, 128), seed=5, settings=settings, speed=1.0)
+    _assert_consecutive(labels)
+    n = labels.max()
+    centroids = np.full((labels.shape[0], n + 1, 2), np.nan)
+    for t in range(labels.shape[0]):
+        for r in regionprops(labels[t]):
+            if not _touch_border(r, labels.shape[1:]):
+                centroids[t, r.label] = r.centroid
+    step = np.linalg.norm(np.diff(centroids, axis=0), axis=-1)
+    step = step[np.isfinite(step)]
+    assert step.size > 20  # most objects are followed over several frames
+    assert step.max() < 4.0
+    # an object stays the same object: its area barely changes between frames
+    areas = np.stack([np.bincount(lab.ravel(), minlength=n + 1) for lab in labels])
+    both = (areas[1:] > 0) & (areas[:-1] > 0)
+    ratio = areas[1:][both] / areas[:-1][both]
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.1)
+
+
+def test_held_out_settings_differ_from_training_settings():
+    rng = np.random.default_rng(0)
+    train = [random_settings(rng) for _ in range(20)]
+    held = [random_settings(rng, held_out=True) for _ in range(20)]
+    assert {s.psf_kind for s in train} == {"gaussian"}
+    assert {s.psf_kind for s in held} == {"defocus"}
+    assert {s.texture_kind for s in train} == {"smooth"}
+    assert {s.texture_kind for s in held} == {"speckled"}
+    assert all(s.spot_contrast < 0 for s in train) and all(s.spot_contrast > 0 for s in held)
+    assert all(s.fixed_pattern_noise == 0 for s in train)
+    assert all(s.fixed_pattern_noise > 0 for s in held)
+    assert max(s.photons for s in held) < np.median([s.photons for s in train])
+    # same seed, same draw
+    assert random_settings(np.random.default_rng(3)) == random_settings(np.random.default_rng(3))
+    for s in train[:4] + held[:4]:
+        image, labels = make_nuclei_2d((96, 96), seed=0, settings=s)
+        assert image.dtype == np.dtype(s.dtype)
+        _assert_consecutive(labels)
+
+
+def test_object_count_setting_and_empty_scene():
+    settings = SyntheticSettings(n_objects=(5, 5), radius_range=(6.0, 8.0))
+    _, labels = make_nuclei_2d((256, 256), seed=0, settings=settings)
+    assert 1 <= labels.max() <= 5
+    image, labels = make_nuclei_2d((32, 32), seed=0,
+                                   settings=SyntheticSettings(n_objects=(0, 0)))
+    assert labels.max() == 0 and image.shape == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(radius_range=(10.0, 5.0)),
+        dict(radius_range=(0.5, 5.0)),
+        dict(dtype="int64"),
+        dict(elongation=(0.5, 1.0)),
+        dict(photons=0.0),
+        dict(psf_kind="airy"),
+        dict(mitotic_fraction=1.5),
+    ],
+)
+def test_invalid_settings_raise(kwargs):
+    with pytest.raises(ValueError):
+        SyntheticSettings(**kwargs)
+
+
+def test_invalid_arguments_raise():
+    with pytest.raises(ValueError):
+        make_nuclei_2d((16, 16, 16))
+    with pytest.raises(ValueError):
+        make_nuclei_3d((16, 16), seed=0)
+    with pytest.raises(ValueError):
+        make_nuclei_3d(seed=0, z_anisotropy=0.0)
+    with pytest.raises(ValueError):
+        make_timelapse(0)
+
+
+def test_settings_are_replaceable_and_frozen():
+    settings = dataclasses.replace(SyntheticSettings(), dtype=np.uint8)
+    assert settings.dtype == "uint8"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.dtype = "uint16"  # type: ignore[misc]
+
+
+def test_fast_enough():
+    make_nuclei_2d((256, 256), seed=0)  # warm-up
+    start = time.perf_counter()
+    for seed in range(3):
+        make_nuclei_2d((256, 256), seed=seed)
+    # the target is < 0.1 s per image; the bound is loose for slow, shared CI machines
+    assert (time.perf_counter() - start) / 3 < 0.5
