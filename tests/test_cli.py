@@ -24,7 +24,7 @@ def tiny_model(monkeypatch):
 def stack(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16))
+    tifffile.imwrite(path, rng.integers(0, 4000, (4, 40, 50), dtype=np.uint16), photometric="minisblack")
     return path
 
 
@@ -78,3 +78,91 @@ def test_unknown_model_is_a_clean_error(stack, tmp_path, capsys):
                      str(tmp_path / "o.tif"), "--model", "no_such_model"])
     assert code == 2
     assert "no_such_model" in capsys.readouterr().err
+
+
+def test_evaluate_writes_the_documented_json(tmp_path, tiny_model, capsys):
+    import json
+
+    from napari_sam.synthetic import make_nuclei_2d
+
+    image, labels = make_nuclei_2d((64, 64), seed=2)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    out = tmp_path / "res.json"
+    code = cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                     "--clicks", "3", "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert len(res["miou"]) == 3 and len(res["miou_oracle"]) == 3
+    assert res["n_objects"] == len(res["per_object"]) > 0
+    assert res["protocol"]["prompt"] == "point" and res["protocol"]["clicks"] == 3
+    assert all(0.0 <= v <= 1.0 for v in res["miou"])
+    assert "mIoU per click" in capsys.readouterr().out
+
+
+def test_evaluate_classical_baseline(tmp_path, capsys):
+    import json
+
+    from napari_sam.synthetic import make_nuclei_2d
+
+    image, labels = make_nuclei_2d((96, 96), seed=1)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", labels)
+    out = tmp_path / "res.json"
+    assert cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                     "--model", "classical", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "classical" and len(res["miou"]) == 1
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("shape", "differ in shape"),
+        ("empty", "no objects"),
+        ("float", "must be integers"),
+        ("missing", "no such file"),
+    ],
+)
+def test_evaluate_bad_input(tmp_path, tiny_model, capsys, case, message):
+    img = np.zeros((32, 32), np.uint16)
+    lab = np.zeros((32, 32), np.int32)
+    lab[5:10, 5:10] = 1
+    if case == "shape":
+        lab = np.zeros((30, 32), np.int32)
+        lab[1, 1] = 1
+    elif case == "empty":
+        lab[:] = 0
+    elif case == "float":
+        lab = lab.astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    if case != "missing":
+        tifffile.imwrite(tmp_path / "lab.tif", lab)
+    out = tmp_path / "res.json"
+    code = cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                     "--json", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
+    from napari_sam.build import MODEL_CONFIGS
+    from napari_sam.synthetic import make_nuclei_2d
+
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lab").mkdir()
+    image, labels = make_nuclei_2d((64, 64), seed=4)
+    tifffile.imwrite(tmp_path / "im" / "a.tif", image)
+    assert cli.main(["train", "--images", str(tmp_path / "im"), "--labels",
+                     str(tmp_path / "lab"), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "no label image" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
+    monkeypatch.setitem(MODEL_CONFIGS, "tiny", tiny_config())
+    code = cli.main(["train", "--images", str(tmp_path / "im"), "--labels",
+                     str(tmp_path / "lab"), "--init", "tiny", "--from-scratch", "--steps", "3",
+                     "--warmup", "1", "--out", str(tmp_path / "m.pt")])
+    assert code == 0
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert set(state) == set(build_sam(tiny_config()).state_dict())

@@ -189,7 +189,10 @@ DEFAULT_CONFIG = SamConfig(
     decoder_num_heads=4,
     iou_head_hidden_dim=128,
 )
-MODEL_CONFIGS["default"] = DEFAULT_CONFIG
+MODEL_CONFIGS = {"default": DEFAULT_CONFIG, **MODEL_CONFIGS}  # smallest first
+
+#: The default model's weights ship inside the package (float16, a few MB): no download.
+DEFAULT_WEIGHTS = Path(__file__).parent / "_weights" / "default.pt"
 
 #: Other names :func:`build_model` accepts.
 MODEL_ALIASES: dict[str, str] = {}
@@ -394,6 +397,14 @@ def _resolve_weights(
             return model_type, load_state_dict(checkpoint), str(checkpoint)
         if not pretrained:
             return model_type, None, None
+        if model_type == "default":
+            path = DEFAULT_WEIGHTS
+            if not path.exists():
+                raise ValueError(
+                    f"the default model's weights are missing from the installation ({path}): "
+                    "reinstall napari-sam-nd, or pass checkpoint=PATH"
+                )
+            return model_type, load_state_dict(path), str(path)
         from .weights import fetch_weights
 
         try:

@@ -103,7 +103,7 @@ def _torch_load(path: Path) -> Any:
             "torch.load(path, weights_only=False) and torch.save() only its state dict (a dict "
             "of tensors) to a new file."
         ) from None
-    except (MemoryError, KeyboardInterrupt):
+    except MemoryError:
         raise
     except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError, ... on bad files
         raise CheckpointError(_not_a_checkpoint(path, exc)) from exc

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--lr", type=float, default=4e-4)
     tr.add_argument("--warmup", type=int, default=100)
+    tr.add_argument("--focal-ramp", type=int, default=300,
+                    help="steps over which the focal:dice weight ramps from 1:1 to 20:1")
     tr.add_argument("--objects-per-image", type=int, default=6)
     tr.add_argument("--refine-rounds", type=int, default=3)
     tr.add_argument("--maskonly-rounds", type=int, default=1)
@@ -339,7 +341,7 @@ def _cmd_train(args) -> int:
     else:
         examples = training.folder_examples(images, labels, crop, args.seed)
     cfg = training.TrainConfig(
-        steps=args.steps, lr=args.lr, warmup_steps=args.warmup,
+        steps=args.steps, lr=args.lr, warmup_steps=args.warmup, focal_ramp_steps=args.focal_ramp,
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": model.img_size,

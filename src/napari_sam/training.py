@@ -49,6 +49,9 @@ class TrainConfig:
     smaller so that training on a laptop CPU makes progress, and are recorded in the checkpoint.
     With ``backprop_all_rounds=False`` only the first and the last round carry gradients; the
     rounds in between only simulate the user's corrections (about 3x cheaper per round).
+    From random weights, the paper's 20:1 focal:dice ratio first drives every logit negative and
+    training stalls there for hundreds of steps; the focal weight therefore ramps linearly from 1
+    to ``focal_weight`` over ``focal_ramp_steps`` (0 disables the ramp).
     """
 
     steps: int = 1000
@@ -63,6 +66,8 @@ class TrainConfig:
     box_noise: float = 0.1
     box_noise_max: float = 20.0
     focal_weight: float = 20.0
+    focal_ramp_steps: int = 300
+    focal_ramp_steps: int = 300
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     min_object_pixels: int = 4
@@ -246,7 +251,8 @@ def train_step(
     masks: torch.Tensor,
     config: TrainConfig,
     generator: torch.Generator,
-) -> dict[str, float] | tuple[torch.Tensor, dict[str, float]]:
+    step: int | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one image with its objects under SAM's simulated interactive prompting.
 
     Parameters
@@ -262,6 +268,9 @@ def train_step(
     stats : dict
         ``loss``, ``iou_first`` (mean IoU after the first prompt), ``iou_last``.
     """
+    focal_weight = config.focal_weight
+    if step is not None and step < config.focal_ramp_steps:
+        focal_weight = 1.0 + (config.focal_weight - 1.0) * step / config.focal_ramp_steps
     device = model.device
     masks = masks.to(device)
     m = masks.shape[0]
@@ -293,7 +302,7 @@ def train_step(
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             round_loss, round_iou, chosen_low = _round(
                 model, features, coords, labels, boxes, mask_input, use_box_d, target,
-                target_bool, first=r == 0, config=config,
+                target_bool, first=r == 0, config=config, focal_weight=focal_weight,
             )
         if with_grad:
             total = total + round_loss
@@ -314,7 +323,7 @@ def train_step(
 
 
 def _round(model, features, coords, labels, boxes, mask_input, use_box, target, target_bool,
-           *, first: bool, config: TrainConfig):
+           *, first: bool, config: TrainConfig, focal_weight: float):
     """Decode every object once; return its loss, the mean IoU and the chosen low-res logits."""
     m, low = target.shape[0], target.shape[-1]
     device = features.device
@@ -336,7 +345,7 @@ def _round(model, features, coords, labels, boxes, mask_input, use_box, target, 
         out_logits[idx] = lo
         out_iou[idx] = io
     tgt = target[:, None].expand_as(out_logits)
-    per_mask = config.focal_weight * focal_loss(out_logits, tgt)
+    per_mask = focal_weight * focal_loss(out_logits, tgt)
     per_mask = per_mask + config.dice_weight * dice_loss(out_logits, tgt)
     with torch.no_grad():
         true_iou = mask_iou(out_logits > 0, target_bool[:, None].expand_as(out_logits))
@@ -446,7 +455,7 @@ def train(
             masks = masks[torch.from_numpy(np.sort(keep))]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
-        loss, stats = train_step(model, pixels, masks, config, generator)
+        loss, stats = train_step(model, pixels, masks, config, generator, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:

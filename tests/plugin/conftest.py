@@ -19,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "napari-sam-nd"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    # The import-order check runs in a subprocess of its own: start it now, alongside the others.
+    for item in items:
+        if item.name == "test_viewer_first_then_plugin":
+            item.module.start()
+            break
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A tiny SAM with fixed random weights: milliseconds per embedding on a CPU."""
@@ -31,27 +39,14 @@ def tiny_model():
 
 
 @pytest.fixture
-def plugin_viewer(make_napari_viewer):
-    """Factory of viewers that know the plugin (registered from napari.yaml if not installed).
+def plugin_viewer(npe2pm, make_napari_viewer):
+    """``make_napari_viewer`` with the plugin registered from napari.yaml.
 
-    The manifest is registered after the viewer exists, so napari adds its menu actions once,
-    and unregistered at the end so the next test's viewer starts clean.
+    npe2's ``npe2pm`` fixture gives a plugin manager of this test only (nothing discovered,
+    nothing left behind), so the tests do not depend on ``pip install -e .``.
     """
-    import npe2
-
-    pm = npe2.PluginManager.instance()
-    registered = []
-
-    def factory(**kwargs):
-        viewer = make_napari_viewer(**kwargs)
-        if PLUGIN not in pm:
-            pm.register(str(ROOT / "napari.yaml"))
-            registered.append(PLUGIN)
-        return viewer
-
-    yield factory
-    for name in registered:
-        pm.unregister(name)
+    npe2pm.register(str(ROOT / "napari.yaml"))
+    return make_napari_viewer
 
 
 @pytest.fixture

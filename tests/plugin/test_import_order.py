@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -45,14 +46,32 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(
-    sys.platform.startswith("linux") and not os.environ.get("DISPLAY"),
-    reason="needs a display (run under xvfb-run)",
-)
+_HAS_DISPLAY = not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY"))
+_RUN: dict = {}
+
+
+def start() -> None:
+    """Start the subprocess (conftest does it at collection time, so it overlaps other tests)."""
+    if _RUN or not _HAS_DISPLAY:
+        return
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=out, stderr=err, env=env)
+    _RUN.update(proc=proc, out=out, err=err)
+
+
+@pytest.mark.skipif(not _HAS_DISPLAY, reason="needs a display (run under xvfb-run)")
 def test_viewer_first_then_plugin():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("OK")
+    start()
+    proc = _RUN["proc"]
+    try:
+        returncode = proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _RUN["out"].seek(0)
+    _RUN["err"].seek(0)
+    stdout, stderr = _RUN["out"].read(), _RUN["err"].read()
+    assert returncode == 0, f"exit code {returncode}:\n{stderr[-3000:]}"
+    assert stdout.strip().endswith("OK")

@@ -62,7 +62,8 @@ def test_launch(plugin_viewer, monkeypatch, tmp_path, qtbot):
     assert len(widgets) == 1
 
     path = Path(tmp_path) / "stack.tif"
-    tifffile.imwrite(path, np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16))
+    stack = np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
+    tifffile.imwrite(path, stack, photometric="minisblack")
     viewer = launch(image_path=path, show=False)
     assert viewer.layers["stack"].data.shape == (4, 16, 16)
     widget = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, SamWidget))

@@ -31,21 +31,18 @@ def test_several_boxes_are_several_objects(sam, idle):
     assert sorted(np.unique(labels[labels > 0]).tolist()) == ids
     assert len(widget.shapes_layer.data) == 0
 
-
-def test_point_inside_a_box_refines_it(sam, idle):
-    image, _ = nuclei_2d()
-    viewer, widget, _ = sam(image)
-    spy = SegmentSpy(widget.predictor)
+    # a point inside a box refines that box; a point outside any box is an object of its own
+    spy.calls.clear()
     widget.shapes_layer.add_rectangles(np.array([[10, 10], [40, 40]], dtype=float))
-    widget.points_layer.add([20, 20])  # inside: refines the box
-    widget.points_layer.add([55, 55])  # outside: an object of its own
+    widget.points_layer.add([20, 20])
+    widget.points_layer.add([55, 55])
     idle(widget)
     by_box = {c["box"] is None: c for c in spy.calls[-2:]}
     np.testing.assert_allclose(by_box[False]["points"], [[20, 20]])
     np.testing.assert_allclose(by_box[True]["points"], [[55, 55]])
 
 
-def test_polygon_is_a_box_plus_mask_prompt(sam, idle):
+def test_polygon_and_ellipse_are_box_plus_mask_prompts(sam, idle):
     image, _ = nuclei_2d()
     viewer, widget, _ = sam(image)
     spy = SegmentSpy(widget.predictor)
@@ -61,11 +58,7 @@ def test_polygon_is_a_box_plus_mask_prompt(sam, idle):
     assert widget.preview is not None
     assert widget.commit() == [1]
 
-
-def test_ellipse_is_a_mask_prompt(sam, idle):
-    image, _ = nuclei_2d()
-    viewer, widget, _ = sam(image)
-    spy = SegmentSpy(widget.predictor)
+    # an ellipse too
     widget.shapes_layer.add_ellipses(np.array([[32, 32], [10, 20]], dtype=float))  # centre, radii
     idle(widget)
     mask = spy.calls[-1]["mask_input"]

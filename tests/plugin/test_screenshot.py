@@ -23,8 +23,9 @@ def test_committed_object_is_visible_on_the_canvas(sam, idle):
         other.visible = False
 
     # centre the camera on a pixel deep inside the object, a few screen pixels per image pixel
-    viewer.camera.center = tuple(labels.data_to_world([r, c]))
-    viewer.camera.zoom = 4.0
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
+    camera.center = tuple(labels.data_to_world([r, c]))
+    camera.zoom = 4.0
 
     def centre_patch(shot):
         h, w = shot.shape[:2]

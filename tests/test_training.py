@@ -1,0 +1,117 @@
+"""SAM's training scheme on a tiny model: prompt simulation, losses, the loop, resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam import training
+from napari_sam.build import build_sam, tiny_config
+from napari_sam.synthetic import make_nuclei_2d
+
+
+def test_losses_prefer_the_right_mask():
+    target = torch.zeros(1, 16, 16)
+    target[:, 4:12, 4:12] = 1
+    good = (target * 2 - 1) * 8
+    bad = -good
+    assert training.focal_loss(good, target) < training.focal_loss(bad, target)
+    assert training.dice_loss(good, target) < 0.05 < 0.9 < training.dice_loss(bad, target)
+
+
+def test_points_fall_inside_masks_and_error_points_get_the_right_label():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(2, 20, 20, dtype=torch.bool)
+    gt[0, 2:8, 2:8] = True
+    gt[1, 10:18, 5:15] = True
+    pts = training.sample_points_in_masks(gt, g)
+    for i, (x, y) in enumerate(pts.long()):
+        assert gt[i, y, x]
+    pred = gt.clone()
+    pred[0] = False  # object 0 missed entirely: false negative -> positive click
+    pred[1, 0:5, 0:5] = True  # object 1 has only a false positive -> negative click
+    p, lab = training.sample_error_points(pred, gt, g)
+    assert lab.tolist() == [1, 0]
+    assert gt[0, p[0, 1].long(), p[0, 0].long()]
+    assert not gt[1, p[1, 1].long(), p[1, 0].long()]
+    _, lab = training.sample_error_points(gt, gt, g)
+    assert lab.tolist() == [-1, -1]  # nothing to correct: padding points
+
+
+def test_noisy_boxes_stay_near_the_object_and_inside_the_image():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.zeros(50, 64, 64, dtype=torch.bool)
+    gt[:, 20:40, 10:30] = True
+    boxes = training.noisy_boxes(gt, g, noise=0.1, noise_max=20)
+    tight = torch.tensor([10.0, 20.0, 29.0, 39.0])
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert boxes.min() >= 0 and boxes.max() <= 63
+    assert (boxes - tight).abs().max() <= 20
+    assert (boxes - tight).abs().mean() > 0.1  # noise is there
+
+
+def _examples():
+    image, labels = make_nuclei_2d((64, 64), seed=3)
+    while True:
+        yield image, labels
+
+
+def test_a_few_steps_lower_the_loss_and_the_run_resumes(tmp_path):
+    torch.manual_seed(0)
+    model = build_sam(tiny_config())
+    config = training.TrainConfig(steps=40, lr=3e-3, warmup_steps=2, log_every=5,
+                                  checkpoint_every=20, objects_per_image=4, refine_rounds=2)
+    out = tmp_path / "tiny.pt"
+    log = training.train(model, _examples(), config, out)
+    assert out.exists() and (tmp_path / "tiny.pt.state.pt").exists()
+    losses = [e["loss"] for e in log]
+    assert len(losses) == 8
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2])
+    assert not model.training
+
+    # resume: a longer run continues from the saved state instead of starting over
+    longer = training.TrainConfig(**{**config.__dict__, "steps": 45})
+    log2 = training.train(model, _examples(), longer, out)
+    assert log2[:8] == log and [e["step"] for e in log2[8:]] == [45]
+    state = torch.load(tmp_path / "tiny.pt.state.pt", weights_only=True)
+    assert state["step"] == 45 and json.loads(state["config"])["steps"] == 45
+
+
+def test_should_stop_saves_the_state(tmp_path):
+    model = build_sam(tiny_config())
+    config = training.TrainConfig(steps=100, warmup_steps=1, checkpoint_every=1000)
+    calls = []
+    training.train(model, _examples(), config, tmp_path / "m.pt",
+                   should_stop=lambda: len(calls) >= 3 or calls.append(1))
+    state = torch.load(tmp_path / "m.pt.state.pt", weights_only=True)
+    assert state["step"] == 4
+    assert not (tmp_path / "m.pt").exists()  # unfinished: only the resumable state
+
+
+def test_input_size_conversion_keeps_weights_and_runs():
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = build_sam(config)
+    big = training.with_input_size(model, config, 128)
+    assert big.img_size == 128
+    assert big.image_encoder.pos_embed.shape[1:3] == (16, 16)
+    back = training.with_input_size(big, config, 64)
+    torch.testing.assert_close(
+        back.mask_decoder.state_dict(), model.mask_decoder.state_dict()
+    )
+    with torch.no_grad():
+        feats = big.image_encoder(big.preprocess(torch.rand(1, 3, 128, 128) * 255))
+    assert feats.shape == (1, config.prompt_embed_dim, 16, 16)
+
+
+def test_folder_examples_crops_planes_with_objects():
+    labels = np.zeros((3, 40, 40), np.int32)
+    labels[1, 5:15, 5:15] = 1
+    image = np.random.default_rng(0).random((3, 40, 40))
+    it = training.folder_examples([image], [labels], crop=32, seed=0)
+    for _ in range(5):
+        img, lab = next(it)
+        assert img.shape == lab.shape == (32, 32) and lab.any()
+    with pytest.raises(ValueError, match="no objects"):
+        next(training.folder_examples([image], [np.zeros_like(labels)], crop=32))
