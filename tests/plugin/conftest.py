@@ -19,12 +19,22 @@ ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "napari-sam-nd"
 
 
-def pytest_collection_modifyitems(session, config, items):
-    # The import-order check runs in a subprocess of its own: start it now, alongside the others.
-    for item in items:
+_BACKGROUND: list = []
+
+
+def pytest_collection_finish(session):
+    # The import-order check runs in a subprocess of its own: start it now (after deselection),
+    # so that it runs alongside the other tests.
+    for item in session.items:
         if item.name == "test_viewer_first_then_plugin":
             item.module.start()
+            _BACKGROUND.append(item.module)
             break
+
+
+def pytest_sessionfinish(session):
+    for module in _BACKGROUND:
+        module.stop()
 
 
 @pytest.fixture(scope="session")

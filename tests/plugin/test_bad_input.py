@@ -10,7 +10,7 @@ from napari_sam.plugin._widget import LABELS_NAME
 
 def test_point_outside_the_image(sam, idle, notes):
     image, _ = nuclei_2d()
-    viewer, widget, _ = sam(image)
+    _viewer, widget, _ = sam(image)
     widget.points_layer.add([-20, 30])
     widget.points_layer.add([30, 500])
     idle(widget)
@@ -78,7 +78,7 @@ def test_3d_display_asks_for_2d(sam, idle, notes):
 
 
 def test_one_pixel_image(sam, idle, notes):
-    viewer, widget, _ = sam(np.ones((1, 1), dtype=np.uint16))
+    _viewer, widget, _ = sam(np.ones((1, 1), dtype=np.uint16))
     widget.points_layer.add([0, 0])
     idle(widget)
     assert sum("too small" in m for m in notes) == 1, notes
@@ -90,7 +90,7 @@ def test_huge_image(sam, idle, notes, monkeypatch):
 
     monkeypatch.setattr(_layers, "MAX_PLANE_PIXELS", 32 * 32)  # stands in for a gigapixel plane
     image, gt = nuclei_2d()
-    viewer, widget, _ = sam(image)
+    _viewer, widget, _ = sam(image)
     widget.points_layer.add(object_centre(gt))
     idle(widget)
     assert sum("megapixels" in m for m in notes) == 1, notes

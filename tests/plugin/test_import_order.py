@@ -56,9 +56,21 @@ def start() -> None:
         return
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    # kept open until the test reads them: the process writes while other tests run
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=out, stderr=err, env=env)
     _RUN.update(proc=proc, out=out, err=err)
+
+
+def stop() -> None:
+    """Kill the subprocess if it still runs and close its output files."""
+    proc = _RUN.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for name in ("out", "err"):
+        if name in _RUN:
+            _RUN[name].close()
 
 
 @pytest.mark.skipif(not _HAS_DISPLAY, reason="needs a display (run under xvfb-run)")
@@ -67,11 +79,10 @@ def test_viewer_first_then_plugin():
     proc = _RUN["proc"]
     try:
         returncode = proc.wait(timeout=180)
+        _RUN["out"].seek(0)
+        _RUN["err"].seek(0)
+        stdout, stderr = _RUN["out"].read(), _RUN["err"].read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    _RUN["out"].seek(0)
-    _RUN["err"].seek(0)
-    stdout, stderr = _RUN["out"].read(), _RUN["err"].read()
+        stop()
     assert returncode == 0, f"exit code {returncode}:\n{stderr[-3000:]}"
     assert stdout.strip().endswith("OK")

@@ -110,7 +110,9 @@ def test_paint_mask_same_grid_and_other_grid():
     same.undo()
     assert (same.data == 3).sum() == 0
 
-    fine = Labels(np.zeros((4, 12, 16), dtype=np.int32), scale=(1, 0.5, 0.5), translate=(0, -0.25, -0.25))
+    fine = Labels(
+        np.zeros((4, 12, 16), dtype=np.int32), scale=(1, 0.5, 0.5), translate=(0, -0.25, -0.25)
+    )
     written = paint_mask(fine, image, plane, mask, 1)
     assert written == 4 * mask.sum()
     np.testing.assert_array_equal(fine.data[2].reshape(6, 2, 8, 2).max(axis=(1, 3)) > 0, mask)

@@ -29,7 +29,7 @@ def test_manifest_is_valid_and_its_commands_import():
 def test_sample_data():
     from napari_sam.plugin._sample_data import nuclei_2d, nuclei_3d
 
-    [(image2d, meta2d, kind2d)] = nuclei_2d()
+    [(image2d, _meta2d, kind2d)] = nuclei_2d()
     [(image3d, meta3d, kind3d)] = nuclei_3d()
     assert kind2d == kind3d == "image"
     assert image2d.ndim == 2 and image2d.std() > 0
@@ -57,7 +57,7 @@ def test_launch(plugin_viewer, monkeypatch, tmp_path, qtbot):
 
     monkeypatch.setattr(napari, "Viewer", lambda show=True: plugin_viewer())
     viewer = launch(sample="nuclei_2d", show=False)
-    assert [layer.name for layer in viewer.layers][0] == "nuclei 2D"
+    assert next(layer.name for layer in viewer.layers) == "nuclei 2D"
     widgets = [w for w in viewer.window.dock_widgets.values() if isinstance(w, SamWidget)]
     assert len(widgets) == 1
 

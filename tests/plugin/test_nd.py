@@ -79,9 +79,7 @@ def test_cached_embedding_is_reused(sam, idle, encoder_calls):
     np.testing.assert_array_equal(widget.preview.mask, before)
 
 
-def test_moving_during_computation_computes_the_current_slice_next(
-    sam, idle, gate, encoder_calls
-):
+def test_moving_during_computation_computes_the_current_slice_next(sam, idle, gate, encoder_calls):
     image, gt = nuclei_3d()
     viewer, widget, _ = sam(image)
     go_to(viewer, axis0=1)
@@ -110,7 +108,7 @@ def test_scale_and_translate_map_prompts_to_the_right_pixels(sam, idle, tiny_mod
     image, gt = nuclei_2d((48, 64))
     scale, translate = np.array([2.0, 0.5]), np.array([10.0, -4.0])
     # the widget adopts an existing "SAM points" layer, here in world units (scale 1)
-    viewer, widget, layer = sam(
+    viewer, widget, _layer = sam(
         image,
         scale=scale,
         translate=translate,
@@ -137,8 +135,8 @@ def test_scale_and_translate_map_prompts_to_the_right_pixels(sam, idle, tiny_mod
 
 
 def test_target_on_another_grid(sam, idle):
-    image, gt = nuclei_2d((32, 40))
-    viewer, widget, layer = sam(image, scale=(2.0, 0.5), translate=(10.0, -4.0))
+    image, _gt = nuclei_2d((32, 40))
+    viewer, widget, _layer = sam(image, scale=(2.0, 0.5), translate=(10.0, -4.0))
     # a target with twice the row resolution of the image
     target = viewer.add_labels(
         np.zeros((64, 40), dtype=np.int32), scale=(1.0, 0.5), translate=(10.0, -4.0)
@@ -202,3 +200,44 @@ def test_transposed_view_segments_that_plane(sam, idle):
     widget.commit()
     labels = viewer.layers[LABELS_NAME].data
     assert np.nonzero(labels.any(axis=(0, 2)))[0].tolist() == [20]
+
+
+def test_switching_to_an_image_of_another_ndim_and_scale(sam, idle):
+    stack, gt3 = nuclei_3d()
+    viewer, widget, _ = sam(stack, scale=(2.0, 1.0, 1.0))
+    go_to(viewer, axis0=5)
+    idle(widget)
+    widget.points_layer.add([5, *object_centre(gt3[5])])
+    idle(widget)
+    assert widget.commit() == [1]
+
+    image, gt = nuclei_2d((40, 48))
+    flat = viewer.add_image(image, scale=(0.5, 0.5), translate=(3.0, 7.0))
+    widget.image_combo.value = flat
+    idle(widget)
+    assert widget.points_layer.ndim == 2  # the empty 3D prompt layers were replaced
+    widget.target_combo.value = widget.target_combo.choices[0]  # a new Labels layer
+    widget.shapes_layer.add_rectangles(np.array([[5, 5], [30, 40]], dtype=float))
+    idle(widget)
+    assert widget.preview.plane.shape == image.shape
+    preview = widget.preview_layer
+    np.testing.assert_allclose(preview.data_to_world([0, 0]), flat.data_to_world([0, 0]))
+    np.testing.assert_allclose(preview.data_to_world([10, 10]), flat.data_to_world([10, 10]))
+    ids = widget.commit()
+    assert ids == [1]
+    new = widget.target_layer
+    assert new.data.shape == image.shape
+    np.testing.assert_allclose(new.scale, flat.scale)
+    assert (viewer.layers[LABELS_NAME].data == 1).sum() > 0  # the 3D result is untouched
+
+    # another 2D image on another grid: the preview layer is reused and follows it
+    other = viewer.add_image(image[::2, ::2], scale=(3.0, 3.0), translate=(-5.0, 0.0))
+    widget.image_combo.value = other
+    idle(widget)
+    assert widget.preview_layer is preview
+    shapes = widget.shapes_layer  # still on the first 2D image's grid
+    corners = [shapes.world_to_data(other.data_to_world(p)) for p in ([2, 2], [15, 20])]
+    shapes.add_rectangles(np.array(corners))
+    idle(widget)
+    assert widget.preview.image is other
+    np.testing.assert_allclose(preview.data_to_world([4, 6]), other.data_to_world([4, 6]))

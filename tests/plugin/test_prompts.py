@@ -27,9 +27,12 @@ def test_several_boxes_are_several_objects(sam, idle):
     )
     ids = widget.commit()
     assert len(ids) == nonempty >= 2
-    labels = viewer.layers[LABELS_NAME].data
+    labels_layer = viewer.layers[LABELS_NAME]
+    labels = labels_layer.data
     assert sorted(np.unique(labels[labels > 0]).tolist()) == ids
     assert len(widget.shapes_layer.data) == 0
+    labels_layer.undo()  # all objects of a commit go in one undo step
+    assert not labels_layer.data.any()
 
     # a point inside a box refines that box; a point outside any box is an object of its own
     spy.calls.clear()
@@ -44,7 +47,7 @@ def test_several_boxes_are_several_objects(sam, idle):
 
 def test_polygon_and_ellipse_are_box_plus_mask_prompts(sam, idle):
     image, _ = nuclei_2d()
-    viewer, widget, _ = sam(image)
+    _viewer, widget, _ = sam(image)
     spy = SegmentSpy(widget.predictor)
     triangle = np.array([[10, 10], [10, 50], [50, 10]], dtype=float)
     widget.shapes_layer.add_polygons([triangle])

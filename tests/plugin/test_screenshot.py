@@ -9,8 +9,8 @@ from napari_sam.plugin._widget import LABELS_NAME
 
 
 def test_committed_object_is_visible_on_the_canvas(sam, idle):
-    image, gt = nuclei_2d((96, 96))
-    viewer, widget, layer = sam(image, scale=(1.5, 1.5), show=True)
+    image, _gt = nuclei_2d((96, 96))
+    viewer, widget, _layer = sam(image, scale=(1.5, 1.5), show=True)
     widget.shapes_layer.add_rectangles(np.array([[20, 20], [70, 70]], dtype=float))
     idle(widget)
     [object_id] = widget.commit()

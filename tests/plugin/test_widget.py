@@ -114,9 +114,9 @@ def test_keys_and_buttons(sam, idle):
     assert (viewer.layers[LABELS_NAME].data == 2).any()
 
 
-def test_single_point_uses_best_of_three_richer_prompts_single_output(sam, idle):
+def test_single_point_best_of_three_moves_and_deletes_redecode(sam, idle):
     image, gt = nuclei_2d()
-    viewer, widget, _ = sam(image)
+    _viewer, widget, _ = sam(image)
     calls = []
     original = widget.predictor.predict
 
@@ -133,9 +133,21 @@ def test_single_point_uses_best_of_three_richer_prompts_single_output(sam, idle)
     idle(widget)
     assert calls[-1] is False
 
+    # moving a point re-decodes at once with the new position
+    spy = SegmentSpy(widget.predictor)
+    moved = widget.points_layer.data.copy()
+    moved[1] = [10, 12]
+    widget.points_layer.data = moved
+    idle(widget)
+    np.testing.assert_allclose(spy.calls[-1]["points"], [rc, [10, 12]])
+    # deleting one leaves the single-point (best of three) case again
+    widget.points_layer.remove([1])
+    idle(widget)
+    assert calls[-1] is True
+
 
 def test_overwrite_off_keeps_existing_objects(sam, idle):
-    image, gt = nuclei_2d()
+    image, _gt = nuclei_2d()
     viewer, widget, _ = sam(image)
     widget.shapes_layer.add_rectangles(np.array([[10, 10], [50, 50]]))
     idle(widget)

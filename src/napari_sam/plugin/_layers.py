@@ -160,9 +160,7 @@ class Plane:
         """Which ``(N, 2)`` plane coordinates fall on a pixel of the plane."""
         rc = np.asarray(rc, dtype=float).reshape(-1, 2)
         h, w = self.shape
-        return (
-            (rc[:, 0] >= -0.5) & (rc[:, 0] < h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] < w - 0.5)
-        )
+        return (rc[:, 0] >= -0.5) & (rc[:, 0] < h - 0.5) & (rc[:, 1] >= -0.5) & (rc[:, 1] < w - 0.5)
 
 
 def current_plane(image: Image, dims: Dims) -> Plane:
@@ -334,6 +332,8 @@ class PlanePrompts:
     shapes : list of ShapePrompt
     masks : list of (int, ShapePrompt)
         Objects of the mask-prompt Labels layer: label value and box + mask.
+    mask_digests : dict
+        ``{label value: digest}`` of those objects (to skip them once committed).
     problems : list of str
         User-facing reasons why some prompts were ignored (outside the image, ...).
     """
@@ -345,6 +345,7 @@ class PlanePrompts:
     )
     shapes: list[ShapePrompt] = field(default_factory=list)
     masks: list[tuple[int, ShapePrompt]] = field(default_factory=list)
+    mask_digests: dict[int, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -555,9 +556,9 @@ def assemble_objects(prompts: PlanePrompts) -> list[dict[str, Any]]:
         best = None
         for j, s in enumerate(regions):
             r0, c0, r1, c1 = s.box
-            if r0 - 0.5 <= r <= r1 + 0.5 and c0 - 0.5 <= c <= c1 + 0.5:
-                if best is None or areas[j] < areas[best]:
-                    best = j
+            inside = r0 - 0.5 <= r <= r1 + 0.5 and c0 - 0.5 <= c <= c1 + 0.5
+            if inside and (best is None or areas[j] < areas[best]):
+                best = j
         (free if best is None else assigned[best]).append(i)
 
     objects: list[dict[str, Any]] = []

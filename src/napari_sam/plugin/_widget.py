@@ -29,6 +29,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
@@ -36,8 +37,8 @@ from ._layers import (
     Plane,
     PlanePrompts,
     PromptError,
-    assemble_objects,
     affine_between,
+    assemble_objects,
     current_plane,
     image_level0,
     image_spatial_shape,
@@ -51,10 +52,9 @@ from ._layers import (
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
-    import torch
 
     from ..embedding_cache import EmbeddingCache
-    from ..predictor import ImageEmbedding, SamPredictor
+    from ..predictor import SamPredictor
 
 __all__ = ["KEY_CLEAR", "KEY_COMMIT", "KEY_TOGGLE", "SamWidget"]
 
@@ -73,6 +73,7 @@ PREVIEW_NAME = "SAM preview"
 LABELS_NAME = "SAM labels"
 POSITIVE_COLOR = "#00ff00"
 NEGATIVE_COLOR = "#ff00ff"
+PREVIEW_COLOR = "#00e5ff"
 #: More objects than this on one slice are not decoded (each costs a decoder pass).
 MAX_OBJECTS = 100
 
@@ -97,7 +98,7 @@ def _guarded(method: Callable) -> Callable:
                 return None
             logger.exception("Segment Anything: %s failed", method.__name__)
             show_error(f"Segment Anything: {exc}")
-        except Exception as exc:  # noqa: BLE001 - the user sees the message, the log the rest
+        except Exception as exc:  # the user sees the message, the log the rest
             logger.exception("Segment Anything: %s failed", method.__name__)
             show_error(f"Segment Anything: {exc}")
         return None
@@ -166,7 +167,7 @@ def _compute_embedding(predictor, data, indexer, intensity_range, range_source):
             intensity_range = estimate_intensity_range(range_source)
         plane = np.asarray(data[indexer])
         return predictor.compute_embedding(plane, intensity_range), intensity_range, None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         logger.exception("computing the SAM embedding failed")
         return None, intensity_range, exc
 
@@ -176,7 +177,7 @@ def _build_model(name, checkpoint, device):
         from .. import build_model
 
         return build_model(name, checkpoint=checkpoint, device=device), None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         logger.info("loading model %r failed", name, exc_info=True)
         return None, exc
 
@@ -186,7 +187,7 @@ def _model_choices() -> list[str]:
         from .. import list_models
 
         names = list(list_models())
-    except Exception:  # noqa: BLE001 - the widget still opens; loading reports the problem
+    except Exception:  # the widget still opens; loading reports the problem
         logger.exception("listing the models failed")
         names = []
     return [*names, CHECKPOINT_CHOICE]
@@ -197,7 +198,8 @@ def _device_choices() -> list[str]:
         from ..device import available_devices
 
         return ["auto", *available_devices()]
-    except Exception:  # noqa: BLE001
+    except Exception:
+        logger.exception("listing the devices failed")
         return ["auto", "cpu"]
 
 
@@ -328,6 +330,9 @@ class SamWidget(Container):
             viewer.bind_key(key, _key_handler(action), overwrite=True)
         self.native.destroyed.connect(self._on_destroyed)
 
+        existing = [layer for layer in self._labels_layers() if layer.name == LABELS_NAME]
+        if existing:  # reopened widget: keep writing into the same result layer
+            self.target_combo.value = existing[-1]
         self._on_image_changed(self.image_combo.value)
         self._set_status("Load a model to start." if self.image else "Open an image.")
 
@@ -391,6 +396,7 @@ class SamWidget(Container):
         self._warned.discard("no-model")
         device = getattr(model, "device", "cpu")
         self.model_label.value = f"{name} ({device})"
+        self._restore_prompt_layers()
         self._schedule("model")
 
     def load_model(
@@ -431,6 +437,7 @@ class SamWidget(Container):
 
     def toggle_point_mode(self) -> None:
         """Switch the next points between positive and negative."""
+        self._restore_prompt_layers()
         self.point_mode.value = "negative" if self.point_mode.value == "positive" else "positive"
 
     def refresh(self) -> None:
@@ -458,14 +465,17 @@ class SamWidget(Container):
             return []
         image = self.image
         if image is None:
-            show_warning("No image layer: open an image and choose it in the Segment Anything panel.")
+            show_warning("No image layer: open an image and choose it in the widget.")
             return []
         preview = self.preview
         if preview is None or not any(m.any() for m in preview.masks):
-            if self._job is not None and self._has_prompts():
-                show_info("The embedding of this slice is still being computed: commit when the preview appears.")
+            if preview is not None:
+                message = "The preview is empty: SAM found no object for these prompts."
+            elif self._job is not None and self._has_prompts():
+                message = "This slice is still being prepared: commit when the preview appears."
             else:
-                show_warning("Nothing to commit: place a point or draw a box on this slice first.")
+                message = "Nothing to commit: place a point or draw a box on this slice first."
+            show_warning(message)
             return []
         target = self.target_layer
         if target is not None and target is self.mask_source:
@@ -517,6 +527,7 @@ class SamWidget(Container):
         if image is None:
             show_warning("No image layer: nothing to clear.")
             return
+        self._restore_prompt_layers()
         try:
             plane = current_plane(image, self.viewer.dims)
         except PromptError as exc:
@@ -606,29 +617,34 @@ class SamWidget(Container):
         self._ranges.pop(uid, None)
         self._failed = {k for k in self._failed if k[0] != uid}
         self._embedding_key = None
+        self._drop_preview()
         self._schedule("view")
 
     def _ensure_prompt_layers(self, image: Image) -> None:
         """Create (or reuse) the preview, the "SAM boxes" and the "SAM points" layers."""
         kwargs = transform_kwargs(image)
         spatial = image_spatial_shape(image)
-        size = float(np.clip(0.015 * max(spatial[-2:]), 2.0, 30.0))
+        size = float(np.clip(0.025 * max(spatial[-2:]), 3.0, 40.0))
 
-        if self._preview_layer is None or self._preview_layer not in self.viewer.layers:
+        if not self._usable(self._preview_layer, image):
             self._preview_layer = self._find(PREVIEW_NAME, Labels, image.ndim)
             if self._preview_layer is None:
                 shape = (1,) * (len(spatial) - 2) + tuple(spatial[-2:])
                 self._preview_layer = self.viewer.add_labels(
                     np.zeros(shape, dtype=np.uint8),
                     name=PREVIEW_NAME,
-                    opacity=0.6,
+                    opacity=0.55,
                     blending="translucent",
+                    # one colour for every previewed object: unmistakable for committed labels
+                    colormap=DirectLabelColormap(
+                        color_dict={None: PREVIEW_COLOR, 0: "transparent"}
+                    ),
                     **kwargs,
                 )
             self._preview_layer.editable = False
             self.reset_choices()
 
-        if self._shapes is None or self._shapes not in self.viewer.layers:
+        if not self._usable(self._shapes, image):
             self._shapes = self._find(BOXES_NAME, Shapes, image.ndim)
             if self._shapes is None:
                 self._shapes = self.viewer.add_shapes(
@@ -641,7 +657,7 @@ class SamWidget(Container):
                 )
         self._connect(self._shapes, self._shapes.events.data, self._on_prompts_changed)
 
-        if self._points is None or self._points not in self.viewer.layers:
+        if not self._usable(self._points, image):
             self._points = self._find(POINTS_NAME, Points, image.ndim)
             if self._points is None:
                 self._points = self.viewer.add_points(
@@ -665,6 +681,14 @@ class SamWidget(Container):
         self._connect(self._points, self._points.events.data, self._on_prompts_changed)
         self._connect(self._points, self._points.events.features, self._on_prompts_changed)
 
+    def _restore_prompt_layers(self) -> None:
+        """Bring back prompt layers the user deleted, when the widget is used again."""
+        if self._image is not None and self._image in self.viewer.layers:
+            self._ensure_prompt_layers(self._image)
+
+    def _usable(self, layer, image: Image) -> bool:
+        return layer is not None and layer in self.viewer.layers and layer.ndim == image.ndim
+
     def _find(self, name: str, kind: type, ndim: int):
         """An existing layer of ``kind`` called ``name``; an empty one of another ndim is dropped."""
         for layer in list(self.viewer.layers):
@@ -672,7 +696,8 @@ class SamWidget(Container):
                 if layer.ndim == ndim:
                     return layer
                 empty = (
-                    not np.asarray(layer.data).any() if isinstance(layer, Labels)
+                    not np.asarray(layer.data).any()
+                    if isinstance(layer, Labels)
                     else len(layer.data) == 0
                 )
                 if empty:
@@ -729,9 +754,10 @@ class SamWidget(Container):
                 layer.remove(list(map(int, on)))
 
     def _has_prompts(self) -> bool:
-        return any(
-            layer is not None and len(layer.data) > 0 for layer in (self._points, self._shapes)
-        ) or self.mask_source is not None
+        return (
+            any(layer is not None and len(layer.data) > 0 for layer in (self._points, self._shapes))
+            or self.mask_source is not None
+        )
 
     # -- events --------------------------------------------------------------------------------
 
@@ -795,7 +821,7 @@ class SamWidget(Container):
             self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
             for layer_id in list(self._connected_layers):
                 self._disconnect_layer(self._connected_layers[layer_id][0])
-        except Exception:  # noqa: BLE001 - the viewer may be half torn down already
+        except Exception:  # the viewer may be half torn down already
             logger.debug("disconnecting the widget failed", exc_info=True)
 
     # -- the refresh loop ------------------------------------------------------------------------
@@ -943,10 +969,9 @@ class SamWidget(Container):
         source = self.mask_source
         if source is not None:
             skip = self._consumed_for(source, image, plane)
-            prompts.masks = [
-                (value, shape)
-                for value, shape, _ in mask_prompts_from_labels(source, image, plane, skip)
-            ]
+            for value, shape, digest in mask_prompts_from_labels(source, image, plane, skip):
+                prompts.masks.append((value, shape))
+                prompts.mask_digests[value] = digest
         return prompts
 
     def _decode(self, image: Image, plane: Plane) -> None:
@@ -975,14 +1000,14 @@ class SamWidget(Container):
             mask, score, _ = self.predictor.segment(**obj)
             masks.append(np.asarray(mask, dtype=bool))
             scores.append(float(score))
-        digests = {}
-        if prompts.masks and self.mask_source is not None:
-            digests = {
-                value: digest
-                for value, _, digest in mask_prompts_from_labels(self.mask_source, image, plane)
-            }
-        self.preview = Preview(image, plane, masks, scores, digests)
+        self.preview = Preview(image, plane, masks, scores, dict(prompts.mask_digests))
         self._show_preview(self.preview)
+        if not any(m.any() for m in masks):
+            self._set_status(
+                f"SAM found no object for these prompts on {plane.label()}: "
+                "add or move points, or draw a box."
+            )
+            return
         self._set_status(
             f"Preview of {len(masks)} object{'s' if len(masks) > 1 else ''} on {plane.label()} "
             f"(score {', '.join(f'{s:.2f}' for s in scores[:5])}). "
@@ -1008,7 +1033,13 @@ class SamWidget(Container):
         data = preview.label_image.reshape(shape)
         if layer.ndim != plane.ndim:
             return
-        translate = plane_layer_translate(preview.image, plane)
+        image = preview.image
+        for name in ("scale", "rotate", "shear"):  # the image may have changed since creation
+            if not np.allclose(getattr(layer, name), getattr(image, name)):
+                setattr(layer, name, np.asarray(getattr(image, name)))
+        if not np.allclose(layer.affine.affine_matrix, image.affine.affine_matrix):
+            layer.affine = image.affine.affine_matrix
+        translate = plane_layer_translate(image, plane)
         if not np.allclose(layer.translate, translate):
             layer.translate = translate
         layer.data = data
