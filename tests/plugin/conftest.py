@@ -44,8 +44,9 @@ def tiny_model():
 
     from napari_sam.build import build_sam, tiny_config
 
-    torch.manual_seed(0)
-    return build_sam(tiny_config()).eval()
+    with torch.random.fork_rng():  # fixed weights without touching the global generator
+        torch.manual_seed(0)
+        return build_sam(tiny_config()).eval()
 
 
 @pytest.fixture

@@ -211,7 +211,7 @@ def test_switching_to_an_image_of_another_ndim_and_scale(sam, idle):
     idle(widget)
     assert widget.commit() == [1]
 
-    image, gt = nuclei_2d((40, 48))
+    image, _ = nuclei_2d((40, 48))
     flat = viewer.add_image(image, scale=(0.5, 0.5), translate=(3.0, 7.0))
     widget.image_combo.value = flat
     idle(widget)
