@@ -373,14 +373,10 @@ def build_model(
     if state is None:
         return build_sam(config).to(dev).eval()
 
-    # Every weight is about to be overwritten: skip the random initialisation (seconds for
-    # vit_h) by building on the meta device and allocating storage directly on the target.
-    with torch.device("meta"):
-        model = build_sam(config)
-    model = model.to_empty(device=dev)
-    with torch.no_grad():
-        model.pixel_mean.copy_(torch.tensor(config.pixel_mean).view(-1, 1, 1))
-        model.pixel_std.copy_(torch.tensor(config.pixel_std).view(-1, 1, 1))
+    # Built normally (random init, then overwritten). Building on the "meta" device would skip
+    # the init, but torch's meta-device mode imports torch._dynamo and with it triton, which
+    # crashes a process whose napari viewer already holds an OpenGL context (CUDA torch builds).
+    model = build_sam(config).to(dev)
     load_weights(model, state, model_type, source=source)
     return model.eval()
 

@@ -25,11 +25,18 @@ SCRIPT = textwrap.dedent(
     viewer.add_image(np.random.default_rng(0).random((3, 48, 48)).astype("float32"))
 
     from napari_sam.plugin import SamWidget  # plugin (and torch) after the GL context
-    from napari_sam.build import build_sam, tiny_config
+    from napari_sam.build import MODEL_CONFIGS, build_model, build_sam, tiny_config
+    import tempfile, torch
+
+    # the real loading path: a checkpoint file read by build_model
+    MODEL_CONFIGS["tiny"] = tiny_config()
+    ckpt = tempfile.NamedTemporaryFile(suffix=".pt", delete=False).name
+    torch.save(build_sam(tiny_config()).state_dict(), ckpt)
+    model = build_model("tiny", checkpoint=ckpt)
 
     widget = SamWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.set_model(build_sam(tiny_config()), "tiny")
+    widget.set_model(model, "tiny")
     widget.points_layer.add([1, 24, 24])
     app = QApplication.instance()
     import time
