@@ -166,20 +166,48 @@ def _strip_prefixes(key: str) -> str:
 
 
 def state_dict_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
-    """The state-dict keys and tensor shapes of a model built from ``config``.
+    """The state-dict keys and tensor shapes of a model built from ``config`` (cached).
 
-    Computed on the ``meta`` device (no memory, no initialisation) and cached.
+    The model is built on the CPU. Not on the ``meta`` device: torch's meta-device mode imports
+    torch._dynamo and triton, which crashes a process whose napari viewer already holds an
+    OpenGL context (CUDA builds of torch). :func:`infer_model_type` only builds the candidates
+    whose cheap :func:`_signature` matches, so this runs at most once per load in practice.
     """
     return dict(_shapes(config))
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)
 def _shapes(config: SamConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     from .build import build_sam
 
-    with torch.device("meta"):
+    with torch.no_grad():
         model = build_sam(config)
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+
+def _config_signature(config: SamConfig) -> tuple:
+    g = config.image_embedding_size
+    return (
+        (1, g, g, config.encoder_embed_dim),
+        config.encoder_depth,
+        config.prompt_embed_dim,
+        config.decoder_depth,
+    )
+
+
+def _signature(shapes: Mapping[str, tuple[int, ...]]) -> tuple:
+    """Encoder grid and width, encoder depth, prompt width, decoder depth of a state dict."""
+
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+    no_mask = shapes.get("prompt_encoder.no_mask_embed.weight", (0, 0))
+    return (
+        tuple(shapes.get("image_encoder.pos_embed", ())),
+        count("image_encoder.blocks."),
+        no_mask[-1],
+        count("mask_decoder.transformer.layers."),
+    )
 
 
 def infer_model_type(
@@ -205,8 +233,9 @@ def infer_model_type(
 
         configs = MODEL_CONFIGS
     given = _given_shapes(state_dict)
+    signature = _signature(given)
     for name, config in configs.items():
-        if state_dict_shapes(config) == given:
+        if _config_signature(config) == signature and state_dict_shapes(config) == given:
             return name
     return None
 
@@ -228,8 +257,13 @@ def require_model_type(
     if model_type is not None:
         return model_type
     given = _given_shapes(state_dict)
-    counts = {t: mismatch_count(state_dict_shapes(c), given) for t, c in MODEL_CONFIGS.items()}
-    closest = min(counts, key=counts.__getitem__)
+    signature = _signature(given)
+    # closest by signature first (cheap), so that only one model is built for the message
+    agree = {
+        t: sum(a == b for a, b in zip(_config_signature(c), signature))
+        for t, c in MODEL_CONFIGS.items()
+    }
+    closest = max(agree, key=agree.__getitem__)
     diff = describe_mismatch(state_dict_shapes(MODEL_CONFIGS[closest]), given)
     what = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"
     raise CheckpointError(

@@ -33,6 +33,7 @@ SCRIPT = textwrap.dedent(
     ckpt = tempfile.NamedTemporaryFile(suffix=".pt", delete=False).name
     torch.save(build_sam(tiny_config()).state_dict(), ckpt)
     model = build_model("tiny", checkpoint=ckpt)
+    model = build_model(ckpt)  # model type inferred from the file's shapes
 
     widget = SamWidget(viewer)
     viewer.window.add_dock_widget(widget)
