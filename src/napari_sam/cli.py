@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "output is converted back to the architecture's size")
     tr.add_argument("--crop", type=int, default=None,
                     help="image side for training crops (default: the input size)")
+    tr.add_argument("--size-range", type=int, nargs=2, metavar=("MIN", "MAX"),
+                    help="synthetic images of random sides in this range (resized to the input)")
     tr.add_argument("--out", required=True, help="output weights file (.pt)")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--lr", type=float, default=4e-4)
@@ -337,7 +339,8 @@ def _cmd_train(args) -> int:
         model = training.with_input_size(model, config, args.img_size)
     crop = args.crop or model.img_size
     if args.synthetic:
-        examples = training.synthetic_examples(args.seed, (crop, crop))
+        size_range = tuple(args.size_range) if args.size_range else None
+        examples = training.synthetic_examples(args.seed, (crop, crop), size_range=size_range)
     else:
         examples = training.folder_examples(images, labels, crop, args.seed)
     cfg = training.TrainConfig(
@@ -345,7 +348,8 @@ def _cmd_train(args) -> int:
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": model.img_size,
-               "crop": crop, "data": "synthetic" if args.synthetic else str(args.images)},
+               "crop": crop, "size_range": args.size_range,
+               "data": "synthetic" if args.synthetic else str(args.images)},
     )
     clock = {"t": time.monotonic()}
 

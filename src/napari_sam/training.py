@@ -490,6 +490,7 @@ def synthetic_examples(
     seed: int = 0,
     shape: tuple[int, int] = (256, 256),
     held_out: bool = False,
+    size_range: tuple[int, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless synthetic 2D nuclei images with labels, each with freshly drawn settings.
 
@@ -501,12 +502,18 @@ def synthetic_examples(
         ``(H, W)`` of each image.
     held_out : bool
         Draw generator settings from the held-out distribution (for evaluation, not training).
+    size_range : (int, int), optional
+        Draw ``H`` and ``W`` independently and uniformly from this range instead of ``shape``.
+        SAM resizes every image's longest side to its input size, so varied image sizes teach
+        the model the range of apparent object sizes it meets on users' images.
     """
     from .synthetic import make_nuclei_2d, random_settings
 
     rng = np.random.default_rng(seed)
     while True:
         settings = random_settings(rng, held_out=held_out)
+        if size_range is not None:
+            shape = tuple(int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
         image, labels = make_nuclei_2d(shape, seed=int(rng.integers(2**31)), settings=settings)
         yield image, labels
 
