@@ -303,14 +303,6 @@ def _listing(keys: list[str]) -> str:
     return shown + (f", and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else "")
 
 
-def mismatch_count(
-    expected: Mapping[str, tuple[int, ...]], given: Mapping[str, tuple[int, ...]]
-) -> int:
-    """Number of keys that are missing, unexpected or of another shape."""
-    keys = set(expected) | set(given)
-    return sum(1 for k in keys if expected.get(k) != given.get(k))
-
-
 # -- loading -----------------------------------------------------------------------------------
 
 

@@ -539,14 +539,10 @@ def folder_examples(
     rng = np.random.default_rng(seed)
     planes = []
     for img, lab in zip(images, labels):
-        rgb = img.ndim == lab.ndim + 1
         if lab.ndim == 2:
             planes.append((img, lab))
         else:
-            for z in range(lab.shape[0]):
-                if lab[z].any():
-                    planes.append((img[z], lab[z]))
-        del rgb
+            planes.extend((img[z], lab[z]) for z in range(lab.shape[0]))
     planes = [(i, lab) for i, lab in planes if lab.any()]
     if not planes:
         raise ValueError("the label images contain no objects")
