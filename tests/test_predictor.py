@@ -1,7 +1,5 @@
 """SamPredictor: geometry, prompt handling, batching, and parity with Meta's predictor."""
 
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -138,36 +136,10 @@ def test_set_embedding_reuses_features(model, predictor):
 def _meta_tiny_sam(ours):
     """Meta's modules with the same tiny hyperparameters, loaded with our weights."""
     sa = pytest.importorskip("segment_anything")
-    from segment_anything.modeling import (
-        ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer,
-    )
+    from _reference import reference_sam
 
-    c = tiny_config()
-    emb = c.img_size // c.patch_size
-    ref = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=c.encoder_depth, embed_dim=c.encoder_embed_dim, img_size=c.img_size,
-            mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=c.encoder_num_heads,
-            patch_size=c.patch_size, qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=tuple(c.encoder_global_attn_indexes),
-            window_size=c.window_size, out_chans=c.prompt_embed_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=c.prompt_embed_dim, image_embedding_size=(emb, emb),
-            input_image_size=(c.img_size, c.img_size), mask_in_chans=c.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=c.decoder_depth, embedding_dim=c.prompt_embed_dim,
-                mlp_dim=c.decoder_mlp_dim, num_heads=c.decoder_num_heads,
-            ),
-            transformer_dim=c.prompt_embed_dim, iou_head_depth=c.iou_head_depth,
-            iou_head_hidden_dim=c.iou_head_hidden_dim,
-        ),
-    )
+    ref = reference_sam(tiny_config())
     ref.load_state_dict(ours.state_dict())
-    ref.eval()
     return sa.SamPredictor(ref)
 
 

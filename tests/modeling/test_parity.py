@@ -6,16 +6,14 @@ decoder outputs. The encoder forward pass of vit_b at 1024 x 1024 dominates the 
 them: about 40 s on two CPU cores).
 """
 
-from functools import partial
-
 import pytest
 import torch
 
 segment_anything = pytest.importorskip("segment_anything")
 
-from segment_anything import modeling as ref_modeling  # noqa: E402
 from segment_anything import sam_model_registry  # noqa: E402
 
+from _reference import reference_sam  # noqa: E402
 from napari_sam.build import MODEL_CONFIGS, build_sam, tiny_config  # noqa: E402
 from napari_sam.checkpoint import load_weights, state_dict_shapes  # noqa: E402
 
@@ -36,45 +34,6 @@ def perturbed_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor
         elif t.numel() > 1 and torch.all(t == t.flatten()[0]):
             t.add_(torch.randn(t.shape, generator=gen) * 0.1)
     return state
-
-
-def reference_sam(config):
-    """Meta's Sam with the hyperparameters of ``config`` (their builder is fixed to 1024 px)."""
-    e = config.image_embedding_size
-    return ref_modeling.Sam(
-        image_encoder=ref_modeling.ImageEncoderViT(
-            depth=config.encoder_depth,
-            embed_dim=config.encoder_embed_dim,
-            img_size=config.img_size,
-            mlp_ratio=config.encoder_mlp_ratio,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=config.encoder_num_heads,
-            patch_size=config.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=config.encoder_global_attn_indexes,
-            window_size=config.window_size,
-            out_chans=config.prompt_embed_dim,
-        ),
-        prompt_encoder=ref_modeling.PromptEncoder(
-            embed_dim=config.prompt_embed_dim,
-            image_embedding_size=(e, e),
-            input_image_size=(config.img_size, config.img_size),
-            mask_in_chans=config.mask_in_chans,
-        ),
-        mask_decoder=ref_modeling.MaskDecoder(
-            num_multimask_outputs=config.num_multimask_outputs,
-            transformer=ref_modeling.TwoWayTransformer(
-                depth=config.decoder_depth,
-                embedding_dim=config.prompt_embed_dim,
-                mlp_dim=config.decoder_mlp_dim,
-                num_heads=config.decoder_num_heads,
-            ),
-            transformer_dim=config.prompt_embed_dim,
-            iou_head_depth=config.iou_head_depth,
-            iou_head_hidden_dim=config.iou_head_hidden_dim,
-        ),
-    ).eval()
 
 
 def shapes(state) -> dict[str, tuple[int, ...]]:
