@@ -49,6 +49,8 @@ from ._layers import (
     shapes_on_plane,
     transform_kwargs,
 )
+from ._stack import anchor_masks, paint_stack, plane_at, volume_view
+from ._tasks import TaskRunner
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -56,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..embedding_cache import EmbeddingCache
     from ..predictor import SamPredictor
 
-__all__ = ["KEY_CLEAR", "KEY_COMMIT", "KEY_TOGGLE", "SamWidget"]
+__all__ = ["KEY_CLEAR", "KEY_COMMIT", "KEY_PROPAGATE", "KEY_TOGGLE", "SamWidget"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +68,14 @@ KEY_TOGGLE = "N"
 KEY_COMMIT = "K"
 #: Clear the prompts of the current slice.
 KEY_CLEAR = "Q"
+#: Propagate the previewed objects (or the selected label) along the stack axis.
+KEY_PROPAGATE = "Shift-P"
 
 POINTS_NAME = "SAM points"
 BOXES_NAME = "SAM boxes"
 PREVIEW_NAME = "SAM preview"
 LABELS_NAME = "SAM labels"
+AUTOMATIC_NAME = "SAM automatic"
 POSITIVE_COLOR = "#00ff00"
 NEGATIVE_COLOR = "#ff00ff"
 PREVIEW_COLOR = "#00e5ff"
@@ -120,6 +125,8 @@ class Preview:
         SAM's predicted IoU of each mask.
     mask_objects : dict
         ``{label value: digest}`` of the mask-prompt layer's objects used.
+    prompts : list of dict
+        The prompts of each object (keyword arguments of :meth:`SamPredictor.segment`).
     """
 
     image: Image
@@ -127,6 +134,7 @@ class Preview:
     masks: list[np.ndarray]
     scores: list[float]
     mask_objects: dict[int, str] = field(default_factory=dict)
+    prompts: list[dict] = field(default_factory=list)
 
     @property
     def label_image(self) -> np.ndarray:
@@ -285,6 +293,17 @@ class SamWidget(Container):
         self._actions = Container(
             widgets=[self.commit_button, self.clear_button], layout="horizontal", labels=False
         )
+        # -- stacks: propagation and segment everything --
+        self.axis_combo = ComboBox(label="stack axis", choices=self._axis_choices)
+        self.propagate_button = PushButton(text=f"Propagate ({KEY_PROPAGATE})")
+        self.auto_scope = ComboBox(
+            label="everything on", choices=["this slice", "all slices"], value="this slice"
+        )
+        self.auto_button = PushButton(text="Segment everything")
+        self._stack_actions = Container(
+            widgets=[self.propagate_button, self.auto_button], layout="horizontal", labels=False
+        )
+        self.tasks = TaskRunner(on_busy=self._on_task_busy)
         self.extend(
             [
                 self.image_combo,
@@ -298,8 +317,12 @@ class SamWidget(Container):
                 self.point_mode,
                 self.overwrite_checkbox,
                 self._actions,
+                self.axis_combo,
+                self.auto_scope,
+                self._stack_actions,
                 self.progress_bar,
                 self.status_label,
+                self.tasks,
             ]
         )
         self.status_label.native.setWordWrap(True)
@@ -312,6 +335,8 @@ class SamWidget(Container):
         self.load_button.changed.connect(self._on_load_clicked)
         self.commit_button.changed.connect(self._on_commit_clicked)
         self.clear_button.changed.connect(self._on_clear_clicked)
+        self.propagate_button.changed.connect(self._on_propagate_clicked)
+        self.auto_button.changed.connect(self._on_auto_clicked)
         self.point_mode.changed.connect(self._on_point_mode)
         self.image_combo.changed.connect(self._on_image_changed)
         self.mask_combo.changed.connect(self._on_mask_source_changed)
@@ -325,6 +350,7 @@ class SamWidget(Container):
             KEY_TOGGLE: self.toggle_point_mode,
             KEY_COMMIT: self.commit,
             KEY_CLEAR: self.clear,
+            KEY_PROPAGATE: self.propagate,
         }
         for key, action in self._keys.items():
             viewer.bind_key(key, _key_handler(action), overwrite=True)
@@ -377,6 +403,7 @@ class SamWidget(Container):
         return (
             self._job is not None
             or self._model_loading
+            or self.tasks.busy
             or (not self._closed and self._timer.isActive())
         )
 
@@ -542,6 +569,365 @@ class SamWidget(Container):
         self._show_preview(None)
         self._set_status(f"Cleared the prompts of {plane.label()}.")
 
+    # -- stacks: propagation and segment everything ------------------------------------------------
+
+    @property
+    def stack_axis(self) -> int | None:
+        """The data axis propagation and "all slices" run along (``None`` for a 2D image)."""
+        value = self.axis_combo.value
+        return value if isinstance(value, int) else None
+
+    @_guarded
+    def propagate(self) -> bool:
+        """Propagate objects from the current slice along :attr:`stack_axis`, in the background.
+
+        The objects are those of the preview (each gets a fresh id, as with a commit). Without
+        a preview, the selected label of the target layer is extended: every slice where it
+        already exists is an anchor, the slices between anchors are filled from both ends and
+        the object is followed beyond them until it ends. The result is written as one undo
+        step, without touching other objects unless ``overwrite_checkbox`` is on; cancelling
+        keeps the slices already done.
+
+        Returns
+        -------
+        bool
+            Whether a propagation was started.
+        """
+        context = self._stack_context("propagate")
+        if context is None:
+            return False
+        image, plane, axis = context
+        from ..propagation import Seed
+
+        target = self.target_layer
+        preview = self.preview
+        index = plane.index[axis]
+        seeds: list = []
+        values: dict[int, int] = {}
+        if (
+            preview is not None
+            and preview.image is image
+            and preview.plane == plane
+            and any(m.any() for m in preview.masks)
+        ):
+            mode = "preview"
+            for k, mask in enumerate(preview.masks):
+                if not mask.any():
+                    continue
+                prompt = preview.prompts[k] if k < len(preview.prompts) else {}
+                seeds.append(
+                    Seed(
+                        object_id=k,
+                        index=index,
+                        points=prompt.get("points"),
+                        labels=prompt.get("labels"),
+                        box=prompt.get("box"),
+                        mask=mask,
+                    )
+                )
+        elif target is not None and int(target.selected_label) > 0:
+            mode = "label"
+            value = int(target.selected_label)
+            anchors = anchor_masks(target, image, plane, axis, value)
+            if not anchors:
+                show_warning(
+                    f"Label {value} of '{target.name}' is on no slice of this stack: prompt an "
+                    "object (or select a label that exists) before propagating."
+                )
+                return False
+            values[value] = value
+            seeds = [Seed(object_id=value, index=i, mask=m) for i, m in anchors.items()]
+        else:
+            show_warning(
+                "Nothing to propagate: prompt an object on this slice (its preview is "
+                "propagated), or select an existing label in the target layer."
+            )
+            return False
+
+        model = self.predictor.model
+        embed, rng_holder = self._stack_embedder(image, plane, axis)
+        n = plane.spatial_shape[axis]
+
+        def body(ctx):
+            from ..propagation import propagate
+
+            return propagate(
+                model, embed, n, seeds, progress=ctx.progress, cancelled=ctx.cancelled
+            )
+
+        seed_masks = {s.object_id: s.mask for s in seeds if s.index == index}
+        done = functools.partial(
+            self._on_propagated, image, plane, axis, mode, values, seed_masks, rng_holder
+        )
+        what = f"{len(seeds)} object{'s' if len(seeds) > 1 else ''}" if mode == "preview" else (
+            f"label {next(iter(values))} ({len(seeds)} anchor slice{'s' if len(seeds) > 1 else ''})"
+        )
+        self._set_status(f"Propagating {what} along axis {axis}...")
+        return self.tasks.start(
+            f"Propagating along axis {axis}", body, done, self._on_task_error
+        )
+
+    @_guarded
+    def _on_propagated(
+        self, image, plane, axis, mode, values, seed_masks, rng_holder, result, cancelled
+    ) -> None:
+        self._remember_range(image, rng_holder)
+        if image not in self.viewer.layers:
+            show_warning("The image was removed during propagation: nothing was written.")
+            return
+        masks = {k: dict(v) for k, v in result.masks.items()}
+        if mode == "preview":
+            for k, mask in seed_masks.items():  # the slice the user saw keeps the preview
+                masks.setdefault(k, {})[plane.index[axis]] = mask
+        masks = {k: v for k, v in masks.items() if any(m.any() for m in v.values())}
+        if not masks:
+            show_warning("Propagation found nothing to write.")
+            return
+        target = self.target_layer
+        if target is None:
+            target = self._new_labels_layer(image)
+        if mode == "preview":
+            start = (int(np.max(np.asarray(target.data))) if np.size(target.data) else 0) + 1
+            values = {k: start + i for i, k in enumerate(sorted(masks))}
+        objects = {values[k]: v for k, v in masks.items()}
+        written = paint_stack(
+            target, image, plane, axis, objects, bool(self.overwrite_checkbox.value)
+        )
+        if mode == "preview" and written:
+            self._remove_prompts(image, plane)
+            if self.preview is not None and self.preview.plane == plane:
+                self.preview = None
+                self._show_preview(None)
+        if not written:
+            show_warning(
+                "Nothing was written: the propagated masks lie on existing objects "
+                "(tick 'overwrite existing objects' to replace them)."
+            )
+            return
+        spans = ", ".join(
+            f"{v}: slices {min(s)}-{max(s)}" for v, s in sorted(written.items())
+        )
+        state = "cancelled; kept" if cancelled or not result.complete else "wrote"
+        self._set_status(
+            f"Propagation {state} {spans} along axis {axis} in '{target.name}'. "
+            "Ctrl+Z on that layer undoes it."
+        )
+        target.refresh()
+
+    @_guarded
+    def segment_everything(self, scope: str | None = None) -> bool:
+        """Automatic segmentation ("segment everything") in the background.
+
+        Parameters
+        ----------
+        scope : {"this slice", "all slices"}, optional
+            The current slice, or every slice along :attr:`stack_axis` (linked into 3D objects).
+            Defaults to ``auto_scope``.
+
+        The objects go into the "SAM automatic" Labels layer (created if needed) with fresh
+        ids, as one undo step; other layers are never touched.
+
+        Returns
+        -------
+        bool
+            Whether a run was started.
+        """
+        scope = scope or self.auto_scope.value
+        context = self._stack_context("segment everything", need_axis=scope == "all slices")
+        if context is None:
+            return False
+        image, plane, axis = context
+        model = self.predictor.model
+        if axis is None:
+            axis = plane.not_displayed[-1] if plane.not_displayed else None
+        data = image_level0(image)
+        if scope == "all slices":
+            embed, rng_holder = self._stack_embedder(image, plane, axis)
+
+            def body(ctx):
+                from ..automatic import segment_everything_nd
+
+                volume = volume_view(image, plane, axis)
+                return segment_everything_nd(
+                    model,
+                    volume,
+                    axis=0,
+                    intensity_range=self._range_for(image, rng_holder),
+                    embed=embed,
+                    progress=ctx.progress,
+                    cancelled=ctx.cancelled,
+                )
+
+            title = f"Segmenting everything along axis {axis}"
+        else:
+            embed, rng_holder = self._stack_embedder(image, plane, axis)
+
+            def body(ctx):
+                from ..automatic import segment_everything
+
+                emb = embed(plane.index[axis] if axis is not None else 0)
+                return segment_everything(
+                    model,
+                    np.asarray(data[plane.indexer()]),
+                    intensity_range=self._range_for(image, rng_holder),
+                    embedding=emb,
+                    progress=ctx.progress,
+                    cancelled=ctx.cancelled,
+                )
+
+            title = f"Segmenting everything on {plane.label()}"
+        done = functools.partial(self._on_automatic, image, plane, axis, scope, rng_holder)
+        self._set_status(f"{title}...")
+        return self.tasks.start(title, body, done, self._on_task_error)
+
+    @_guarded
+    def _on_automatic(self, image, plane, axis, scope, rng_holder, labels, cancelled) -> None:
+        self._remember_range(image, rng_holder)
+        if image not in self.viewer.layers:
+            show_warning("The image was removed during the run: nothing was written.")
+            return
+        labels = np.asarray(labels)
+        if scope == "all slices":
+            stack = labels
+        else:
+            stack = labels[None]
+            axis = None
+        ids = [int(v) for v in np.unique(stack) if v != 0]
+        if not ids:
+            show_warning("Segment everything found no object.")
+            return
+        layer = self._automatic_layer(image)
+        start = (int(np.max(np.asarray(layer.data))) if np.size(layer.data) else 0) + 1
+        remap = np.zeros(int(stack.max()) + 1, dtype=np.int64)
+        remap[ids] = np.arange(start, start + len(ids))
+        objects: dict[int, dict[int, np.ndarray]] = {}
+        if axis is None:  # one plane: paint through a pseudo axis of length one
+            with layer.block_history():
+                for v in ids:
+                    paint_mask(layer, image, plane, stack[0] == v, int(remap[v]))
+        else:
+            for i in range(stack.shape[0]):
+                for v in np.unique(stack[i]):
+                    if v:
+                        objects.setdefault(int(remap[v]), {})[i] = stack[i] == v
+            paint_stack(layer, image, plane, axis, objects)
+        state = "cancelled; kept" if cancelled else "found"
+        self._set_status(
+            f"Segment everything {state} {len(ids)} object{'s' if len(ids) > 1 else ''} in "
+            f"'{layer.name}' ({'all slices' if scope == 'all slices' else plane.label()}). "
+            "Ctrl+Z on that layer undoes it; use it as target or mask prompt."
+        )
+        layer.refresh()
+
+    def _automatic_layer(self, image: Image) -> Labels:
+        for layer in self._labels_layers():
+            if layer.name == AUTOMATIC_NAME and layer.ndim == len(image_spatial_shape(image)):
+                return layer
+        layer = Labels(
+            np.zeros(image_spatial_shape(image), dtype=np.int32),
+            name=AUTOMATIC_NAME,
+            **transform_kwargs(image),
+        )
+        self.viewer.layers.insert(self.viewer.layers.index(image) + 1, layer)
+        return layer
+
+    def _stack_context(self, what: str, need_axis: bool = True):
+        """``(image, plane, axis)`` when a stack job can start, else warn and return ``None``."""
+        if self.tasks.busy:
+            show_info(f"Another job is running ({self.tasks.context.title}): wait or cancel it.")
+            return None
+        image = self.image
+        if image is None:
+            show_warning("No image layer: open an image and choose it in the widget.")
+            return None
+        if self.predictor is None:
+            show_warning("No SAM model is loaded: choose one and press 'Load model'.")
+            return None
+        try:
+            plane = current_plane(image, self.viewer.dims)
+        except PromptError as exc:
+            show_warning(str(exc))
+            return None
+        axis = self.stack_axis
+        if axis is not None and axis not in plane.not_displayed:
+            self.axis_combo.reset_choices()
+            axis = self.stack_axis
+        if need_axis and axis is None:
+            show_warning(
+                f"Cannot {what} across slices: '{image.name}' is a 2D image (no stack axis)."
+            )
+            return None
+        return image, plane, axis
+
+    def _axis_choices(self, _widget=None) -> list[tuple[str, int]]:
+        image = self.image if hasattr(self, "image_combo") else None
+        if image is None or self.viewer.dims.ndisplay != 2:
+            return []
+        try:
+            plane = current_plane(image, self.viewer.dims)
+        except PromptError:
+            return []
+        names = list(getattr(image, "axis_labels", None) or [])
+        choices = []
+        for a in plane.not_displayed:
+            name = f" ({names[a]})" if a < len(names) and names[a] else ""
+            choices.append((f"axis {a}{name}, {plane.spatial_shape[a]} slices", a))
+        # the axis just above the plane first: z of (t, z, y, x), t of (t, y, x)
+        return choices[::-1]
+
+    def _stack_embedder(self, image: Image, plane: Plane, axis: int | None):
+        """``embed(i)`` for the planes of ``image`` through ``plane`` along ``axis``.
+
+        Safe to call from a worker thread: it uses its own predictor (the widget's stays
+        untouched) and the widget's embedding cache. The intensity range, when not known yet,
+        is estimated once in the worker and handed back through the returned dict.
+        """
+        from ..predictor import SamPredictor
+
+        predictor = SamPredictor(self.predictor.model)
+        uid = image.unique_id
+        token = self._model_token
+        data = image_level0(image)
+        cache = self.cache
+        holder: dict = {}
+        if uid in self._ranges:
+            holder["range"] = self._ranges[uid]
+        rgb_uint8 = image.rgb and np.dtype(image.dtype) == np.uint8
+        source = image.data[-1] if image.multiscale else data
+
+        def intensity_range():
+            if "range" not in holder:
+                from ..preprocess import estimate_intensity_range
+
+                holder["range"] = None if rgb_uint8 else estimate_intensity_range(source)
+            return holder["range"]
+
+        holder["get"] = intensity_range
+
+        def embed(i: int):
+            p = plane if axis is None else plane_at(plane, axis, i)
+            key = (uid, p.key, token)
+            emb = cache.get(key)
+            if emb is None:
+                emb = predictor.compute_embedding(np.asarray(data[p.indexer()]), intensity_range())
+                cache.put(key, emb)
+            return emb
+
+        return embed, holder
+
+    @staticmethod
+    def _range_for(image: Image, holder: dict):
+        return holder["get"]() if "get" in holder else holder.get("range")
+
+    def _remember_range(self, image: Image, holder: dict) -> None:
+        if "range" in holder and image.unique_id not in self._ranges:
+            self._ranges[image.unique_id] = holder["range"]
+
+    def _on_task_error(self, error: BaseException) -> None:
+        self._set_status("The job failed (see the notification); nothing was written.")
+        show_error(f"Segment Anything: {error}")
+
+
     # -- layers ------------------------------------------------------------------------------
 
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
@@ -605,6 +991,7 @@ class SamWidget(Container):
             self._set_status("Open an image.")
             return
         self._connect(image, image.events.data, self._on_image_data)
+        self.axis_combo.reset_choices()
         self._ensure_prompt_layers(image)
         self._schedule("view")
 
@@ -772,6 +1159,8 @@ class SamWidget(Container):
         self._schedule("prompts")
 
     def _on_view_changed(self, event=None) -> None:
+        if getattr(event, "type", None) == "order":
+            self.axis_combo.reset_choices()
         self._schedule("view", _DEBOUNCE_VIEW_MS)
 
     def _on_mask_source_changed(self, value=None) -> None:
@@ -783,6 +1172,7 @@ class SamWidget(Container):
 
     @_guarded
     def _on_ndisplay(self, event=None) -> None:
+        self.axis_combo.reset_choices()
         if self.viewer.dims.ndisplay == 2:
             self._warned.discard("3d")
             self._warned.discard("axes")
@@ -809,6 +1199,16 @@ class SamWidget(Container):
     def _on_clear_clicked(self, value=None) -> None:
         self.clear()
 
+    def _on_propagate_clicked(self, value=None) -> None:
+        self.propagate()
+
+    def _on_auto_clicked(self, value=None) -> None:
+        self.segment_everything()
+
+    def _on_task_busy(self, busy: bool) -> None:
+        self.propagate_button.enabled = not busy
+        self.auto_button.enabled = not busy
+
     def _on_destroyed(self, *args) -> None:
         self._closed = True
         try:
@@ -819,6 +1219,8 @@ class SamWidget(Container):
             self.viewer.dims.events.current_step.disconnect(self._on_view_changed)
             self.viewer.dims.events.order.disconnect(self._on_view_changed)
             self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
+            if self.tasks.context is not None:
+                self.tasks.context.cancel()
             for layer_id in list(self._connected_layers):
                 self._disconnect_layer(self._connected_layers[layer_id][0])
         except Exception:  # the viewer may be half torn down already
@@ -1000,7 +1402,9 @@ class SamWidget(Container):
             mask, score, _ = self.predictor.segment(**obj)
             masks.append(np.asarray(mask, dtype=bool))
             scores.append(float(score))
-        self.preview = Preview(image, plane, masks, scores, dict(prompts.mask_digests))
+        self.preview = Preview(
+            image, plane, masks, scores, dict(prompts.mask_digests), prompts=list(objects)
+        )
         self._show_preview(self.preview)
         if not any(m.any() for m in masks):
             self._set_status(
