@@ -10,3 +10,13 @@ import importlib.util
 
 if importlib.util.find_spec("torchvision") is not None:
     import torchvision  # noqa: F401
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Weights and embedding stores of each test go to a fresh temporary folder, never to the
+    user's cache (the plugin keeps embeddings on disk by default) nor to another test's."""
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path_factory.mktemp("napari-sam-cache")))

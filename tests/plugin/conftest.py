@@ -80,17 +80,20 @@ def sam(make_napari_viewer, qtbot, tiny_model):
     """Factory: a viewer with ``image`` added and the widget docked, the tiny model set.
 
     Returns ``(viewer, widget, image_layer)``; ``model=False`` leaves the widget without model;
+    ``prefetch=True`` keeps the background embedding of neighbouring slices on;
     ``setup(viewer)`` runs before the widget is created; ``show=True`` shows the window (needed
     for screenshots: a hidden canvas renders black).
     """
     from napari_sam.plugin import SamWidget
 
-    def factory(image, *, model=True, setup=None, show=False, **layer_kwargs):
+    def factory(image, *, model=True, setup=None, show=False, prefetch=False, **layer_kwargs):
         viewer = make_napari_viewer(show=show)
         layer = viewer.add_image(image, **layer_kwargs)
         if setup is not None:
             setup(viewer)
         widget = SamWidget(viewer)
+        if not prefetch:  # deterministic encoder counts; test_cache.py turns it on
+            widget.prefetch_slices = 0
         viewer.window.add_dock_widget(widget, name="Segment Anything")
         if model:
             widget.set_model(tiny_model, "tiny")
@@ -102,7 +105,7 @@ def sam(make_napari_viewer, qtbot, tiny_model):
 
 def wait_idle(qtbot, widget, timeout: int = 10_000) -> None:
     """Wait until no embedding, model load or refresh is pending."""
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.is_busy and not widget.is_prefetching, timeout=timeout)
 
 
 @pytest.fixture
@@ -132,23 +135,29 @@ def encoder_calls(tiny_model):
 
 
 class Gate:
-    """Blocks ``predictor.compute_embedding`` (run by the worker) until ``open()``."""
+    """Blocks every ``SamPredictor.compute_embedding`` (the image encoder, run by the workers,
+    whichever predictor they use) until ``open()``."""
 
     def __init__(self, predictor):
         self.entered = threading.Event()
         self._release = threading.Event()
-        original = predictor.compute_embedding
+        self._cls = type(predictor)
+        self._original = original = self._cls.compute_embedding
+        gate = self
 
-        def blocked(*args, **kwargs):
-            self.entered.set()
-            if not self._release.wait(20):
+        def blocked(self, *args, **kwargs):
+            gate.entered.set()
+            if not gate._release.wait(20):
                 raise TimeoutError("the test never released the gate")
-            return original(*args, **kwargs)
+            return original(self, *args, **kwargs)
 
-        predictor.compute_embedding = blocked
+        self._cls.compute_embedding = blocked
 
     def open(self):
         self._release.set()
+
+    def restore(self):
+        self._cls.compute_embedding = self._original
 
 
 @pytest.fixture
@@ -163,6 +172,7 @@ def gate():
     yield make
     for g in gates:  # never leave a worker blocked
         g.open()
+        g.restore()
 
 
 class SegmentSpy:

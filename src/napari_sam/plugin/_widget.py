@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,7 @@ from ._layers import (
 )
 from ._stack import anchor_masks, paint_stack, plane_at, volume_view
 from ._tasks import TaskRunner
+from ._text import TextSection
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -86,6 +88,8 @@ CHECKPOINT_CHOICE = "checkpoint file..."
 _NEW_LAYER = "__new__"
 _NO_LAYER = "__none__"
 _DEBOUNCE_VIEW_MS = 60
+#: Slices on each side of the current one embedded in the background while the user looks.
+PREFETCH_SLICES = 2
 
 
 def _guarded(method: Callable) -> Callable:
@@ -162,22 +166,34 @@ class _Job:
     cancelled: bool = False
 
 
-def _compute_embedding(predictor, data, indexer, intensity_range, range_source):
-    """Worker body: the intensity range (once per image) and the embedding of one plane.
+def _compute_embedding(embedder, index):
+    """Worker body: the embedding of one plane (memory, disk store, or the encoder).
 
     Returns ``(embedding, intensity_range, error)``; errors are returned, not raised, so that
     the GUI thread reports them as one notification.
     """
     try:
-        if intensity_range is None and range_source is not None:
-            from ..preprocess import estimate_intensity_range
-
-            intensity_range = estimate_intensity_range(range_source)
-        plane = np.asarray(data[indexer])
-        return predictor.compute_embedding(plane, intensity_range), intensity_range, None
+        embedding = embedder.get(index)
+        return embedding, embedder.intensity_range, None
     except Exception as exc:
         logger.exception("computing the SAM embedding failed")
-        return None, intensity_range, exc
+        return None, None, exc
+
+
+def _prefetch(embedder, indices, cancelled):
+    """Worker body: embed the planes ``indices`` not stored yet, until ``cancelled()``."""
+    done = 0
+    for index in indices:
+        if cancelled():
+            break
+        try:
+            if not embedder.has(index):
+                embedder.get(index)
+                done += 1
+        except Exception:  # prefetching is best effort; the plane is retried when visited
+            logger.debug("prefetching plane %s failed", index, exc_info=True)
+            break
+    return done
 
 
 def _build_model(name, checkpoint, device):
@@ -247,6 +263,11 @@ class SamWidget(Container):
         self.predictor: SamPredictor | None = None
         self.model_name: str | None = None
         self.cache: EmbeddingCache = EmbeddingCache()
+        self._embedders: dict[tuple, Any] = {}
+        self._prefetch_worker = None
+        #: Slices on each side of the current one embedded in the background (0: off).
+        self.prefetch_slices = PREFETCH_SLICES
+        self._prefetch_cancel: threading.Event | None = None
         self.preview: Preview | None = None
 
         self._closed = False
@@ -286,6 +307,8 @@ class SamWidget(Container):
             orientation="horizontal",
         )
         self.overwrite_checkbox = CheckBox(text="overwrite existing objects", value=False)
+        self.disk_cache = CheckBox(text="keep embeddings on disk", value=True)
+        self.precompute_button = PushButton(text="Precompute stack")
         self.commit_button = PushButton(text=f"Commit ({KEY_COMMIT})")
         self.clear_button = PushButton(text=f"Clear slice ({KEY_CLEAR})")
         self.progress_bar = ProgressBar(label="", min=0, max=1, value=0, visible=False)
@@ -303,7 +326,11 @@ class SamWidget(Container):
         self._stack_actions = Container(
             widgets=[self.propagate_button, self.auto_button], layout="horizontal", labels=False
         )
+        self._cache_actions = Container(
+            widgets=[self.disk_cache, self.precompute_button], layout="horizontal", labels=False
+        )
         self.tasks = TaskRunner(on_busy=self._on_task_busy)
+        self.text = TextSection(self)
         self.extend(
             [
                 self.image_combo,
@@ -320,6 +347,8 @@ class SamWidget(Container):
                 self.axis_combo,
                 self.auto_scope,
                 self._stack_actions,
+                self._cache_actions,
+                self.text,
                 self.progress_bar,
                 self.status_label,
                 self.tasks,
@@ -337,6 +366,8 @@ class SamWidget(Container):
         self.clear_button.changed.connect(self._on_clear_clicked)
         self.propagate_button.changed.connect(self._on_propagate_clicked)
         self.auto_button.changed.connect(self._on_auto_clicked)
+        self.precompute_button.changed.connect(self._on_precompute_clicked)
+        self.disk_cache.changed.connect(self._on_disk_cache_changed)
         self.point_mode.changed.connect(self._on_point_mode)
         self.image_combo.changed.connect(self._on_image_changed)
         self.mask_combo.changed.connect(self._on_mask_source_changed)
@@ -419,6 +450,7 @@ class SamWidget(Container):
         self._model_token += 1
         self._embedding_key = None
         self.cache.clear()
+        self._drop_embedders()
         self._failed.clear()
         self._warned.discard("no-model")
         device = getattr(model, "device", "cpu")
@@ -568,6 +600,128 @@ class SamWidget(Container):
         self.preview = None
         self._show_preview(None)
         self._set_status(f"Cleared the prompts of {plane.label()}.")
+
+    # -- embeddings: one StackEmbedder per (image, plane axes, model) ----------------------------
+
+    def embedder(self, image: Image, plane: Plane):
+        """The :class:`~napari_sam.embedding_store.StackEmbedder` of ``image``'s planes like
+        ``plane`` (same displayed axes) with the current model.
+
+        With ``disk_cache`` on, embeddings are kept in a zarr store in the cache folder
+        (``$NAPARI_SAM_CACHE`` or the user cache), named by the image content, the model and
+        the preprocessing: reopening the same image later needs no recompute.
+        """
+        from ..embedding_store import StackEmbedder
+
+        uid = image.unique_id
+        key = (uid, plane.axes, self._model_token)
+        embedder = self._embedders.get(key)
+        if embedder is None:
+            intensity_range = self._ranges.get(uid)
+            if intensity_range is None and image.multiscale:
+                from ..preprocess import estimate_intensity_range
+
+                # one range for the whole pyramid, from its (small) coarsest level
+                if not (image.rgb and np.dtype(image.dtype) == np.uint8):
+                    intensity_range = estimate_intensity_range(image.data[-1])
+                    self._ranges[uid] = intensity_range
+            embedder = StackEmbedder(
+                self.predictor.model,
+                image_level0(image),
+                axes=plane.axes,
+                rgb=bool(image.rgb),
+                intensity_range=intensity_range,
+                store="auto" if self.disk_cache.value else None,
+                model_name=self.model_name,
+            )
+            self._embedders[key] = embedder
+        return embedder
+
+    def _drop_embedders(self, uid=None) -> None:
+        self._stop_prefetch()
+        for key in [k for k in self._embedders if uid is None or k[0] == uid]:
+            del self._embedders[key]
+
+    def _start_prefetch(self) -> None:
+        """Embed the neighbouring slices of the current one in the background, while idle."""
+        if self._closed or self._prefetch_worker is not None or self._job is not None:
+            return
+        if self.predictor is None or self.tasks.busy:
+            return
+        image = self.image
+        if image is None:
+            return
+        try:
+            plane = current_plane(image, self.viewer.dims)
+        except PromptError:
+            return
+        axis = self.stack_axis
+        if axis is None or axis not in plane.not_displayed:
+            return
+        i, n = plane.index[axis], plane.spatial_shape[axis]
+        order = [i + d for k in range(1, self.prefetch_slices + 1) for d in (k, -k)]
+        indices = [_lead_index(plane_at(plane, axis, j)) for j in order if 0 <= j < n]
+        if not indices:
+            return
+        cancel = threading.Event()
+        worker = create_worker(
+            _prefetch,
+            self.embedder(image, plane),
+            indices,
+            cancel.is_set,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
+        worker.finished.connect(functools.partial(self._on_prefetch_done, worker))
+        self._prefetch_worker, self._prefetch_cancel = worker, cancel
+        worker.start()
+
+    @property
+    def is_prefetching(self) -> bool:
+        """Whether neighbouring slices are being embedded in the background."""
+        return self._prefetch_worker is not None
+
+    def _stop_prefetch(self) -> None:
+        if self._prefetch_cancel is not None:
+            self._prefetch_cancel.set()
+
+    def _on_prefetch_done(self, worker) -> None:
+        if self._prefetch_worker is worker:
+            self._prefetch_worker, self._prefetch_cancel = None, None
+
+    @_guarded
+    def precompute(self) -> bool:
+        """Embed every slice along :attr:`stack_axis` in the background (progress, cancel).
+
+        With ``disk_cache`` on, the embeddings are written to the store as they are computed:
+        a cancelled or interrupted run resumes where it stopped.
+        """
+        context = self._stack_context("precompute")
+        if context is None:
+            return False
+        image, plane, axis = context
+        self._stop_prefetch()
+        embedder = self.embedder(image, plane)
+        indices = [
+            _lead_index(plane_at(plane, axis, j)) for j in range(plane.spatial_shape[axis])
+        ]
+
+        def body(ctx):
+            ctx.progress(0, len(indices), "checking the cache")
+            return embedder.precompute(indices, progress=ctx.progress, cancelled=ctx.cancelled)
+
+        def done(computed, cancelled):
+            self._ranges.setdefault(image.unique_id, embedder.intensity_range)
+            where = embedder.store_path
+            state = "cancelled after computing" if cancelled else "computed"
+            self._set_status(
+                f"Precompute {state} {computed} slice embedding{'s' if computed != 1 else ''} "
+                f"along axis {axis}" + (f" (stored in {where})." if where else ".")
+            )
+
+        return self.tasks.start(
+            f"Embedding the slices along axis {axis}", body, done, self._on_task_error
+        )
 
     # -- stacks: propagation and segment everything ------------------------------------------------
 
@@ -870,7 +1024,9 @@ class SamWidget(Container):
         names = list(getattr(image, "axis_labels", None) or [])
         choices = []
         for a in plane.not_displayed:
-            name = f" ({names[a]})" if a < len(names) and names[a] else ""
+            label = str(names[a]) if a < len(names) else ""
+            # napari's default labels are axis numbers ("0", "-3"): show only real names
+            name = f" ({label})" if label and not label.lstrip("-").isdigit() else ""
             choices.append((f"axis {a}{name}, {plane.spatial_shape[a]} slices", a))
         # the axis just above the plane first: z of (t, z, y, x), t of (t, y, x)
         return choices[::-1]
@@ -878,39 +1034,17 @@ class SamWidget(Container):
     def _stack_embedder(self, image: Image, plane: Plane, axis: int | None):
         """``embed(i)`` for the planes of ``image`` through ``plane`` along ``axis``.
 
-        Safe to call from a worker thread: it uses its own predictor (the widget's stays
-        untouched) and the widget's embedding cache. The intensity range, when not known yet,
-        is estimated once in the worker and handed back through the returned dict.
+        Safe to call from a worker thread: it goes through the image's :meth:`embedder`
+        (its own predictor; the widget's stays untouched). The intensity range, when not known
+        yet, is estimated once in the worker and handed back through the returned dict.
         """
-        from ..predictor import SamPredictor
-
-        predictor = SamPredictor(self.predictor.model)
-        uid = image.unique_id
-        token = self._model_token
-        data = image_level0(image)
-        cache = self.cache
-        holder: dict = {}
-        if uid in self._ranges:
-            holder["range"] = self._ranges[uid]
-        rgb_uint8 = image.rgb and np.dtype(image.dtype) == np.uint8
-        source = image.data[-1] if image.multiscale else data
-
-        def intensity_range():
-            if "range" not in holder:
-                from ..preprocess import estimate_intensity_range
-
-                holder["range"] = None if rgb_uint8 else estimate_intensity_range(source)
-            return holder["range"]
-
-        holder["get"] = intensity_range
+        embedder = self.embedder(image, plane)
+        holder: dict = {"get": lambda: embedder.intensity_range}
 
         def embed(i: int):
             p = plane if axis is None else plane_at(plane, axis, i)
-            key = (uid, p.key, token)
-            emb = cache.get(key)
-            if emb is None:
-                emb = predictor.compute_embedding(np.asarray(data[p.indexer()]), intensity_range())
-                cache.put(key, emb)
+            emb = embedder.get(_lead_index(p))
+            holder["range"] = embedder.intensity_range
             return emb
 
         return embed, holder
@@ -967,6 +1101,7 @@ class SamWidget(Container):
         if isinstance(layer, Image):
             uid = layer.unique_id
             self.cache.discard(lambda key: key[0] == uid)
+            self._drop_embedders(uid)
             self._ranges.pop(uid, None)
             if self._job is not None and self._job.image_uid == uid and not self._job.cancelled:
                 self._job.cancelled = True
@@ -1001,6 +1136,7 @@ class SamWidget(Container):
             return
         uid = image.unique_id
         self.cache.discard(lambda key: key[0] == uid)
+        self._drop_embedders(uid)
         self._ranges.pop(uid, None)
         self._failed = {k for k in self._failed if k[0] != uid}
         self._embedding_key = None
@@ -1205,9 +1341,18 @@ class SamWidget(Container):
     def _on_auto_clicked(self, value=None) -> None:
         self.segment_everything()
 
+    def _on_precompute_clicked(self, value=None) -> None:
+        self.precompute()
+
+    @_guarded
+    def _on_disk_cache_changed(self, value=None) -> None:
+        self._drop_embedders()
+
     def _on_task_busy(self, busy: bool) -> None:
         self.propagate_button.enabled = not busy
         self.auto_button.enabled = not busy
+        self.precompute_button.enabled = not busy
+        self.text.find_button.enabled = not busy
 
     def _on_destroyed(self, *args) -> None:
         self._closed = True
@@ -1221,6 +1366,7 @@ class SamWidget(Container):
             self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
             if self.tasks.context is not None:
                 self.tasks.context.cancel()
+            self._stop_prefetch()
             for layer_id in list(self._connected_layers):
                 self._disconnect_layer(self._connected_layers[layer_id][0])
         except Exception:  # the viewer may be half torn down already
@@ -1297,25 +1443,17 @@ class SamWidget(Container):
                     f"Waiting for the embedding of {self._job.plane_label}, then {plane.label()}..."
                 )
             return
+        self._stop_prefetch()
         uid = image.unique_id
-        data = image_level0(image)
-        intensity_range = self._ranges.get(uid)
-        range_source = None
-        if uid not in self._ranges:
-            rgb_uint8 = image.rgb and np.dtype(image.dtype) == np.uint8
-            # one range for the whole image, from the coarsest level of a multiscale pyramid
-            range_source = None if rgb_uint8 else (image.data[-1] if image.multiscale else data)
+        embedder = self.embedder(image, plane)
         job = _Job(key, uid, image.name, plane.label(), self._model_token)
         self._job = job
         self._set_busy(True)
         self._set_status(f"Computing the embedding of {plane.label()} of '{image.name}'...")
         worker = create_worker(
             _compute_embedding,
-            self.predictor,
-            data,
-            plane.indexer(),
-            intensity_range,
-            range_source,
+            embedder,
+            _lead_index(plane),
             _start_thread=False,
             _ignore_errors=True,
         )
@@ -1341,6 +1479,7 @@ class SamWidget(Container):
             self._ranges[job.image_uid] = intensity_range
             self.cache.put(job.key, embedding)
         self._schedule("embedding")
+        self._start_prefetch()
 
     @_guarded
     def _on_model_loaded(self, name: str, result) -> None:
@@ -1463,6 +1602,11 @@ class SamWidget(Container):
             return
         self._warned.add(tag)
         show_warning(message)
+
+
+def _lead_index(plane: Plane) -> tuple[int, ...]:
+    """The plane's position along its non-displayed axes, ascending (a StackEmbedder index)."""
+    return tuple(int(plane.index[a]) for a in plane.not_displayed)
 
 
 def _key_handler(action: Callable[[], Any]) -> Callable:
