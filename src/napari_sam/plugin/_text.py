@@ -75,15 +75,16 @@ class TextSection(Container):
         self.plane = None
         self._scorer = None
         self._scorer_spec: str | None = None
-        self._cache: dict = {}
+        self._objects = None
+        self._objects_key: tuple | None = None
         self._layer: Labels | None = None
         self._source: Labels | None = None
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._on_query_edited)
         self.find_button.changed.connect(lambda _=None: self.find())
-        self.query.changed.connect(lambda _=None: self._timer.start(_DEBOUNCE_MS))
-        self.negatives.changed.connect(lambda _=None: self._timer.start(_DEBOUNCE_MS))
+        self.query.changed.connect(self._on_text_edited)
+        self.negatives.changed.connect(self._on_text_edited)
         self.threshold.changed.connect(lambda _=None: self.apply_threshold())
 
     # -- public --------------------------------------------------------------------------------
@@ -123,30 +124,43 @@ class TextSection(Container):
         spec = str(self.clip_spec.value).strip() or DEFAULT_CLIP
         intensity_range = owner._ranges.get(image.unique_id)
         if spec != self._scorer_spec:
-            self._scorer, self._scorer_spec, self._cache = None, spec, {}
+            self.close()
+            self._scorer_spec = spec
         section = self
+        key = (image.unique_id, plane.key, source.unique_id, spec, _digest(candidates))
+        known = self._objects if self._objects_key == key else None
 
         def body(ctx):
-            from ..text import score_objects
+            from ..text import embed_objects, score_embeddings
 
             if section._scorer is None:
                 ctx.progress(0, 0, f"loading CLIP {spec}")
                 section._scorer = _make_scorer(spec)
-            return score_objects(
-                section._scorer,
-                pixels,
-                candidates,
-                query,
-                negatives,
-                intensity_range=intensity_range,
-                cache=section._cache,
-                progress=ctx.progress,
-                cancelled=ctx.cancelled,
-            )
+            objects = known
+            if objects is None:  # the slow half, once per plane: CLIP on every object's crop
+                objects = embed_objects(
+                    section._scorer,
+                    pixels,
+                    candidates,
+                    intensity_range=intensity_range,
+                    progress=ctx.progress,
+                    cancelled=ctx.cancelled,
+                )
+            # the fast half, on every edit of the text: only the texts are encoded
+            return objects, score_embeddings(section._scorer, objects, query, negatives)
 
-        done = functools.partial(self._on_scored, image, plane, source)
+        done = functools.partial(self._on_scored, image, plane, source, key)
         owner._set_status(f"Scoring the objects of '{source.name}' against '{query}'...")
         return owner.tasks.start(f"Finding '{query}'", body, done, owner._on_task_error)
+
+    def close(self) -> None:
+        """Stop the CLIP process (if CLIP runs in one)."""
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            try:
+                scorer.close()
+            except Exception:  # closing is best effort at shutdown
+                logger.debug("closing the CLIP scorer failed", exc_info=True)
 
     def apply_threshold(self) -> np.ndarray:
         """Re-select the scored objects at the current threshold; returns the ids kept."""
@@ -160,15 +174,25 @@ class TextSection(Container):
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _on_text_edited(self, value=None) -> None:
+        if self.owner._closed:
+            return
+        try:
+            self._timer.start(_DEBOUNCE_MS)
+        except RuntimeError:  # the Qt side is gone (viewer closed)
+            pass
+
     def _on_query_edited(self) -> None:
         if self.scores is not None and str(self.query.value).strip() and not self.owner.tasks.busy:
             self.find()
 
-    def _on_scored(self, image, plane, source, scores, cancelled) -> None:
+    def _on_scored(self, image, plane, source, key, result, cancelled) -> None:
         owner = self.owner
-        if cancelled:
-            owner._set_status("Text search cancelled; nothing was changed.")
+        objects, scores = result
+        if cancelled or not objects.complete:
+            owner._set_status("Text search cancelled; nothing was changed.", sticky=True)
             return
+        self._objects, self._objects_key = objects, key
         self.scores, self.plane, self._source = scores, plane, source
         _write_features(source, scores)
         kept = self.apply_threshold()
@@ -179,7 +203,8 @@ class TextSection(Container):
         owner._set_status(
             f"'{scores.query}': {len(kept)} of {len(scores.ids)} objects of '{source.name}' "
             f"reach {float(self.threshold.value):.2f} (best {top}); they are in '{TEXT_NAME}' "
-            "and are the mask prompts: click to correct, K to commit."
+            "and are the mask prompts: click to correct, K to commit.",
+            sticky=True,
         )
 
     def _show(self, kept: np.ndarray) -> None:
@@ -221,10 +246,21 @@ class TextSection(Container):
 
 
 def _make_scorer(spec: str):
-    """A CLIP scorer usable in the viewer process (CLIP runs in a child process, see text.py)."""
+    """A CLIP scorer usable in the viewer process.
+
+    Importing open_clip (torchvision, triton) after napari's OpenGL context exists crashes the
+    process with CUDA builds of torch, so in a viewer CLIP runs in a spawned child process
+    (``isolate=None`` decides: see :class:`napari_sam.text.ClipScorer`).
+    """
     from ..text import ClipScorer
 
-    return ClipScorer(spec, isolate=True)
+    return ClipScorer(spec)
+
+
+def _digest(labels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=16).hexdigest()
 
 
 def _write_features(layer: Labels, scores) -> None:

@@ -288,6 +288,7 @@ class SamWidget(Container):
         self._preview_layer: Labels | None = None
         self._image: Image | None = None
         self._pending_reasons: set[str] = set()
+        self._status_sticky = False
 
         # -- sub-widgets ---------------------------------------------------------------------
         self.image_combo = ComboBox(label="image", choices=self._image_choices)
@@ -575,7 +576,8 @@ class SamWidget(Container):
         target.selected_label = ids[-1]
         self._set_status(
             f"Committed object{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
-            f"into '{target.name}' ({preview.plane.label()}). Ctrl+Z on that layer undoes it."
+            f"into '{target.name}' ({preview.plane.label()}). Ctrl+Z on that layer undoes it.",
+            sticky=True,
         )
         return ids
 
@@ -599,7 +601,7 @@ class SamWidget(Container):
         self._remove_prompts(image, plane)
         self.preview = None
         self._show_preview(None)
-        self._set_status(f"Cleared the prompts of {plane.label()}.")
+        self._set_status(f"Cleared the prompts of {plane.label()}.", sticky=True)
 
     # -- embeddings: one StackEmbedder per (image, plane axes, model) ----------------------------
 
@@ -716,7 +718,8 @@ class SamWidget(Container):
             state = "cancelled after computing" if cancelled else "computed"
             self._set_status(
                 f"Precompute {state} {computed} slice embedding{'s' if computed != 1 else ''} "
-                f"along axis {axis}" + (f" (stored in {where})." if where else ".")
+                f"along axis {axis}" + (f" (stored in {where})." if where else "."),
+                sticky=True,
             )
 
         return self.tasks.start(
@@ -771,7 +774,7 @@ class SamWidget(Container):
                 prompt = preview.prompts[k] if k < len(preview.prompts) else {}
                 seeds.append(
                     Seed(
-                        object_id=k,
+                        object_id=k + 1,  # ids start at 1
                         index=index,
                         points=prompt.get("points"),
                         labels=prompt.get("labels"),
@@ -864,7 +867,8 @@ class SamWidget(Container):
         state = "cancelled; kept" if cancelled or not result.complete else "wrote"
         self._set_status(
             f"Propagation {state} {spans} along axis {axis} in '{target.name}'. "
-            "Ctrl+Z on that layer undoes it."
+            "Ctrl+Z on that layer undoes it.",
+            sticky=True,
         )
         target.refresh()
 
@@ -969,7 +973,8 @@ class SamWidget(Container):
         self._set_status(
             f"Segment everything {state} {len(ids)} object{'s' if len(ids) > 1 else ''} in "
             f"'{layer.name}' ({'all slices' if scope == 'all slices' else plane.label()}). "
-            "Ctrl+Z on that layer undoes it; use it as target or mask prompt."
+            "Ctrl+Z on that layer undoes it; use it as target or mask prompt.",
+            sticky=True,
         )
         layer.refresh()
 
@@ -1367,6 +1372,7 @@ class SamWidget(Container):
             if self.tasks.context is not None:
                 self.tasks.context.cancel()
             self._stop_prefetch()
+            self.text.close()
             for layer_id in list(self._connected_layers):
                 self._disconnect_layer(self._connected_layers[layer_id][0])
         except Exception:  # the viewer may be half torn down already
@@ -1534,7 +1540,8 @@ class SamWidget(Container):
                 if len(prompts.points)
                 else f"Ready on {plane.label()}: click a point or draw a box."
             )
-            self._set_status(hint)
+            if not self._status_sticky:  # keep "committed ..." / "propagated ..." readable
+                self._set_status(hint)
             return
         masks, scores = [], []
         for obj in objects:
@@ -1589,8 +1596,11 @@ class SamWidget(Container):
 
     # -- feedback --------------------------------------------------------------------------------
 
-    def _set_status(self, text: str) -> None:
+    def _set_status(self, text: str, sticky: bool = False) -> None:
+        """Show ``text``; a ``sticky`` one (the outcome of an action) is not replaced by the
+        idle hint, only by the next real message."""
         self.status_label.value = text
+        self._status_sticky = sticky
 
     def _set_busy(self, busy: bool) -> None:
         self.progress_bar.visible = busy
