@@ -70,7 +70,7 @@ def test_embedding_matches_predictor_within_float16(model):
     assert 0 < rel < 1e-3
 
 
-@pytest.mark.parametrize("change", ["image", "model", "intensity_range", "axes"])
+@pytest.mark.parametrize("change", ["image", "model", "intensity_range", "axes", "precision"])
 def test_stale_store_is_recreated(model, tmp_path, change):
     image = _stack()
     path = tmp_path / "s.zarr"
@@ -89,6 +89,8 @@ def test_stale_store_is_recreated(model, tmp_path, change):
         kwargs["intensity_range"] = (50, 151)
     elif change == "axes":
         kwargs["axes"] = (0, 2)
+    elif change == "precision":
+        kwargs["precision"] = "bfloat16"
     new = StackEmbedder(other_model, image, **kwargs)
     assert new.store.status == "recreated"
     assert "stale" in new.store.reason
@@ -268,3 +270,26 @@ def test_store_rejects_bad_writes(tmp_path):
     assert store.read(0) is None and store.n_done == 0
     store.write(1, np.ones((4, 2, 2)))
     assert store.read(1).dtype == np.float16 and store.n_done == 1
+
+
+def test_prune_removes_least_recently_used_stores_only(model, tmp_path):
+    import os
+
+    from napari_sam.embedding_store import prune_store_dir
+
+    folder = tmp_path / "embeddings"
+    paths = []
+    for i in range(3):
+        emb = StackEmbedder(model, _stack(seed=i), store=folder / f"s{i}.zarr")
+        emb.precompute()
+        os.utime(emb.store_path / "zarr.json", (1000 + i, 1000 + i))
+        paths.append(emb.store_path)
+    (folder / "notes.zarr").mkdir()
+    (folder / "notes.zarr" / "keep.txt").write_text("not a store")
+    StackEmbedder(model, _stack(seed=0), store=paths[0]).store  # reuse marks s0 as used now
+    size = sum(f.stat().st_size for f in paths[1].rglob("*") if f.is_file())
+    removed = prune_store_dir(int(2.5 * size), folder, keep=[paths[1]])
+    assert removed == [paths[2]]  # s1 is older but kept; s0 was just used
+    assert paths[0].exists() and paths[1].exists() and (folder / "notes.zarr" / "keep.txt").exists()
+    assert prune_store_dir(0, folder) == [paths[1], paths[0]]
+    assert (folder / "notes.zarr" / "keep.txt").exists()

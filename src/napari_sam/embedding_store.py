@@ -9,14 +9,15 @@ lazily. Three pieces:
 * :class:`EmbeddingStore`: a zarr v3 group with one float16 chunk per plane and a "done" flag per
   plane. Opening it with a different signature, or finding it unreadable, recreates it (the reason
   is logged and kept in :attr:`EmbeddingStore.reason`); it is never silently used.
-* :class:`StackEmbedder`: ``get(index)`` gives a plane's :class:`~napari_sam.predictor.ImageEmbedding`
-  from a bounded in-memory LRU, else the store, else the encoder (and writes it).
+* :class:`StackEmbedder`: ``get(index)`` gives a plane's
+  :class:`~napari_sam.predictor.ImageEmbedding` from a bounded in-memory LRU, else the store,
+  else the encoder (and writes it).
 
 Store layout (``<store>.zarr``)::
 
     zarr.json               group; attributes: format, signature, layout
     features/               float16, shape (n_planes, C, h, w), one chunk per plane, crc32c
-    done/                   uint8, shape (n_planes,), one chunk per plane: 1 once features are written
+    done/                   uint8, shape (n_planes,), one chunk per plane: 1 once written
 
 Planes are numbered in C order over the non-plane axes (``numpy.ravel_multi_index``). Each plane
 is its own chunk, and zarr's local store writes a chunk to a temporary file renamed into place, so
@@ -47,6 +48,8 @@ __all__ = [
     "default_store_dir",
     "image_fingerprint",
     "model_fingerprint",
+    "prune_store_dir",
+    "signature_digest",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ def _package_version() -> str:
 
 
 def model_fingerprint(model, name: str | None = None) -> str:
-    """Identify a model by name and weights: ``"<name>:<32 hex digits>"``.
+    """Identify a model by name and weights: ``"<name>:<40 hex digits>"``.
 
     The hash covers every parameter and buffer (names, shapes, dtypes, values). It is computed
     once and cached on the model; later calls only check that no tensor was replaced or changed
@@ -115,7 +118,7 @@ def model_fingerprint(model, name: str | None = None) -> str:
     else:
         import torch
 
-        h = hashlib.blake2b(digest_size=16)
+        h = _bulk_hash()
         with torch.no_grad():
             for key, t in sorted(tensors, key=lambda kv: kv[0]):
                 h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -128,6 +131,15 @@ def model_fingerprint(model, name: str | None = None) -> str:
             pass
     label = (name or "sam").replace(":", "_")
     return f"{label}:{digest}"
+
+
+def _bulk_hash():
+    """The hash for bulk data (pixels, weights): identification, not security.
+
+    SHA-1 runs at 1.4 GB/s where the CPU has SHA instructions (blake2b 0.56, SHA-256 0.87 GB/s
+    on the development machine; xxhash is not a dependency).
+    """
+    return hashlib.sha1(usedforsecurity=False)
 
 
 def _iter_blocks(data, block_bytes: int = _HASH_BLOCK_BYTES):
@@ -148,10 +160,10 @@ def _iter_blocks(data, block_bytes: int = _HASH_BLOCK_BYTES):
 
 
 def _content_digest(data) -> str:
-    """blake2b of all the values of ``data`` in C order, little-endian, read block by block."""
+    """Hash of all the values of ``data`` in C order, little-endian, read block by block."""
     dtype = np.dtype(data.dtype)
     little = dtype.newbyteorder("<") if dtype.byteorder not in ("|", "=", "<") else dtype
-    h = hashlib.blake2b(digest_size=16)
+    h = _bulk_hash()
     for block in _iter_blocks(data):
         block = np.ascontiguousarray(block)
         if block.dtype.byteorder == ">":
@@ -315,6 +327,7 @@ class EmbeddingStore:
             problem = _check_existing(p, signature, layout)
             if problem is None:
                 group = zarr.open_group(str(p), mode="r+", zarr_format=3)
+                _mark_used(p)
                 return cls(p, group, signature, "reused", "")
             if not recreate:
                 raise StaleStoreError(f"embedding store {p}: {problem}")
@@ -391,7 +404,7 @@ def _check_existing(p: Path, signature: dict, layout: dict) -> str | None:
     import zarr
 
     if not p.is_dir():
-        raise ValueError(f"{p} exists and is not a folder: refusing to use it as an embedding store")
+        raise ValueError(f"{p} exists and is not a folder: not usable as an embedding store")
     names = {c.name for c in p.iterdir()}
     if not names:
         return "empty folder"
@@ -428,6 +441,70 @@ def _check_existing(p: Path, signature: dict, layout: dict) -> str | None:
     except Exception as exc:  # noqa: BLE001
         return f"corrupt store: done flags unreadable ({exc})"
     return None
+
+
+def _mark_used(p: Path) -> None:
+    """Record the last use (the mtime of ``zarr.json``) for :func:`prune_store_dir`."""
+    try:
+        os.utime(p / "zarr.json")
+    except OSError:  # read-only file system: pruning then goes by creation time
+        pass
+
+
+def _folder_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def prune_store_dir(
+    max_bytes: int, folder: str | os.PathLike[str] | None = None, keep: Iterable[Path] = ()
+) -> list[Path]:
+    """Delete the least recently used embedding stores until ``folder`` holds at most
+    ``max_bytes``.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Size to get under.
+    folder : path-like, optional
+        Default :func:`default_store_dir`. Only its ``*.zarr`` entries that are embedding stores
+        are considered; nothing else is ever deleted.
+    keep : iterable of paths
+        Stores in use, never deleted.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The stores deleted.
+    """
+    import zarr
+
+    root = Path(folder) if folder is not None else default_store_dir()
+    if not root.is_dir():
+        return []
+    keep_set = {Path(k).resolve() for k in keep}
+    stores = []
+    for p in root.glob("*.zarr"):
+        if not p.is_dir() or not {c.name for c in p.iterdir()} <= _LAYOUT_NAMES:
+            continue
+        try:
+            if zarr.open_group(str(p), mode="r").attrs.get("format") != STORE_FORMAT:
+                continue
+        except Exception:  # noqa: BLE001 - an unreadable store of ours is fair game
+            pass
+        meta = p / "zarr.json"
+        used = meta.stat().st_mtime if meta.exists() else p.stat().st_mtime
+        stores.append((used, p, _folder_bytes(p)))
+    total = sum(size for _, _, size in stores)
+    removed = []
+    for _, p, size in sorted(stores, key=lambda t: t[0]):
+        if total <= max_bytes:
+            break
+        if p.resolve() in keep_set:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        total -= size
+        removed.append(p)
+    return removed
 
 
 def _remove_store(p: Path) -> None:
@@ -474,7 +551,9 @@ def _normalise_axes(axes: Sequence[int], ndim: int) -> tuple[int, int]:
             raise ValueError(f"plane axis {a} is out of range for {ndim} spatial axes")
         out.append(a % ndim)
     if not out[0] < out[1]:
-        raise ValueError(f"plane axes must be two different axes in ascending order, got {tuple(axes)}")
+        raise ValueError(
+            f"plane axes must be two different axes in ascending order, got {tuple(axes)}"
+        )
     return out[0], out[1]
 
 
@@ -516,11 +595,14 @@ class StackEmbedder:
     fingerprint : str, optional
         The :func:`image_fingerprint` of ``image`` with these axes, ``rgb`` and intensity range,
         if already known (distributed workers get it from the client instead of rehashing).
+    precision : {"float32", "bfloat16", "float16"}
+        Arithmetic of the image encoder (see :class:`~napari_sam.SamPredictor`); part of the
+        signature, so embeddings of different precisions never mix.
 
     Examples
     --------
     >>> emb = StackEmbedder(model, volume, store="auto")  # doctest: +SKIP
-    >>> predictor.set_embedding(emb.get((12,)))  # plane z=12 of a (Z, Y, X) volume  # doctest: +SKIP
+    >>> predictor.set_embedding(emb.get((12,)))  # z = 12 of a (Z, Y, X) volume  # doctest: +SKIP
     """
 
     def __init__(
@@ -535,6 +617,7 @@ class StackEmbedder:
         model_name: str | None = None,
         memory_mb: float = 256,
         fingerprint: str | None = None,
+        precision: str = "float32",
     ) -> None:
         from .embedding_cache import EmbeddingCache
         from .predictor import SamPredictor
@@ -569,7 +652,8 @@ class StackEmbedder:
         self._store: EmbeddingStore | None = None
         self._store_opened = False
         self._memory = EmbeddingCache(max_bytes=int(memory_mb * 2**20))
-        self._predictor = SamPredictor(model)
+        self._predictor = SamPredictor(model, precision=precision)
+        self.precision = precision
         self._compute_lock = threading.Lock()
         self._setup_lock = threading.RLock()
 
@@ -635,6 +719,7 @@ class StackEmbedder:
             "image": self.fingerprint,
             "model": model_fingerprint(self.model).rsplit(":", 1)[-1],
             "img_size": int(self.model.img_size),
+            "precision": self.precision,
             "plane_axes": list(self.axes),
             "planes": list(self.plane_shape),
             "package": _package_version(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["InputError", "read_image", "read_points_csv", "write_labels"]
+__all__ = ["InputError", "open_image_lazy", "read_image", "read_points_csv", "write_labels"]
 
 
 class InputError(ValueError):
@@ -128,3 +128,48 @@ def read_points_csv(path: str | os.PathLike, ndim: int) -> dict[str, np.ndarray]
         raise InputError(f"{p}: label must be 1 (positive) or 0 (negative)")
     objects = np.array([r.get("object", "") for r in norm], dtype=object).astype(str)
     return {"coords": coords, "labels": labels, "objects": objects}
+
+
+def open_image_lazy(path: str | os.PathLike):
+    """Open an image without loading it: planes are read when indexed.
+
+    zarr arrays (an OME-Zarr group gives its full-resolution array ``"0"``), uncompressed TIFF
+    (memory-mapped), compressed TIFF (through tifffile's zarr view), ``.npy`` (memory-mapped).
+    Other formats are read whole with :func:`read_image`.
+
+    Returns
+    -------
+    array-like
+        numpy, memmap or zarr array in the file's axis order, with ``shape``, ``dtype`` and
+        numpy indexing.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such file: {p}")
+    name = p.name.lower()
+    try:
+        if p.is_dir() or name.endswith(".zarr"):
+            import zarr
+
+            node = zarr.open(str(p), mode="r")
+            if isinstance(node, zarr.Group):
+                if "0" not in node:
+                    raise InputError(f"{p}: a zarr group without an array \"0\": give an array")
+                node = node["0"]
+            return node
+        if name.endswith((".tif", ".tiff", ".btf")):
+            import tifffile
+
+            try:
+                return tifffile.memmap(p, mode="r")
+            except ValueError:  # compressed or tiled: read through tifffile's zarr view
+                import zarr
+
+                return zarr.open(tifffile.imread(p, aszarr=True), mode="r")
+        if name.endswith(".npy"):
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is bad input here
+        raise InputError(f"cannot read {p} as an image: {exc}") from exc
+    return read_image(p)

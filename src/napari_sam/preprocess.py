@@ -54,6 +54,10 @@ def estimate_intensity_range(
     size = int(np.prod(np.shape(data)))
     if size == 0:
         return (0.0, 1.0)
+    if not isinstance(data, np.ndarray) and len(np.shape(data)) > 2:
+        # a lazy stack (dask, zarr, memory-mapped file): read a few whole planes, not the array
+        data = _sample_planes(data, _MAX_LAZY_PLANES)
+        size = data.size
     if size > max_samples:
         rng = np.random.default_rng(seed)
         flat_idx = np.sort(rng.choice(size, size=max_samples, replace=False))
@@ -68,6 +72,21 @@ def estimate_intensity_range(
     if not high > low:
         low, high = float(values.min()), float(values.max())
     return (float(low), float(high))
+
+
+#: Planes read from a lazy stack to estimate its intensity range.
+_MAX_LAZY_PLANES = 16
+
+
+def _sample_planes(data, max_planes: int) -> np.ndarray:
+    """Up to ``max_planes`` evenly spaced 2D planes (RGB planes kept whole) of a lazy array."""
+    shape = tuple(np.shape(data))
+    plane_ndim = 3 if shape[-1] in (3, 4) and len(shape) > 3 else 2
+    lead = shape[:-plane_ndim]
+    n = int(np.prod(lead))
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_planes)).round().astype(np.int64))
+    planes = [np.asarray(data[np.unravel_index(int(i), lead)]) for i in picks]
+    return np.stack(planes)
 
 
 def _take_points(data, idx):
