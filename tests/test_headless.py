@@ -15,11 +15,16 @@ SCRIPT = textwrap.dedent(
     import napari_sam
     import napari_sam.predictor, napari_sam.embedding_cache, napari_sam.preprocess
     import napari_sam.segment, napari_sam.build, napari_sam.cli, napari_sam.synthetic
+    import napari_sam.embedding_store, napari_sam.tiling, napari_sam.cluster
+    import napari_sam.propagation, napari_sam.automatic, napari_sam.text
     from napari_sam import SamPredictor, build_model, list_models
     list_models()
     forbidden = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui",
-                 "superqt", "torchvision")
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in forbidden)
+                 "superqt", "torchvision", "triton", "open_clip", "torch._dynamo")
+    loaded = sorted(
+        m for m in sys.modules
+        if m.split(".")[0] in forbidden or m == "torch._dynamo" or m.startswith("torch._dynamo.")
+    )
     print(" ".join(loaded) if loaded else "CLEAN")
     """
 )

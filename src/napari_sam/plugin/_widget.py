@@ -90,6 +90,9 @@ _NO_LAYER = "__none__"
 _DEBOUNCE_VIEW_MS = 60
 #: Slices on each side of the current one embedded in the background while the user looks.
 PREFETCH_SLICES = 2
+#: Planes larger than this many model inputs (and than TILE_ABOVE_PIXELS) are decoded in tiles.
+TILE_ABOVE_INPUTS = 2
+TILE_ABOVE_PIXELS = 1024
 
 
 def _guarded(method: Callable) -> Callable:
@@ -178,6 +181,31 @@ def _compute_embedding(embedder, index):
     except Exception as exc:
         logger.exception("computing the SAM embedding failed")
         return None, None, exc
+
+
+def _tiled_predictor(cls, model, data, indexer, **kwargs):
+    """A TiledPredictor on one plane of an nD image (the plane is read into memory)."""
+    return cls(model, np.asarray(data[indexer]), **kwargs)
+
+
+def _segment_tiled(tiled, objects):
+    """Worker body: one mask per object over a whole large plane (tiles embedded on demand).
+
+    ``tiled`` is a TiledPredictor, or a callable building one (first use of a plane).
+    Returns ``(tiled, masks, scores, error)``.
+    """
+    try:
+        if callable(tiled) and not hasattr(tiled, "segment"):
+            tiled = tiled()
+        masks, scores = [], []
+        for obj in objects:
+            mask, score = tiled.segment(**obj)
+            masks.append(np.asarray(mask, dtype=bool))
+            scores.append(float(score))
+        return tiled, masks, scores, None
+    except Exception as exc:
+        logger.exception("decoding in tiles failed")
+        return None, None, None, exc
 
 
 def _prefetch(embedder, indices, cancelled):
@@ -289,6 +317,10 @@ class SamWidget(Container):
         self._image: Image | None = None
         self._pending_reasons: set[str] = set()
         self._status_sticky = False
+        self._tiled: dict[tuple, Any] = {}
+        self._tiled_worker = None
+        self._tiled_again = False
+        self._generation = 0  # bumped whenever cached embeddings are dropped
 
         # -- sub-widgets ---------------------------------------------------------------------
         self.image_combo = ComboBox(label="image", choices=self._image_choices)
@@ -434,6 +466,7 @@ class SamWidget(Container):
         """Whether an embedding is being computed, a model loaded, or a refresh pending."""
         return (
             self._job is not None
+            or self._tiled_worker is not None
             or self._model_loading
             or self.tasks.busy
             or (not self._closed and self._timer.isActive())
@@ -641,8 +674,11 @@ class SamWidget(Container):
 
     def _drop_embedders(self, uid=None) -> None:
         self._stop_prefetch()
+        self._generation += 1
         for key in [k for k in self._embedders if uid is None or k[0] == uid]:
             del self._embedders[key]
+        for key in [k for k in self._tiled if uid is None or k[0] == uid]:
+            del self._tiled[key]
 
     def _start_prefetch(self) -> None:
         """Embed the neighbouring slices of the current one in the background, while idle."""
@@ -1432,6 +1468,9 @@ class SamWidget(Container):
         if key in self._failed:
             self._set_status("The embedding of this slice failed (see the notification).")
             return
+        if self._is_large(plane):
+            self._decode_tiled(image, plane, key)
+            return
         embedding = self.cache.get(key)
         if embedding is None:
             self._request_embedding(image, plane, key)
@@ -1521,7 +1560,8 @@ class SamWidget(Container):
                 prompts.mask_digests[value] = digest
         return prompts
 
-    def _decode(self, image: Image, plane: Plane) -> None:
+    def _plane_objects(self, image: Image, plane: Plane):
+        """The objects prompted on ``plane`` and the prompts, or ``None`` (status updated)."""
         prompts = self._collect_prompts(image, plane)
         for problem in prompts.problems:
             self._warn_once(problem, problem)
@@ -1542,12 +1582,22 @@ class SamWidget(Container):
             )
             if not self._status_sticky:  # keep "committed ..." / "propagated ..." readable
                 self._set_status(hint)
+            return None
+        return objects, prompts
+
+    def _decode(self, image: Image, plane: Plane) -> None:
+        found = self._plane_objects(image, plane)
+        if found is None:
             return
+        objects, prompts = found
         masks, scores = [], []
         for obj in objects:
             mask, score, _ = self.predictor.segment(**obj)
             masks.append(np.asarray(mask, dtype=bool))
             scores.append(float(score))
+        self._set_preview(image, plane, masks, scores, prompts, objects)
+
+    def _set_preview(self, image, plane, masks, scores, prompts, objects) -> None:
         self.preview = Preview(
             image, plane, masks, scores, dict(prompts.mask_digests), prompts=list(objects)
         )
@@ -1562,6 +1612,80 @@ class SamWidget(Container):
             f"Preview of {len(masks)} object{'s' if len(masks) > 1 else ''} on {plane.label()} "
             f"(score {', '.join(f'{s:.2f}' for s in scores[:5])}). "
             f"{KEY_COMMIT}: commit, {KEY_CLEAR}: clear."
+        )
+
+    # -- large planes: decoded in tiles ------------------------------------------------------
+
+    def _is_large(self, plane: Plane) -> bool:
+        """Planes this much larger than the model input are embedded as overlapping tiles
+        (resizing them whole would shrink small objects away)."""
+        return max(plane.shape) > max(TILE_ABOVE_INPUTS * self.predictor.model.img_size,
+                                      TILE_ABOVE_PIXELS)
+
+    def _decode_tiled(self, image: Image, plane: Plane, key: tuple) -> None:
+        """Decode the plane's prompts with a :class:`~napari_sam.tiling.TiledPredictor` in a
+        worker: only the tiles under the prompts are embedded, objects across tile borders come
+        out whole."""
+        if self._tiled_worker is not None:
+            self._tiled_again = True  # the prompts changed meanwhile: decode again after
+            return
+        found = self._plane_objects(image, plane)
+        if found is None:
+            return
+        objects, prompts = found
+        tiled = self._tiled.get(key)
+        if tiled is None:
+            from ..tiling import TiledPredictor
+
+            data, indexer = image_level0(image), plane.indexer()
+            tiled = functools.partial(  # built in the worker: it reads the whole plane
+                _tiled_predictor,
+                TiledPredictor,
+                self.predictor.model,
+                data,
+                indexer,
+                rgb=bool(image.rgb),
+                intensity_range=self._ranges.get(image.unique_id),
+                store="auto" if self.disk_cache.value else None,
+                model_name=self.model_name,
+            )
+        self._set_busy(True)
+        self._set_status(
+            f"{plane.label()} is {plane.shape[0]} x {plane.shape[1]} px: decoding in tiles "
+            "(only the tiles under the prompts are embedded, once)..."
+        )
+        worker = create_worker(
+            _segment_tiled, tiled, objects, _start_thread=False, _ignore_errors=True
+        )
+        worker.returned.connect(
+            functools.partial(
+                self._on_tiled, image, plane, key, prompts, objects, self._generation
+            )
+        )
+        self._tiled_worker = worker
+        worker.start()
+
+    @_guarded
+    def _on_tiled(self, image, plane, key, prompts, objects, generation, result) -> None:
+        tiled, masks, scores, error = result
+        self._tiled_worker = None
+        if tiled is not None and generation == self._generation:
+            self._tiled[key] = tiled  # (not if the data or model changed meanwhile)
+        self._set_busy(self._job is not None or self._model_loading)
+        if self._tiled_again:
+            self._tiled_again = False
+            self._schedule("prompts")
+            return
+        if error is not None:
+            self._failed.add(key)
+            show_error(f"Decoding '{image.name}' ({plane.label()}) in tiles failed: {error}")
+            return
+        if image is not self.image:
+            return
+        self._set_preview(image, plane, masks, scores, prompts, objects)
+        self._set_status(
+            f"Preview of {len(masks)} object{'s' if len(masks) > 1 else ''} on {plane.label()}"
+            f", decoded in tiles. {KEY_COMMIT}: commit, {KEY_CLEAR}: clear."
         )
 
     def _drop_preview(self) -> None:
