@@ -47,7 +47,7 @@ def test_published_hyperparameters(name, dim, depth, heads, global_blocks):
 
 def test_list_models(monkeypatch):
     assert list_models() == list(MODEL_CONFIGS)
-    assert [n for n in list_models() if n.startswith("vit_")] == ["vit_b", "vit_l", "vit_h"]
+    assert [n for n in list_models() if n.startswith("vit_")] == ["vit_t", "vit_b", "vit_l", "vit_h"]
     monkeypatch.setitem(MODEL_ALIASES, "fast", "vit_b")
     assert list_models(include_aliases=True) == [*MODEL_CONFIGS, *MODEL_ALIASES]
     assert resolve_model_name("fast") == "vit_b"

@@ -26,6 +26,7 @@ from .modeling import (
     MaskDecoder,
     PromptEncoder,
     Sam,
+    TinyViT,
     TwoWayTransformer,
 )
 from .modeling.sam import IMAGENET_MEAN, IMAGENET_STD
@@ -75,6 +76,15 @@ class SamConfig:
         Layers and hidden width of the IoU prediction head.
     pixel_mean, pixel_std : tuple of float
         RGB normalisation of 0..255 pixels.
+    encoder_type : {"vit", "tiny_vit"}
+        SAM's plain ViT, or MobileSAM's hierarchical TinyViT. For ``"tiny_vit"`` the four
+        ``stage_*`` fields describe the encoder; ``encoder_embed_dim``, ``encoder_depth`` and
+        ``encoder_num_heads`` must then equal the last stage's width, the total number of blocks
+        and the last stage's heads, ``encoder_global_attn_indexes`` must be empty, and
+        ``patch_size`` must be 16 (TinyViT's overall stride).
+    stage_dims, stage_depths, stage_num_heads, stage_window_sizes : tuple of int
+        Width, blocks, attention heads and window side of TinyViT's four stages (the first,
+        convolutional, stage has no attention: its heads and window entries are unused).
     """
 
     img_size: int = 1024
@@ -95,10 +105,18 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     pixel_mean: tuple[float, ...] = IMAGENET_MEAN
     pixel_std: tuple[float, ...] = IMAGENET_STD
+    encoder_type: str = "vit"
+    stage_dims: tuple[int, ...] = ()
+    stage_depths: tuple[int, ...] = ()
+    stage_num_heads: tuple[int, ...] = ()
+    stage_window_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Lists are accepted (and stored as tuples, so configs stay hashable).
-        for name in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
+        for name in (
+            "encoder_global_attn_indexes", "pixel_mean", "pixel_std", "stage_dims",
+            "stage_depths", "stage_num_heads", "stage_window_sizes",
+        ):  # fmt: skip
             object.__setattr__(self, name, tuple(getattr(self, name)))
         positive = (
             "img_size", "patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
@@ -138,6 +156,34 @@ class SamConfig:
             raise ValueError(f"mask_in_chans must be a multiple of 4, got {self.mask_in_chans}")
         if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
             raise ValueError("pixel_mean and pixel_std need one value per RGB channel")
+        if self.encoder_type == "tiny_vit":
+            self._check_tiny_vit()
+        elif self.encoder_type != "vit":
+            raise ValueError(f"encoder_type must be 'vit' or 'tiny_vit', got {self.encoder_type!r}")
+
+    def _check_tiny_vit(self) -> None:
+        stages = (self.stage_dims, self.stage_depths, self.stage_num_heads, self.stage_window_sizes)
+        if any(len(s) != 4 for s in stages):
+            raise ValueError("a tiny_vit encoder needs 4 values in each stage_* field")
+        if any(not isinstance(v, int) or v <= 0 for s in stages for v in s):
+            raise ValueError("the stage_* fields of a tiny_vit encoder must be positive ints")
+        derived = {
+            "encoder_embed_dim": self.stage_dims[-1],
+            "encoder_depth": sum(self.stage_depths),
+            "encoder_num_heads": self.stage_num_heads[-1],
+            "patch_size": 16,
+        }
+        for name, value in derived.items():
+            if getattr(self, name) != value:
+                raise ValueError(
+                    f"a tiny_vit encoder needs {name}={value} (from its stages), "
+                    f"got {getattr(self, name)}"
+                )
+        if self.encoder_global_attn_indexes:
+            raise ValueError("a tiny_vit encoder has no global attention blocks")
+        bad = [(d, h) for d, h in zip(self.stage_dims[1:], self.stage_num_heads[1:]) if d % h]
+        if bad:
+            raise ValueError(f"stage_num_heads must divide stage_dims, not for {bad}")
 
     @property
     def image_embedding_size(self) -> int:
@@ -189,7 +235,22 @@ DEFAULT_CONFIG = SamConfig(
     decoder_num_heads=4,
     iou_head_hidden_dim=128,
 )
-MODEL_CONFIGS = {"default": DEFAULT_CONFIG, **MODEL_CONFIGS}  # smallest first
+#: MobileSAM (Zhang et al. 2023): TinyViT-5M distilled from SAM's ViT-H encoder, with SAM's
+#: prompt encoder and mask decoder. Its released ``mobile_sam.pt`` loads unchanged.
+VIT_T_CONFIG = SamConfig(
+    encoder_type="tiny_vit",
+    stage_dims=(64, 128, 160, 320),
+    stage_depths=(2, 2, 6, 2),
+    stage_num_heads=(2, 4, 5, 10),
+    stage_window_sizes=(7, 7, 14, 7),
+    encoder_embed_dim=320,
+    encoder_depth=12,
+    encoder_num_heads=10,
+    encoder_global_attn_indexes=(),
+    window_size=7,
+)
+# smallest first
+MODEL_CONFIGS = {"default": DEFAULT_CONFIG, "vit_t": VIT_T_CONFIG, **MODEL_CONFIGS}
 
 #: The default model's weights ship inside the package (float16, a few MB): no download.
 DEFAULT_WEIGHTS = Path(__file__).parent / "_weights" / "default.pt"
@@ -255,20 +316,7 @@ def build_sam(config: SamConfig) -> Sam:
     if not isinstance(config, SamConfig):
         raise TypeError(f"build_sam() takes a SamConfig, got {type(config).__name__}")
     embed = config.image_embedding_size
-    image_encoder = ImageEncoderViT(
-        img_size=config.img_size,
-        patch_size=config.patch_size,
-        embed_dim=config.encoder_embed_dim,
-        depth=config.encoder_depth,
-        num_heads=config.encoder_num_heads,
-        mlp_ratio=config.encoder_mlp_ratio,
-        out_chans=config.prompt_embed_dim,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        use_rel_pos=True,
-        window_size=config.window_size,
-        global_attn_indexes=config.encoder_global_attn_indexes,
-    )
+    image_encoder = _build_image_encoder(config)
     prompt_encoder = PromptEncoder(
         embed_dim=config.prompt_embed_dim,
         image_embedding_size=(embed, embed),
@@ -295,6 +343,33 @@ def build_sam(config: SamConfig) -> Sam:
         pixel_std=config.pixel_std,
     )
     return model.eval()
+
+
+def _build_image_encoder(config: SamConfig) -> nn.Module:
+    if config.encoder_type == "tiny_vit":
+        return TinyViT(
+            img_size=config.img_size,
+            embed_dims=config.stage_dims,
+            depths=config.stage_depths,
+            num_heads=config.stage_num_heads,
+            window_sizes=config.stage_window_sizes,
+            mlp_ratio=config.encoder_mlp_ratio,
+            out_chans=config.prompt_embed_dim,
+        )
+    return ImageEncoderViT(
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        embed_dim=config.encoder_embed_dim,
+        depth=config.encoder_depth,
+        num_heads=config.encoder_num_heads,
+        mlp_ratio=config.encoder_mlp_ratio,
+        out_chans=config.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        window_size=config.window_size,
+        global_attn_indexes=config.encoder_global_attn_indexes,
+    )
 
 
 def list_models(*, include_aliases: bool = False) -> list[str]:

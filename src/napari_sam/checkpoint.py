@@ -187,6 +187,8 @@ def _shapes(config: SamConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
 
 def _config_signature(config: SamConfig) -> tuple:
     g = config.image_embedding_size
+    if config.encoder_type == "tiny_vit":  # no position embedding; counted by stages
+        return ((), len(config.stage_dims), config.prompt_embed_dim, config.decoder_depth)
     return (
         (1, g, g, config.encoder_embed_dim),
         config.encoder_depth,
@@ -196,7 +198,11 @@ def _config_signature(config: SamConfig) -> tuple:
 
 
 def _signature(shapes: Mapping[str, tuple[int, ...]]) -> tuple:
-    """Encoder grid and width, encoder depth, prompt width, decoder depth of a state dict."""
+    """Encoder grid and width, encoder depth, prompt width, decoder depth of a state dict.
+
+    A TinyViT encoder (MobileSAM) has no position embedding, and stages (``layers``) instead of
+    blocks: its signature has ``()`` and the number of stages in the first two places.
+    """
 
     def count(prefix: str) -> int:
         return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
@@ -204,7 +210,7 @@ def _signature(shapes: Mapping[str, tuple[int, ...]]) -> tuple:
     no_mask = shapes.get("prompt_encoder.no_mask_embed.weight", (0, 0))
     return (
         tuple(shapes.get("image_encoder.pos_embed", ())),
-        count("image_encoder.blocks."),
+        count("image_encoder.blocks.") or count("image_encoder.layers."),
         no_mask[-1],
         count("mask_decoder.transformer.layers."),
     )

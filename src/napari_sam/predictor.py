@@ -7,6 +7,8 @@ Coordinates are napari data order throughout: points ``(row, col)``, boxes
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,9 @@ __all__ = ["ImageEmbedding", "SamPredictor"]
 
 #: Magnitude of the logits a binary mask prompt is turned into (SAM's own logits are of this order).
 MASK_PROMPT_LOGIT = 10.0
+
+#: Numeric precisions the image encoder can run in (see :class:`SamPredictor`).
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,12 @@ class SamPredictor:
     ----------
     model : Sam
         A model from :func:`napari_sam.build_model`.
+    precision : {"float32", "bfloat16", "float16"}
+        Arithmetic of the image encoder (the weights stay float32; lower precisions run under
+        :func:`torch.autocast`). ``"bfloat16"`` is faster on CPUs with native bfloat16 support
+        (AVX512-BF16, AMX) and ``"float16"`` on GPUs; both change the embedding by about 1e-2
+        relative (measured in docs/performance.md). Embeddings are returned in float32 either
+        way, and prompt decoding always runs in float32.
 
     Examples
     --------
@@ -70,9 +81,15 @@ class SamPredictor:
     >>> best = masks[scores.argmax()]  # doctest: +SKIP
     """
 
-    def __init__(self, model: Sam) -> None:
+    def __init__(self, model: Sam, precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+            )
         self.model = model
+        self.precision = precision
         self._embedding: ImageEmbedding | None = None
+        self._dense_pe: torch.Tensor | None = None
 
     # -- image -------------------------------------------------------------------------------
 
@@ -108,16 +125,65 @@ class SamPredictor:
         -------
         ImageEmbedding
         """
-        rgb = to_rgb_uint8_range(image, intensity_range)
-        geometry = ResizeGeometry(rgb.shape[:2], self.model.img_size)
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-        x = x.permute(2, 0, 1)[None]  # (1, 3, H, W)
+        return self.compute_embeddings([image], intensity_range)[0]
+
+    def compute_embeddings(
+        self,
+        images: Sequence[npt.ArrayLike],
+        intensity_range: tuple[float, float] | None = None,
+        batch_size: int = 1,
+    ) -> list[ImageEmbedding]:
+        """Run the image encoder on several 2D slices, ``batch_size`` at a time.
+
+        Parameters
+        ----------
+        images : sequence of array-like, each of shape (H, W) or (H, W, 3)
+            As in :meth:`compute_embedding`; slices of different shapes may be mixed.
+        intensity_range : (float, float), optional
+            As in :meth:`compute_embedding` (pass the stack's range).
+        batch_size : int
+            Slices per encoder call. Larger batches help on GPUs; on CPUs they mostly cost
+            memory (see docs/performance.md).
+
+        Returns
+        -------
+        list of ImageEmbedding
+            One per slice, in order; each independent of the others.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        images = list(images)
+        embeddings = []
         with torch.inference_mode():
-            x = F.interpolate(
-                x, size=geometry.input_size, mode="bilinear", align_corners=False, antialias=True
-            )
-            features = self.model.image_encoder(self.model.preprocess(x))
-        return ImageEmbedding(features, geometry.original_size, geometry.img_size)
+            for start in range(0, len(images), batch_size):
+                inputs, geometries = [], []
+                for image in images[start : start + batch_size]:
+                    rgb = to_rgb_uint8_range(image, intensity_range)
+                    geometry = ResizeGeometry(rgb.shape[:2], self.model.img_size)
+                    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+                    x = x.permute(2, 0, 1)[None]  # (1, 3, H, W)
+                    x = F.interpolate(
+                        x, size=geometry.input_size, mode="bilinear", align_corners=False,
+                        antialias=True,
+                    )  # fmt: skip
+                    inputs.append(self.model.preprocess(x))
+                    geometries.append(geometry)
+                with self._encoder_precision():
+                    features = self.model.image_encoder(torch.cat(inputs))
+                features = features.float()
+                for row, geometry in zip(features, geometries, strict=True):
+                    # a copy per slice, so that one slice's embedding does not pin the batch
+                    row = row[None] if len(geometries) == 1 else row[None].clone()
+                    embeddings.append(
+                        ImageEmbedding(row, geometry.original_size, geometry.img_size)
+                    )
+        return embeddings
+
+    def _encoder_precision(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def set_image(
         self,
@@ -279,13 +345,19 @@ class SamPredictor:
         if box is not None and np.ndim(box) > 1 and np.shape(box)[0] > 1:
             raise ValueError("segment() takes one object: use predict() for several boxes")
         ambiguous = n_points == 1 and (box is None or np.size(box) == 0) and mask_input is None
-        masks, scores, low_res = self.predict(
-            points, labels, box, mask_input, multimask=ambiguous
+        emb = self._require_embedding()
+        geometry = emb.geometry
+        _, point_prompts, boxes, masks = self._prepare_prompts(
+            geometry, points, labels, box, mask_input
         )
-        if masks.ndim == 4:  # a (1, 4) box gives a batch of one
-            masks, scores, low_res = masks[0], scores[0], low_res[0]
+        low_res, iou = self._decode(emb, point_prompts, boxes, masks, ambiguous)
+        # one object (a (1, 4) box is a batch of one); only the chosen mask is upsampled
+        scores = iou[0].float().cpu().numpy()
         best = int(np.argmax(scores))
-        return masks[best], float(scores[best]), low_res[best][None]
+        chosen = low_res[:1, best : best + 1]
+        with torch.inference_mode():
+            mask = (self._upscale(chosen, geometry)[0, 0] > 0.0).cpu().numpy()
+        return mask, float(scores[best]), chosen[0].float().cpu().numpy()
 
     def _prepare_prompts(self, geometry, points, labels, box, mask_input):
         has_points = points is not None and np.size(points) > 0
@@ -381,22 +453,45 @@ class SamPredictor:
             sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=emb.features,
-                image_pe=self.model.prompt_encoder.get_dense_pe(),
+                image_pe=self._get_dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
         return low_res, iou
 
+    def _get_dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the embedding grid, computed once."""
+        pe = self._dense_pe
+        if pe is None or pe.device != self.device:
+            with torch.inference_mode():
+                pe = self.model.prompt_encoder.get_dense_pe()
+            self._dense_pe = pe
+        return pe
+
     def _upscale(self, low_res: torch.Tensor, geometry: ResizeGeometry) -> torch.Tensor:
-        """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W)."""
+        """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W).
+
+        The same values as SAM's postprocessing (bilinear to the padded model input, crop the
+        padding, bilinear to the slice size), computed with less work: only the low-res rows and
+        columns that cover the image (plus one for the bilinear neighbour) are upsampled, at the
+        same scale (so the kept pixels are unchanged), and the last resize is skipped when it
+        would be the identity.
+        """
         with torch.inference_mode():
-            x = F.interpolate(
-                low_res.float(),
-                size=(geometry.img_size, geometry.img_size),
-                mode="bilinear",
-                align_corners=False,
-            )
+            b, k, low_h, low_w = low_res.shape
             h, w = geometry.input_size
+            scale = geometry.img_size // low_h
+            rows = min(low_h, -(-h // scale) + 1)
+            cols = min(low_w, -(-w // scale) + 1)
+            # (B * K, 1, ., .): one channel per mask is several times faster on CPUs than K
+            x = low_res.float()[..., :rows, :cols].reshape(b * k, 1, rows, cols)
+            x = F.interpolate(
+                x, size=(rows * scale, cols * scale), mode="bilinear", align_corners=False
+            )
             x = x[..., :h, :w]
-            return F.interpolate(x, size=geometry.original_size, mode="bilinear", align_corners=False)
+            if (h, w) != tuple(geometry.original_size):
+                x = F.interpolate(
+                    x, size=geometry.original_size, mode="bilinear", align_corners=False
+                )
+            return x.reshape(b, k, *x.shape[-2:])

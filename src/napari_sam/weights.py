@@ -21,8 +21,9 @@ model, say) can always be used by passing its path instead of a model name
 (:func:`resolve_checkpoint`).
 
 The SHA256 values are those of Meta's published files (the same values pin these files in
-micro-sam's model registry). MobileSAM (``vit_t``) and other models are added with
-:func:`register_weights` by the modules that can build them.
+micro-sam's model registry); MobileSAM's ``vit_t`` is pinned to the ``mobile_sam.pt`` of its
+repository. Other models are added with :func:`register_weights` by the modules that can build
+them.
 """
 
 from __future__ import annotations
@@ -147,6 +148,17 @@ WEIGHTS: dict[str, WeightsEntry] = {
             filename="sam_vit_h_4b8939.pth",
             size_mb=2564.6,
             description="SAM ViT-H (636M parameters): the largest and most accurate SAM model.",
+        ),
+        WeightsEntry(
+            name="vit_t",
+            url="https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            filename="mobile_sam.pt",
+            size_mb=40.7,
+            description=(
+                "MobileSAM (10M parameters): a TinyViT encoder distilled from ViT-H, several "
+                "times faster than ViT-B on a CPU."
+            ),
         ),
     )
 }

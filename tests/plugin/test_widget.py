@@ -117,14 +117,14 @@ def test_keys_and_buttons(sam, idle):
 def test_single_point_best_of_three_moves_and_deletes_redecode(sam, idle):
     image, gt = nuclei_2d()
     _viewer, widget, _ = sam(image)
-    calls = []
-    original = widget.predictor.predict
+    calls = []  # the multimask flag of every decoder pass
+    original = widget.predictor._decode
 
-    def predict(*args, **kwargs):
-        calls.append(kwargs.get("multimask", args[4] if len(args) > 4 else True))
-        return original(*args, **kwargs)
+    def decode(emb, points, boxes, masks, multimask):
+        calls.append(bool(multimask))
+        return original(emb, points, boxes, masks, multimask)
 
-    widget.predictor.predict = predict
+    widget.predictor._decode = decode
     rc = object_centre(gt)
     widget.points_layer.add(rc)
     idle(widget)

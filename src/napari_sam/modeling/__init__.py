@@ -9,6 +9,7 @@ from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
 from .sam import Sam
+from .tiny_vit import TinyViT
 from .transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "PositionEmbeddingRandom",
     "PromptEncoder",
     "Sam",
+    "TinyViT",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
 ]

@@ -8,11 +8,14 @@ relative position embeddings (MViTv2): one table for row offsets, one for column
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`, with the
 relative-position term passed as an additive float mask, so fused kernels are used where torch
-has them.
+has them. The mask is built and consumed in small pieces (a few heads, or a few query rows of one
+head, at a time): the ``N x N`` attention of the global blocks is never held in memory, and each
+piece of the mask is still in the CPU cache when the attention kernel reads it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,12 +31,15 @@ __all__ = [
     "RelPosAttention",
     "decomposed_rel_pos_bias",
     "relative_position_table",
+    "rel_pos_attention",
     "window_merge",
     "window_split",
 ]
 
-#: Largest relative-position bias materialised at once, in bytes (see RelPosAttention.forward).
-_BIAS_BUDGET_BYTES = 256 * 2**20
+#: Largest piece of the relative-position bias materialised at once, in bytes (see
+#: rel_pos_attention). Small enough for a CPU's L2/L3 cache; a few MB of mask per kernel call is
+#: plenty to keep the attention kernels efficient.
+_BIAS_BUDGET_BYTES = 4 * 2**20
 
 
 class ImageEncoderViT(nn.Module):
@@ -190,7 +196,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W) -> (B, H / patch, W / patch, embed_dim)`` (channels last)."""
-        return self.proj(x).permute(0, 2, 3, 1)
+        # A channels-last convolution makes the token grid contiguous. A permuted view instead
+        # would pass its strides on to every later activation (through the residual adds), and
+        # each layer norm and linear layer would then copy its input.
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
+        return x.permute(0, 2, 3, 1).contiguous()
 
 
 class EncoderBlock(nn.Module):
@@ -314,22 +324,73 @@ class RelPosAttention(nn.Module):
         if not self.use_rel_pos:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            # The bias has (B, heads, h*w, h*w) entries: 1 GiB for one vit_h image in a global
-            # block. Heads are independent, so take a few at a time to bound the peak memory.
-            per_head = b * (h * w) ** 2 * q.element_size()
-            step = max(1, _BIAS_BUDGET_BYTES // per_head)
-            outs = []
-            for start in range(0, self.num_heads, step):
-                heads = slice(start, start + step)
-                bias = decomposed_rel_pos_bias(
-                    q[:, heads], self.rel_pos_h, self.rel_pos_w, (h, w), (h, w)
-                )
-                outs.append(
-                    F.scaled_dot_product_attention(q[:, heads], k[:, heads], v[:, heads], bias)
-                )
-            out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+            out = rel_pos_attention(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w))
         out = out.transpose(1, 2).reshape(b, h, w, -1)
         return self.proj(out)
+
+
+def rel_pos_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Self-attention over an ``h x w`` token grid with decomposed relative positions.
+
+    Equal to ``scaled_dot_product_attention(q, k, v, decomposed_rel_pos_bias(q, ...))``, but the
+    ``(heads, N, N)`` bias is never built whole: only the small ``(heads, N, h)`` and
+    ``(heads, N, w)`` factors are, and the bias is expanded from them piece by piece (several
+    heads, or several query rows of one head, at most :data:`_BIAS_BUDGET_BYTES` at a time).
+    Every query is still attended in one kernel call over all keys, so the result is the same.
+
+    Parameters
+    ----------
+    q, k, v : torch.Tensor, shape (B, heads, h * w, head_dim)
+        Queries, keys and values in row-major order of the grid.
+    rel_pos_h, rel_pos_w : torch.Tensor, shape (L, head_dim)
+        Relative position tables along the rows and the columns.
+    size : (int, int)
+        ``(h, w)`` of the grid.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, heads, h * w, head_dim)
+    """
+    h, w = size
+    b, n, length, dim = q.shape
+    table_h = relative_position_table(h, h, rel_pos_h).to(q.dtype)  # (h, h, C)
+    table_w = relative_position_table(w, w, rel_pos_w).to(q.dtype)  # (w, w, C)
+    grid_q = q.reshape(b, n, h, w, dim)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h).reshape(b * n, length, h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w).reshape(b * n, length, w)
+    q, k, v = (t.reshape(b * n, length, -1) for t in (q, k, v))
+
+    per_query = length * q.element_size()
+    if length * per_query <= _BIAS_BUDGET_BYTES:  # whole heads, several at a time
+        heads_step, rows = max(1, _BIAS_BUDGET_BYTES // (length * per_query)), length
+    else:  # query rows of one head
+        heads_step, rows = 1, max(1, _BIAS_BUDGET_BYTES // per_query)
+    # Without autograd, one buffer is reused for every piece of the bias (no allocations).
+    reuse = not torch.is_grad_enabled()
+    buffer = q.new_empty(min(heads_step, b * n) * min(rows, length) * length) if reuse else None
+    out = q.new_empty(b * n, length, v.shape[-1])
+    for i in range(0, b * n, heads_step):
+        heads = slice(i, i + heads_step)
+        for r in range(0, length, rows):
+            queries = slice(r, r + rows)
+            a = rel_h[heads, queries, :, None]  # (n', r', h, 1)
+            c = rel_w[heads, queries, None, :]  # (n', r', 1, w)
+            shape = (a.shape[0], a.shape[1], h, w)
+            if buffer is not None:
+                bias = torch.add(a, c, out=buffer[: math.prod(shape)].view(shape))
+            else:
+                bias = a + c
+            out[heads, queries] = F.scaled_dot_product_attention(
+                q[heads, queries], k[heads], v[heads], bias.view(shape[0], shape[1], length)
+            )
+    return out.view(b, n, length, -1)
 
 
 def window_split(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -11,6 +11,7 @@ from torch import nn
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Sam"]
 
@@ -27,7 +28,7 @@ class Sam(nn.Module):
 
     Parameters
     ----------
-    image_encoder : ImageEncoderViT
+    image_encoder : ImageEncoderViT or TinyViT
         Turns a preprocessed ``(B, 3, S, S)`` image into a ``(B, C, h, w)`` embedding.
     prompt_encoder : PromptEncoder
         Embeds points, boxes and masks.
@@ -44,7 +45,7 @@ class Sam(nn.Module):
 
     def __init__(
         self,
-        image_encoder: ImageEncoderViT,
+        image_encoder: ImageEncoderViT | TinyViT,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         pixel_mean: Sequence[float] = IMAGENET_MEAN,

@@ -88,8 +88,9 @@ class TwoWayTransformer(nn.Module):
         keys : torch.Tensor, shape (B, h * w, C)
             The updated image tokens, in row-major order.
         """
-        keys = image_embedding.flatten(2).permute(0, 2, 1)  # (B, h*w, C)
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        # Contiguous once here, rather than copied by every projection of the image tokens.
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # (B, h*w, C)
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
@@ -163,13 +164,12 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm1(queries)
 
         q = queries + query_pe
-        k = keys + key_pe
+        k = keys + key_pe  # the keys do not change until the last step: used twice
         queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
         keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
         return queries, keys
 
