@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._text_cli import add_text_args, run_text_segment
+from . import _cli_stack
 from .io import InputError
 
 __all__ = ["main"]
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser(
         "segment",
-        help="segment objects from point/box prompts and write a label image",
+        help="segment objects from point/box or text prompts and write a label image",
         description=(
             "Segment the objects given by point and box prompts. Points come from a CSV file "
             "(columns axis-0..axis-N as exported by napari's Points layer, or row,col / z,y,x; "
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite-objects", action="store_true",
                      help="let later objects take pixels of earlier ones")
     _add_model_args(seg)
+    add_text_args(seg)
 
     sub.add_parser("models", help="list the model names the registry knows")
 
@@ -97,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="for 3D labels: evaluate each 2D slice along this axis")
     ev.add_argument("--json", help="write the results here (JSON)")
     _add_model_args(ev)
+    _cli_stack.add_evaluate_options(ev)
+    _cli_stack.add_parsers(sub, _add_model_args)
 
     tr = sub.add_parser(
         "train",
@@ -144,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--sample", default="nuclei_3d", choices=["nuclei_2d", "nuclei_3d"],
                       help="sample to open when no image is given (default: %(default)s)")
     view.add_argument("--model", default=None, help="model to preselect in the widget")
+    _add_embed_parser(sub)
     return parser
 
 
@@ -158,8 +164,10 @@ def _cmd_segment(args) -> int:
     from .predictor import SamPredictor
     from .segment import ObjectPrompt, is_rgb, segment_objects, spatial_shape
 
+    if args.text is not None:
+        return run_text_segment(args)
     if not args.points and not args.box:
-        raise InputError("no prompts: give --points CSV and/or --box")
+        raise InputError("no prompts: give --points CSV and/or --box, or --text")
     image = read_image(args.image)
     rgb = is_rgb(image) if args.rgb is None else args.rgb
     shape = spatial_shape(image, rgb)
@@ -252,6 +260,8 @@ def _cmd_evaluate(args) -> int:
         raise InputError("3D labels: choose the slicing axis with --axis")
     if args.json and not Path(args.json).parent.exists():
         raise InputError(f"output directory does not exist: {Path(args.json).parent}")
+    if args.propagate or args.automatic:
+        return _cli_stack.evaluate(args, image, labels, _load_model)
     if args.model == "classical":
         from .baselines import evaluate_classical_interactive
 
@@ -373,12 +383,142 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_embed_parser(sub) -> None:
+    emb = sub.add_parser(
+        "embed",
+        help="precompute the embeddings of every plane of an image into a zarr store",
+        description=(
+            "Embed every 2D plane of an image (TIFF, zarr, npy) into a zarr store that the "
+            "plugin and later runs reuse. Resumable: rerun the same command to compute only the "
+            "planes that are missing. A store computed from another image, model or "
+            "normalisation is recreated. --scheduler spreads planes over a Dask cluster, "
+            "--workers over a local one."
+        ),
+    )
+    emb.add_argument("image", help="image file (.tif, .zarr, .npy)")
+    emb.add_argument("--out", default=None,
+                     help="embedding store to write (a .zarr folder); default: the automatic "
+                          "store in the cache folder, where the napari plugin finds it")
+    emb.add_argument("--axis", type=int, nargs="+", default=None, metavar="A",
+                     help="the stack axes the planes are taken along (default: all but the last "
+                          "two spatial axes)")
+    emb.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
+                     help="treat the last axis as RGB (default: guessed from the shape)")
+    emb.add_argument("--intensity-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="normalisation range (default: robust percentiles of the whole image)")
+    where = emb.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="Dask scheduler address (e.g. tcp://host:8786) to spread planes over")
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="start a local Dask cluster of N worker processes")
+    _add_model_args(emb)
+
+
+def _plane_axes(stack_axes: list[int] | None, ndim: int) -> tuple[int, int]:
+    if stack_axes is None:
+        return (ndim - 2, ndim - 1)
+    norm = set()
+    for a in stack_axes:
+        if not -ndim <= a < ndim:
+            raise InputError(f"--axis {a} is out of range for an image with {ndim} spatial axes")
+        norm.add(a % ndim)
+    rest = [a for a in range(ndim) if a not in norm]
+    if len(rest) != 2:
+        raise InputError(
+            f"--axis {' '.join(map(str, stack_axes))} leaves {len(rest)} plane axes of {ndim}; "
+            "give all the axes but two"
+        )
+    return (rest[0], rest[1])
+
+
+def _cmd_embed(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from .cluster import EmbedJob, make_embedder, precompute_distributed
+    from .io import open_image_lazy
+    from .segment import is_rgb
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and not out.parent.exists():
+        raise InputError(f"output directory does not exist: {out.parent}")
+    if args.intensity_range and not args.intensity_range[1] > args.intensity_range[0]:
+        raise InputError("--intensity-range: HIGH must be larger than LOW")
+    image = open_image_lazy(args.image)
+    rgb = is_rgb(image) if args.rgb is None else args.rgb
+    spatial = tuple(image.shape[:-1] if rgb else image.shape)
+    if len(spatial) < 2 or min(spatial) < 1:
+        raise InputError(f"{args.image}: not an image with two spatial axes (shape {image.shape})")
+    axes = _plane_axes(args.axis, len(spatial))
+
+    model = _load_model(args)
+    model_path = Path(args.model).expanduser()
+    is_file = model_path.exists()
+    job = EmbedJob(
+        image=str(Path(args.image).expanduser().resolve()),
+        store=str(out.resolve()) if out is not None else "auto",
+        model=str(model_path.resolve()) if is_file else args.model,
+        checkpoint=str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
+        device=args.device,
+        axes=axes,
+        rgb=bool(rgb),
+        intensity_range=tuple(args.intensity_range) if args.intensity_range else None,
+        model_name=model_path.name if is_file else (
+            f"{args.model}+{Path(args.checkpoint).name}" if args.checkpoint else args.model),
+    )
+    embedder = make_embedder(job, model)
+    total = embedder.n_planes
+    print(f"{args.image}: {total} plane(s) of {embedder.original_size[0]}x"
+          f"{embedder.original_size[1]} along axes {axes}; hashing the image...", flush=True)
+    store = embedder.store
+    out = store.path
+    if store.status == "reused":
+        print(f"{out}: reusing the store, {store.n_done}/{total} plane(s) already done")
+    elif store.status == "recreated":
+        print(f"{out}: recreated ({store.reason})")
+    job = dataclasses.replace(
+        job, store=str(store.path), intensity_range=embedder.intensity_range,
+        fingerprint=embedder.fingerprint,
+    )
+    todo = embedder.missing()
+    already = total - len(todo)
+    clock = {"t": 0.0}
+
+    def progress(done: int, n: int) -> None:
+        now = time.monotonic()
+        if done == n or now - clock["t"] >= 2.0:
+            clock["t"] = now
+            print(f"embedded {already + done}/{total} planes", flush=True)
+
+    start = time.monotonic()
+    if args.scheduler or args.workers:
+        from distributed import Client, LocalCluster
+
+        if args.scheduler:
+            with Client(args.scheduler) as client:
+                computed = precompute_distributed(client, job, todo, progress=progress)
+        else:
+            with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                              dashboard_address=None) as cluster, Client(cluster) as client:
+                computed = precompute_distributed(client, job, todo, progress=progress)
+    else:
+        computed = embedder.precompute(todo, progress=progress)
+    elapsed = time.monotonic() - start
+    print(f"wrote {out}: {computed} plane(s) computed in {elapsed:.1f} s, "
+          f"{store.n_done}/{total} done")
+    return 0 if store.n_done == total else 1
+
+
 COMMANDS = {
     "segment": _cmd_segment,
     "models": _cmd_models,
     "view": _cmd_view,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "automatic": lambda args: _cli_stack.cmd_automatic(args, _load_model),
+    "embed": _cmd_embed,
 }
 
 

@@ -1,0 +1,99 @@
+"""Speed of propagation and automatic segmentation with the default model, as ratios.
+
+1. Propagation with embeddings cached: the time to decode one slice for K objects together
+   (one batched call: prompt encoder + mask decoder + upscaling + stopping tests) against the
+   time of one embedding of the same slice, for K = 1, 2, 4, 8, 16; and the same K objects
+   decoded one call each, to show what batching saves.
+2. Automatic segmentation of one 1024 x 1024 slice (embedding included) with the default
+   parameters, and with a coarser grid.
+
+Everything runs in one process, alternating, medians of ``--repeats``.
+
+    nice python benchmarks/bench_propagation_automatic.py --threads 1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from napari_sam import SamPredictor, build_model
+from napari_sam.automatic import AutomaticParams, segment_everything
+from napari_sam.propagation import PropagationParams, _advance, _Front, Propagation
+from napari_sam.synthetic import SyntheticSettings, make_nuclei_2d
+
+
+def _result(ids) -> Propagation:
+    ids = [int(i) for i in ids]
+    return Propagation({i: {} for i in ids}, True, scores={i: {} for i in ids})
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512, help="slice side for propagation")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_model(args.model)
+    predictor = SamPredictor(model)
+
+    image, labels = make_nuclei_2d((args.size, args.size), seed=4, settings=SyntheticSettings(
+        n_objects=(20, 20)))
+    emb = predictor.compute_embedding(image)
+    t_embed = median_time(lambda: predictor.compute_embedding(image), args.repeats)
+    predictor.set_embedding(emb)
+    ids = [i for i in np.unique(labels) if i][:16]
+    params = PropagationParams()
+    print(f"threads {args.threads}, slice {args.size} x {args.size}, model {args.model}")
+    print(f"one embedding: {1000 * t_embed:.0f} ms\n")
+    print("| objects | decode together | per object | / one embedding | one call each |")
+    print("|---|---|---|---|---|")
+    for k in (1, 2, 4, 8, 16):
+        if k > len(ids):
+            break
+
+        def fronts():
+            out = []
+            for oid in ids[:k]:
+                mask = labels == oid
+                logits = torch.from_numpy(predictor.mask_to_logits(mask))
+                out.append(_Front(int(oid), +1, 0, 2, True, mask, logits))
+            return out
+
+        def together():
+            _advance(predictor, emb, fronts(), 1, params, _result(ids))
+
+        def separately():
+            for f in fronts():
+                _advance(predictor, emb, [f], 1, params, _result(ids))
+
+        t_tog = median_time(together, args.repeats)
+        t_sep = median_time(separately, args.repeats)
+        print(f"| {k} | {1000 * t_tog:.0f} ms | {1000 * t_tog / k:.0f} ms | "
+              f"{t_tog / t_embed:.2f} | {1000 * t_sep:.0f} ms |", flush=True)
+
+    big, _ = make_nuclei_2d((1024, 1024), seed=5)
+    print("\n| automatic, 1024 x 1024 | grid | time |")
+    print("|---|---|---|")
+    for pps in (AutomaticParams().points_per_side, 16):
+        p = AutomaticParams(points_per_side=pps)
+        t = median_time(lambda: segment_everything(model, big, params=p), 1)
+        print(f"| points_per_side={pps} | {pps} x {pps} | {t:.1f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

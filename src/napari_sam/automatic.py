@@ -1,0 +1,563 @@
+"""Automatic "segment everything": instance labels of a whole slice or stack without prompts.
+
+SAM's fully automatic data-engine stage (Kirillov et al. 2023, sec. 4 and appendix B): a regular
+grid of single-point prompts is decoded with the three-mask (multimask) output; candidates are
+filtered by the predicted IoU and the stability score, duplicates are removed by non-maximum
+suppression, and tiny islands and holes are cleaned up. For small objects (microscopy at low
+magnification) the image can also be processed in overlapping crops at finer scales.
+
+Two departures from the paper, both for speed on a CPU (the decoder, not the encoder, dominates
+here: a grid of 32 x 32 points is 1024 decodes):
+
+- grid points are visited coarse to fine, and a point that falls on an object already found is
+  not decoded (``skip_covered``); filtering happens on the low-resolution logits and only the
+  survivors are upscaled;
+- the output is an instance label image without overlaps: masks are painted greedily by score,
+  each keeping only pixels no better mask took, and dropped if too little is left.
+
+Images are ``(H, W)`` or ``(H, W, 3)``; stacks ``(Z, Y, X)``. Nothing here imports Qt or napari.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from .predictor import ImageEmbedding, SamPredictor
+from .propagation import decode_low_res, stability_scores
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .modeling import Sam
+
+__all__ = ["AutomaticParams", "link_slices", "segment_everything", "segment_everything_nd"]
+
+
+@dataclass
+class AutomaticParams:
+    """Settings of :func:`segment_everything`. Defaults were chosen for fluorescent nuclei with
+    the default model (see docs/automatic.md for the measurements).
+
+    Attributes
+    ----------
+    points_per_side : int
+        The prompt grid has ``points_per_side`` x ``points_per_side`` points over the image (or
+        over each crop of layer 0).
+    points_per_batch : int
+        Points decoded together. Larger batches are not faster on a CPU (the decoder is
+        memory-bound; 16 was 12 % faster than 64 on a 1024 x 1024 slice) and smaller ones let
+        more points be skipped as covered.
+    pred_iou_thresh : float
+        Keep candidates whose predicted IoU is at least this.
+    stability_score_thresh : float
+        Keep candidates whose stability score is at least this.
+    stability_offset : float
+        Logit offset of the stability score (IoU of the mask at ``+offset`` and ``-offset``).
+    box_nms_thresh : float
+        Non-maximum suppression: of two candidates whose boxes overlap by more than this IoU,
+        the lower-scoring is dropped.
+    min_area : int
+        Objects (and islands of an object) smaller than this many pixels are removed.
+    max_hole_area : int
+        Holes inside an object up to this many pixels are filled.
+    max_area_fraction : float
+        Candidates covering more than this fraction of the image (or crop) are background
+        and dropped.
+    crop_n_layers : int
+        0: the whole image only. ``k``: also layers 1..k of ``(2**i)**2`` overlapping crops,
+        each embedded separately, so small objects are seen larger.
+    crop_overlap : float
+        Overlap of neighbouring crops as a fraction of the crop side.
+    crop_n_points_downscale : int
+        The grid of crop layer ``i`` has ``points_per_side / downscale**i`` points per side.
+    skip_covered : bool
+        Do not decode grid points that fall on a candidate already kept (coarse-to-fine order).
+    skip_background : bool
+        Also skip grid points that fall on a confident mask too large to be an object (the
+        background found from an earlier point).
+    min_free_fraction : float
+        When painting the labels, a mask keeps only pixels no better mask took; it is dropped
+        if less than this fraction of it is left.
+    link_overlap : float
+        Stacks: masks on neighbouring slices are one 3D object when their overlap, relative to
+        the smaller of the two, is at least this (IoU would cut the small caps at the ends of
+        an object).
+    """
+
+    points_per_side: int = 24
+    points_per_batch: int = 16
+    pred_iou_thresh: float = 0.7
+    stability_score_thresh: float = 0.9
+    stability_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_area: int = 12
+    max_hole_area: int = 64
+    max_area_fraction: float = 0.25
+    crop_n_layers: int = 0
+    crop_overlap: float = 0.25
+    crop_n_points_downscale: int = 1
+    skip_covered: bool = True
+    skip_background: bool = True
+    min_free_fraction: float = 0.6
+    link_overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+                     "max_area_fraction", "min_free_fraction", "link_overlap"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not 0 <= self.crop_overlap < 1:
+            raise ValueError(f"crop_overlap must be in [0, 1), got {self.crop_overlap!r}")
+        if self.crop_n_layers < 0 or self.crop_n_layers > 3:
+            raise ValueError(f"crop_n_layers must be 0..3, got {self.crop_n_layers!r}")
+        if self.min_area < 0 or self.max_hole_area < 0 or self.stability_offset < 0:
+            raise ValueError("min_area, max_hole_area and stability_offset must be >= 0")
+
+
+@dataclass
+class _Candidate:
+    """A kept mask, stored as its bounding box and the mask inside it (global coordinates)."""
+
+    r0: int
+    c0: int
+    mask: npt.NDArray[np.bool_]
+    score: float
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        return self.r0, self.c0, self.r0 + self.mask.shape[0], self.c0 + self.mask.shape[1]
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap: float) -> list[tuple[int, tuple]]:
+    """``(layer, (r0, c0, r1, c1))`` of the whole image and the crops of each layer."""
+    h, w = hw
+    boxes = [(0, (0, 0, h, w))]
+    for layer in range(1, n_layers + 1):
+        n = 2**layer
+        out = []
+        for size, n_ in ((h, n), (w, n)):
+            side = int(np.ceil(size / (n_ - (n_ - 1) * overlap)))
+            starts = [int(round(k * (size - side) / (n_ - 1))) for k in range(n_)]
+            out.append([(s, min(s + side, size)) for s in starts])
+        boxes += [(layer, (r0, c0, r1, c1)) for r0, r1 in out[0] for c0, c1 in out[1]]
+    return boxes
+
+
+def _grid(n: int, hw: tuple[int, int]) -> npt.NDArray[np.float64]:
+    """``n * n`` points ``(row, col)`` at cell centres, ordered coarse to fine."""
+    h, w = hw
+    idx = np.arange(n)
+    rr, cc = np.meshgrid(idx, idx, indexing="ij")
+    rr, cc = rr.ravel(), cc.ravel()
+    # level: the largest power of two dividing both indices (0 first, so the first points of
+    # the order spread over the whole image)
+    level = np.zeros(rr.size, dtype=np.int64)
+    for k in range(1, int(np.log2(max(n, 1))) + 1):
+        level[(rr % 2**k == 0) & (cc % 2**k == 0)] = k
+    order = np.lexsort((cc, rr, -level))
+    pts = np.stack([(rr[order] + 0.5) * h / n, (cc[order] + 0.5) * w / n], axis=1)
+    return pts - 0.5  # pixel centres
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes ``(N, 4)`` and ``(M, 4)`` as ``(r0, c0, r1, c1)`` half-open."""
+    r0 = np.maximum(a[:, None, 0], b[None, :, 0])
+    c0 = np.maximum(a[:, None, 1], b[None, :, 1])
+    r1 = np.minimum(a[:, None, 2], b[None, :, 2])
+    c1 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(r1 - r0, 0, None) * np.clip(c1 - c0, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def _nms(cands: list[_Candidate], thresh: float) -> list[_Candidate]:
+    if not cands:
+        return []
+    cands = sorted(cands, key=lambda c: -c.score)
+    boxes = np.array([c.box for c in cands], dtype=np.float64)
+    iou = _box_iou(boxes, boxes)
+    keep = np.ones(len(cands), dtype=bool)
+    for i in range(len(cands)):
+        if keep[i]:
+            later = np.arange(i + 1, len(cands))
+            keep[later[iou[i, i + 1:] > thresh]] = False
+    return [c for c, k in zip(cands, keep) if k]
+
+
+def _clean(mask: np.ndarray, min_area: int, max_hole: int) -> np.ndarray:
+    """Fill holes up to ``max_hole`` pixels, drop islands below ``min_area``."""
+    if max_hole > 0:
+        holes, n = ndimage.label(~mask)
+        if n:
+            sizes = np.bincount(holes.ravel())
+            # a hole touching the box edge is outside the object
+            edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+            small = sizes <= max_hole
+            small[0] = False
+            small[edge] = False
+            mask = mask | small[holes]
+    if min_area > 0:
+        parts, n = ndimage.label(mask)
+        if n > 1:
+            sizes = np.bincount(parts.ravel())
+            big = sizes >= min_area
+            big[0] = False
+            if not big.any():  # keep the largest island of a small object
+                big[1 + int(np.argmax(sizes[1:]))] = True
+            mask = big[parts]
+    return mask
+
+
+def _decode_crop(
+    predictor: SamPredictor,
+    emb: ImageEmbedding,
+    offset: tuple[int, int],
+    full_hw: tuple[int, int],
+    n_points: int,
+    params: AutomaticParams,
+    cancelled: Callable[[], bool] | None,
+    tick: Callable[[], None],
+) -> tuple[list[_Candidate], bool]:
+    """The filtered candidates of one crop in global coordinates; False if cancelled."""
+    hw = tuple(emb.original_size)
+    geometry = emb.geometry
+    points = _grid(n_points, hw)
+    covered = np.zeros(hw, dtype=bool)
+    cands: list[_Candidate] = []
+    low_h, low_w = predictor._low_res_size()
+    in_h, in_w = geometry.input_size
+    # the part of the low-res frame that shows the crop (the rest is padding)
+    valid = (
+        int(np.ceil(in_h * low_h / geometry.img_size)),
+        int(np.ceil(in_w * low_w / geometry.img_size)),
+    )
+    max_low_area = params.max_area_fraction * valid[0] * valid[1]
+    r_off, c_off = offset
+    at_edge = (r_off > 0, c_off > 0, r_off + hw[0] < full_hw[0], c_off + hw[1] < full_hw[1])
+    pos = 0
+    while pos < len(points):
+        if cancelled is not None and cancelled():
+            return cands, False
+        batch = []
+        while pos < len(points) and len(batch) < params.points_per_batch:
+            p = points[pos]
+            pos += 1
+            r, c = int(round(p[0])), int(round(p[1]))
+            r, c = min(max(r, 0), hw[0] - 1), min(max(c, 0), hw[1] - 1)
+            if covered[r, c]:
+                continue
+            batch.append(p)
+        if not batch:
+            break
+        pts = np.asarray(batch)[:, None, :]
+        labels = np.ones((len(batch), 1), dtype=np.int64)
+        low_res, iou = decode_low_res(predictor, emb, pts, labels, None, None, multimask=True)
+        low_res = low_res.flatten(0, 1)[:, None]  # (3B, 1, h, w)
+        iou = iou.flatten()
+        stab = stability_scores(low_res[:, 0], params.stability_offset)
+        area = (low_res[:, 0] > 0).flatten(1).sum(1).float()
+        ok = (
+            (iou >= params.pred_iou_thresh)
+            & (stab >= params.stability_score_thresh)
+            & (area > 0)
+            & (area <= max_low_area)
+        )
+        if params.skip_background:
+            # a confident mask too large to be an object is background: its grid points need
+            # no decoding (objects it does not cover keep theirs)
+            bg = (
+                (iou >= params.pred_iou_thresh)
+                & (stab >= params.stability_score_thresh)
+                & (area > max_low_area)
+            )
+            bg_idx = torch.nonzero(bg).flatten()
+            if bg_idx.numel():
+                bg_full = predictor._upscale(low_res[bg_idx], geometry)[:, 0] > 0
+                covered |= bg_full.any(dim=0).cpu().numpy()
+        idx = torch.nonzero(ok).flatten()
+        if idx.numel():
+            full = (predictor._upscale(low_res[idx], geometry)[:, 0] > 0).cpu().numpy()
+            for m, score in zip(full, iou[idx].tolist()):
+                if not m.any():
+                    continue
+                rows = np.flatnonzero(m.any(axis=1))
+                cols = np.flatnonzero(m.any(axis=0))
+                r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+                # masks cut by a crop edge that is not the image's edge belong to another crop
+                if (at_edge[0] and r0 == 0) or (at_edge[1] and c0 == 0) or (
+                    at_edge[2] and r1 == hw[0]) or (at_edge[3] and c1 == hw[1]):
+                    continue
+                sub = m[r0:r1, c0:c1]
+                if params.skip_covered:
+                    covered[r0:r1, c0:c1] |= sub
+                cands.append(_Candidate(int(r0) + r_off, int(c0) + c_off, sub.copy(), score))
+        tick()
+    return cands, True
+
+
+def _paint(cands: list[_Candidate], hw: tuple[int, int], params: AutomaticParams) -> np.ndarray:
+    """Instance labels without overlaps: greedy by score, each mask keeps the free pixels."""
+    out = np.zeros(hw, dtype=np.int32)
+    next_id = 1
+    for c in sorted(cands, key=lambda c: (-c.score, c.area)):
+        m = _clean(c.mask, params.min_area, params.max_hole_area)
+        area = int(np.count_nonzero(m))
+        if area < max(params.min_area, 1):
+            continue
+        r0, c0, r1, c1 = c.box
+        window = out[r0:r1, c0:c1]
+        free = m & (window == 0)
+        n_free = int(np.count_nonzero(free))
+        if n_free < params.min_free_fraction * area or n_free < max(params.min_area, 1):
+            continue
+        if n_free < area:  # what is left may fall apart: keep its largest piece
+            parts, n = ndimage.label(free)
+            if n > 1:
+                free = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
+                if np.count_nonzero(free) < max(params.min_area, 1):
+                    continue
+        window[free] = next_id
+        next_id += 1
+    return out
+
+
+def segment_everything(
+    model: Sam,
+    image2d: npt.ArrayLike,
+    *,
+    params: AutomaticParams | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    embedding: ImageEmbedding | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> npt.NDArray[np.int32]:
+    """Segment every object of a 2D slice from a grid of point prompts.
+
+    Parameters
+    ----------
+    model : Sam
+    image2d : array-like, shape (H, W) or (H, W, 3)
+        Any dtype.
+    params : AutomaticParams, optional
+    intensity_range : (float, float), optional
+        Normalisation range (pass the stack's range for a slice of a stack); by default a
+        robust range of this slice.
+    embedding : ImageEmbedding, optional
+        The slice's embedding if already computed (only the whole-image layer uses it).
+    progress : callable, optional
+        ``progress(done, total)`` after each decoded batch (total is an upper bound: covered
+        points are skipped).
+    cancelled : callable, optional
+        Polled between batches; when it returns True the objects found so far are returned.
+
+    Returns
+    -------
+    numpy.ndarray, shape (H, W), int32
+        Instance labels ``1..N``, 0 background, no overlaps.
+    """
+    params = AutomaticParams() if params is None else params
+    image = np.asarray(image2d)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        hw = image.shape[:2]
+    elif image.ndim == 2:
+        hw = image.shape
+    else:
+        raise ValueError(
+            f"segment_everything takes a 2D slice (H, W) or (H, W, 3), got {image.shape}"
+        )
+    if min(hw) < 1:
+        raise ValueError(f"the image is empty (shape {image.shape})")
+    if embedding is not None and tuple(embedding.original_size) != tuple(hw):
+        raise ValueError(
+            f"the embedding is of a {tuple(embedding.original_size)} slice, "
+            f"the image is {tuple(hw)}"
+        )
+    if intensity_range is None and not (image.ndim == 3 and image.dtype == np.uint8):
+        from .preprocess import estimate_intensity_range
+
+        intensity_range = estimate_intensity_range(image)
+    predictor = SamPredictor(model)
+    crops = _crop_boxes(tuple(hw), params.crop_n_layers, params.crop_overlap)
+    n_points = [
+        max(1, params.points_per_side // params.crop_n_points_downscale**layer)
+        for layer, _ in crops
+    ]
+    total = sum(int(np.ceil(n * n / params.points_per_batch)) for n in n_points)
+    state = {"done": 0}
+
+    def tick() -> None:
+        state["done"] += 1
+        if progress is not None:
+            progress(min(state["done"], total), total)
+
+    cands: list[_Candidate] = []
+    for (layer, (r0, c0, r1, c1)), n in zip(crops, n_points):
+        if cancelled is not None and cancelled():
+            break
+        if layer == 0 and embedding is not None:
+            emb = embedding
+        else:
+            emb = predictor.compute_embedding(image[r0:r1, c0:c1], intensity_range)
+        predictor.set_embedding(emb)
+        found, finished = _decode_crop(predictor, emb, (r0, c0), tuple(hw), n, params, cancelled,
+                                       tick)
+        cands += found
+        if not finished:
+            break
+    if progress is not None:
+        progress(total, total)
+    return _paint(_nms(cands, params.box_nms_thresh), tuple(hw), params)
+
+
+def link_slices(labels: npt.NDArray[np.integer], min_overlap: float = 0.5) -> npt.NDArray[np.int32]:
+    """Join per-slice instance labels ``(Z, H, W)`` into 3D objects by overlap.
+
+    Objects on neighbouring slices are paired one-to-one (optimal assignment of their overlap
+    ``|a & b| / min(|a|, |b|)``); pairs with overlap >= ``min_overlap`` share an id. Returns
+    consecutive ids ``1..N``.
+    """
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, dtype=np.int32)
+    next_id = 1
+    prev_ids = prev = None
+    prev_map: dict[int, int] = {}
+    for z in range(lab.shape[0]):
+        cur = lab[z]
+        ids = np.unique(cur[cur > 0])
+        mapping: dict[int, int] = {}
+        if prev is not None and ids.size and prev_ids.size:
+            iou = _label_overlap(cur, ids, prev, prev_ids)
+            rows, cols = linear_sum_assignment(-iou)
+            for r, c in zip(rows, cols):
+                if iou[r, c] >= min_overlap:
+                    mapping[int(ids[r])] = prev_map[int(prev_ids[c])]
+        for i in ids:
+            if int(i) not in mapping:
+                mapping[int(i)] = next_id
+                next_id += 1
+        lut = np.zeros(int(cur.max()) + 1, dtype=np.int32)
+        for k, v in mapping.items():
+            lut[k] = v
+        out[z] = lut[cur]
+        prev, prev_ids, prev_map = cur, ids, mapping
+    return out
+
+
+def _label_overlap(
+    a: np.ndarray, a_ids: np.ndarray, b: np.ndarray, b_ids: np.ndarray
+) -> np.ndarray:
+    a_idx = np.searchsorted(a_ids, a.ravel())
+    a_idx = np.where(a.ravel() > 0, a_idx, -1)
+    b_idx = np.searchsorted(b_ids, b.ravel())
+    b_idx = np.where(b.ravel() > 0, b_idx, -1)
+    both = (a_idx >= 0) & (b_idx >= 0)
+    inter = np.zeros((a_ids.size, b_ids.size))
+    np.add.at(inter, (a_idx[both], b_idx[both]), 1)
+    area_a = np.bincount(a_idx[a_idx >= 0], minlength=a_ids.size)
+    area_b = np.bincount(b_idx[b_idx >= 0], minlength=b_ids.size)
+    return inter / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1)
+
+
+def segment_everything_nd(
+    model: Sam,
+    image: npt.ArrayLike,
+    *,
+    axis: int | None = 0,
+    indices: list[int] | range | None = None,
+    params: AutomaticParams | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    embed: Callable[[int], ImageEmbedding] | None = None,
+    link_3d: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> npt.NDArray[np.int32]:
+    """Segment everything in a 2D image or in chosen slices of a 3D stack.
+
+    Parameters
+    ----------
+    model : Sam
+    image : array-like, shape (H, W), (H, W, 3), (Z, Y, X) or (Z, Y, X, 3)
+    axis : int or None
+        Slicing axis of a stack; None for a 2D image.
+    indices : sequence of int, optional
+        The slices to segment (default: all); the others stay 0.
+    params : AutomaticParams, optional
+    intensity_range : (float, float), optional
+        By default one robust range for the whole stack.
+    embed : callable, optional
+        ``embed(i)`` -> the embedding of slice ``i`` (the viewer's cache); computed here if
+        omitted.
+    link_3d : bool
+        Join objects of neighbouring slices into 3D objects by overlap (``params.link_overlap``);
+        otherwise every 2D object gets its own id.
+    progress : callable, optional
+        ``progress(done, total)`` after each slice.
+    cancelled : callable, optional
+        Polled between slices (and batches); the slices done so far are returned, the rest 0.
+
+    Returns
+    -------
+    numpy.ndarray, int32, the image's spatial shape
+    """
+    params = AutomaticParams() if params is None else params
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
+    shape = tuple(image.shape)
+    rgb = len(shape) in (3, 4) and shape[-1] in (3, 4) and (axis is None or len(shape) == 4)
+    spatial = shape[:-1] if rgb else shape
+    if axis is None:
+        if len(spatial) != 2:
+            raise ValueError(
+                f"axis=None needs a 2D image, got shape {shape}: pass the slicing axis"
+            )
+        emb = embed(0) if embed is not None else None
+        return segment_everything(model, np.asarray(image), params=params,
+                                  intensity_range=intensity_range, embedding=emb,
+                                  progress=progress, cancelled=cancelled)
+    if len(spatial) != 3:
+        raise ValueError(f"a stack must be (Z, Y, X) or (Z, Y, X, 3), got shape {shape}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -3 <= axis < 3:
+        raise ValueError(f"axis must be 0, 1 or 2 (or -3..-1), got {axis!r}")
+    axis = int(axis) % 3
+    n = spatial[axis]
+    idx = list(range(n)) if indices is None else [int(i) for i in indices]
+    if any(not 0 <= i < n for i in idx):
+        raise ValueError(f"indices must lie in 0..{n - 1}")
+    if intensity_range is None and not (rgb and image.dtype == np.uint8):
+        from .preprocess import estimate_intensity_range
+
+        intensity_range = estimate_intensity_range(image)
+    hw = tuple(s for k, s in enumerate(spatial) if k != axis)
+    out = np.zeros((n, *hw), dtype=np.int32)
+    offset = 0
+    for done, i in enumerate(sorted(set(idx)), start=1):
+        if cancelled is not None and cancelled():
+            break
+        key = [slice(None)] * len(shape)
+        key[axis] = i
+        plane = np.asarray(image[tuple(key)])
+        emb = embed(i) if embed is not None else None
+        lab = segment_everything(model, plane, params=params, intensity_range=intensity_range,
+                                 embedding=emb, cancelled=cancelled)
+        out[i] = np.where(lab > 0, lab + offset, 0)
+        offset += int(lab.max())
+        if progress is not None:
+            progress(done, len(set(idx)))
+    if link_3d:
+        out = link_slices(out, params.link_overlap)
+    return np.moveaxis(out, 0, axis)

@@ -1,0 +1,184 @@
+"""Automatic segmentation: no overlaps, filtering, linking across slices, cancel, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_sam import SamPredictor, build_model
+from napari_sam.automatic import (
+    AutomaticParams,
+    _Candidate,
+    _grid,
+    _nms,
+    _paint,
+    link_slices,
+    segment_everything,
+    segment_everything_nd,
+)
+from napari_sam.baselines import instance_metrics
+from napari_sam.build import build_sam, tiny_config
+
+# on the centres of an 8 x 8 grid's cells, so that a coarse grid (fast) hits every disc
+CENTRES = [(48, 48), (48, 144), (144, 48), (144, 176), (208, 208), (80, 208)]
+
+
+def _discs(size=256, r=15):
+    yy, xx = np.mgrid[:size, :size]
+    lab = np.zeros((size, size), np.int32)
+    for i, (cy, cx) in enumerate(CENTRES, start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    rng = np.random.default_rng(1)
+    img = ndimage.gaussian_filter((lab > 0) * 1.0, 1.5) + rng.normal(0, 0.05, lab.shape)
+    return img.astype(np.float32), lab
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return build_model("default")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_sam(tiny_config())
+
+
+PARAMS = AutomaticParams(points_per_side=8)
+
+
+def test_finds_the_discs_without_overlap(default_model):
+    img, lab = _discs()
+    emb = SamPredictor(default_model).compute_embedding(img, (0.0, 1.0))
+    seen = []
+    out = segment_everything(default_model, img, params=PARAMS, intensity_range=(0.0, 1.0),
+                             embedding=emb, progress=lambda d, t: seen.append((d, t)))
+    assert out.dtype == np.int32 and out.shape == lab.shape
+    ids = np.unique(out[out > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, ids.size + 1))  # consecutive
+    for i in ids:  # every object is one connected piece
+        assert ndimage.label(out == i)[1] == 1
+    m = instance_metrics(out, lab)
+    assert m["f1_50"] >= 0.8
+    assert seen[-1][0] == seen[-1][1]
+
+
+def test_paint_never_overlaps_and_drops_covered_masks():
+    big = np.ones((10, 10), bool)
+    small = np.ones((4, 4), bool)
+    cands = [
+        _Candidate(0, 0, big, 0.9),
+        _Candidate(2, 2, small, 0.8),  # inside the better mask: dropped
+        _Candidate(8, 8, np.ones((6, 6), bool), 0.7),  # 4 of 36 pixels taken: kept
+    ]
+    out = _paint(cands, (16, 16), AutomaticParams(min_area=4, min_free_fraction=0.6))
+    assert set(np.unique(out)) == {0, 1, 2}
+    assert (out[:10, :10] == 1).all()
+    assert np.count_nonzero(out == 2) == 36 - 4
+
+
+def test_paint_fills_holes_and_removes_islands():
+    m = np.ones((12, 12), bool)
+    m[5:7, 5:7] = False  # a small hole
+    m[0, 11] = False
+    island = np.zeros((20, 20), bool)
+    island[:12, :12] = m
+    island[18, 18] = True  # a 1-pixel island
+    out = _paint([_Candidate(0, 0, island, 0.9)], (20, 20),
+                 AutomaticParams(min_area=4, max_hole_area=8))
+    assert out[5, 5] == 1 and out[18, 18] == 0
+
+
+def test_nms_keeps_the_better_of_two_duplicates():
+    a = _Candidate(0, 0, np.ones((10, 10), bool), 0.6)
+    b = _Candidate(1, 0, np.ones((10, 10), bool), 0.9)
+    c = _Candidate(30, 30, np.ones((5, 5), bool), 0.5)
+    kept = _nms([a, b, c], 0.7)
+    assert kept == [b, c]
+
+
+def test_grid_is_coarse_to_fine_and_covers_the_image():
+    pts = _grid(8, (64, 32))
+    assert pts.shape == (64, 2)
+    assert len({tuple(p) for p in pts}) == 64
+    first = pts[:4]  # the coarsest level spreads over the image
+    assert first[:, 0].max() - first[:, 0].min() >= 32
+
+
+def test_cancel_returns_what_was_found(default_model):
+    img, lab = _discs()
+    polls = []
+
+    def cancelled():
+        polls.append(1)
+        return len(polls) > 2
+
+    params = AutomaticParams(points_per_side=8, points_per_batch=8)
+    out = segment_everything(default_model, img, params=params, intensity_range=(0.0, 1.0),
+                             cancelled=cancelled)
+    full = segment_everything(default_model, img, params=params, intensity_range=(0.0, 1.0))
+    assert out.shape == lab.shape and out.max() <= full.max()
+
+
+def test_stack_objects_are_linked_across_slices(default_model):
+    img, lab = _discs()
+    stack = np.stack([img, img, np.zeros_like(img), img])
+    out = segment_everything_nd(default_model, stack, axis=0, indices=[0, 1, 3], params=PARAMS,
+                                intensity_range=(0.0, 1.0))
+    assert out.shape == stack.shape
+    np.testing.assert_array_equal(out[0], out[1])  # same objects, same ids
+    assert not out[2].any()
+    assert set(np.unique(out[3])).isdisjoint(set(np.unique(out[0])) - {0})  # gap: new objects
+
+
+
+def test_unlinked_stack_gives_every_2d_object_its_own_id(tiny):
+    img = np.random.default_rng(0).random((40, 50))
+    params = AutomaticParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                             max_area_fraction=1.0, min_free_fraction=0.0, min_area=1)
+    out = segment_everything_nd(tiny, np.stack([img, img]), axis=0, params=params,
+                                link_3d=False)
+    a, b = set(np.unique(out[0])) - {0}, set(np.unique(out[1])) - {0}
+    assert a and b and a.isdisjoint(b)
+
+
+def test_link_slices_pairs_by_overlap():
+    a = np.zeros((3, 10, 10), np.int32)
+    a[0, :5, :5] = 4
+    a[1, 1:6, :5] = 9  # overlaps 4
+    a[1, 7:, 7:] = 2  # new
+    a[2, 7:, 7:] = 5  # continues 2
+    out = link_slices(a, 0.5)
+    assert out[0, 0, 0] == out[1, 2, 2] and out[1, 8, 8] == out[2, 8, 8]
+    assert out[0, 0, 0] != out[1, 8, 8]
+    assert set(np.unique(out)) == {0, 1, 2}
+
+
+def test_random_tiny_model_gives_valid_labels(tiny):
+    rng = np.random.default_rng(0)
+    out = segment_everything(tiny, rng.random((40, 50)), params=AutomaticParams(points_per_side=4,
+                             pred_iou_thresh=0.0, stability_score_thresh=0.0))
+    assert out.shape == (40, 50) and out.dtype == np.int32 and out.min() >= 0
+    out3 = segment_everything_nd(tiny, rng.random((40, 3, 50)), axis=1,
+                                 params=AutomaticParams(points_per_side=2))
+    assert out3.shape == (40, 3, 50)
+
+
+@pytest.mark.parametrize("kwargs", [dict(points_per_side=0), dict(pred_iou_thresh=1.5),
+                                    dict(crop_overlap=1.0), dict(crop_n_layers=5),
+                                    dict(min_area=-1), dict(points_per_batch=True)])
+def test_bad_params_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        AutomaticParams(**kwargs)
+
+
+def test_bad_input_is_rejected(tiny):
+    with pytest.raises(ValueError, match="2D slice"):
+        segment_everything(tiny, np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match="axis=None"):
+        segment_everything_nd(tiny, np.zeros((3, 8, 8)), axis=None)
+    with pytest.raises(ValueError, match="indices"):
+        segment_everything_nd(tiny, np.zeros((3, 8, 8)), axis=0, indices=[3])
+    emb = SamPredictor(tiny).compute_embedding(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="embedding"):
+        segment_everything(tiny, np.zeros((9, 9)), embedding=emb)

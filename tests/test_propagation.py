@@ -1,0 +1,246 @@
+"""Propagation across slices: stopping, several objects at once, anchors, cancel, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_sam import SamPredictor, build_model
+from napari_sam.propagation import (
+    Propagation,
+    PropagationParams,
+    Seed,
+    evaluate_propagation,
+    propagate,
+    propagate_volume,
+)
+
+N, S, R = 12, 256, 15.0
+C1, C2 = 0.3 * S, 0.7 * S
+
+
+def _balls():
+    """Two blurred ellipsoids: object 1 on slices 1..10, object 2 on slices 3..8."""
+    z, y, x = np.mgrid[:N, :S, :S]
+    lab = np.zeros((N, S, S), np.int32)
+    lab[((z - 5.5) / 4.6) ** 2 + ((y - C1) / R) ** 2 + ((x - C1) / R) ** 2 <= 1] = 1
+    lab[((z - 5.5) / 2.6) ** 2 + ((y - C2) / R) ** 2 + ((x - C2) / R) ** 2 <= 1] = 2
+    rng = np.random.default_rng(0)
+    img = ndimage.gaussian_filter((lab > 0) * 1.0, (0, 1.5, 1.5)) + rng.normal(0, 0.05, lab.shape)
+    return img.astype(np.float32), lab
+
+
+@pytest.fixture(scope="module")
+def scene():
+    torch.manual_seed(0)
+    model = build_model("default")
+    image, labels = _balls()
+    predictor = SamPredictor(model)
+    cache = {}
+    calls = []
+
+    def embed(i):
+        calls.append(i)
+        if i not in cache:
+            cache[i] = predictor.compute_embedding(image[i], (0.0, 1.0))
+        return cache[i]
+
+    return model, image, labels, embed, calls
+
+
+def _iou(a, b):
+    return np.count_nonzero(a & b) / max(np.count_nonzero(a | b), 1)
+
+
+def _point(i):
+    c = C1 if i == 1 else C2
+    return np.array([[c, c]])
+
+
+def test_stops_when_the_object_ends(scene):
+    model, image, labels, embed, _ = scene
+    res = propagate(model, embed, N, [Seed(2, 5, points=_point(2))])
+    slices = res.slices(2)
+    true = np.flatnonzero((labels == 2).any(axis=(1, 2)))  # 3..8
+    assert res.complete
+    assert set(range(4, 8)) <= set(slices)
+    assert min(slices) >= true[0] - 1 and max(slices) <= true[-1] + 1  # not to the stack ends
+    assert "end of stack" not in res.stopped[2].values()
+    pred = res.to_labels(N, (S, S)) == 2
+    assert _iou(pred, labels == 2) > 0.6
+
+
+def test_two_objects_propagate_together_in_one_batch(scene, monkeypatch):
+    model, image, labels, embed, calls = scene
+    sizes = []
+    original = SamPredictor._decode
+
+    def counting(self, emb, points, boxes, masks, multimask):
+        n = next(t.shape[0] for t in (boxes, masks, points and points[0]) if t is not None)
+        sizes.append(n)
+        return original(self, emb, points, boxes, masks, multimask)
+
+    monkeypatch.setattr(SamPredictor, "_decode", counting)
+    calls.clear()
+    seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
+    res = propagate(model, embed, N, seeds)
+    assert 2 in sizes  # both objects decoded in one call on the slices they share
+    assert max(np.bincount(calls)) <= 2  # each slice embedded at most once per sweep
+    out = res.to_labels(N, (S, S))
+    assert out.dtype == np.int32 and set(np.unique(out)) <= {0, 1, 2}
+    for i in (1, 2):
+        assert _iou(out == i, labels == i) > 0.6
+    # more slices for the taller object
+    assert len(res.slices(1)) > len(res.slices(2))
+
+
+def test_anchors_on_both_sides_fill_the_gap(scene):
+    model, image, labels, embed, _ = scene
+    m2, m9 = labels[2] == 1, labels[9] == 1
+    params = PropagationParams(max_slices=0)  # nothing beyond the anchors
+    res = propagate(model, embed, N, [Seed(1, 9, mask=m9), Seed(1, 2, mask=m2)], params=params)
+    assert res.slices(1) == list(range(2, 10))
+    np.testing.assert_array_equal(res.masks[1][2], m2)  # seeds keep their masks
+    np.testing.assert_array_equal(res.masks[1][9], m9)
+    assert res.scores[1][2] == np.inf
+    for i in range(3, 9):
+        assert _iou(res.masks[1][i], labels[i] == 1) > 0.5
+
+
+def test_cancel_keeps_the_work_done(scene):
+    model, image, labels, embed, _ = scene
+    seeds = [Seed(1, 5, points=_point(1))]
+    full = propagate(model, embed, N, seeds)
+    polls = []
+
+    def cancelled():
+        polls.append(1)
+        return len(polls) > 3
+
+    seen = []
+    part = propagate(model, embed, N, seeds, cancelled=cancelled,
+                     progress=lambda d, t: seen.append((d, t)))
+    assert not part.complete and full.complete
+    assert 5 in part.masks[1] and 1 < len(part.masks[1]) < len(full.masks[1])
+    for i, m in part.masks[1].items():  # what was done is kept exactly
+        np.testing.assert_array_equal(m, full.masks[1][i])
+    assert "cancelled" in part.stopped[1].values()
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_progress_reaches_the_total(scene):
+    model, image, labels, embed, _ = scene
+    seen = []
+    propagate(model, embed, N, [Seed(2, 5, points=_point(2))],
+              progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] and all(t == seen[0][1] for _, t in seen)
+
+
+def test_to_labels_has_no_overlap_and_the_better_score_wins():
+    a = np.zeros((3, 4), bool)
+    a[:, :3] = True
+    b = np.zeros((3, 4), bool)
+    b[:, 2:] = True
+    res = Propagation({1: {0: a}, 7: {0: b, 1: b}}, True, scores={1: {0: 0.9}, 7: {0: 0.5, 1: 0.5}})
+    out = res.to_labels(2, (3, 4))
+    assert (out[0, :, :3] == 1).all() and (out[0, :, 3] == 7).all()
+    assert (out[1][b] == 7).all()
+    out = res.to_labels(2, (3, 4), ids={1: 3, 7: 4})
+    assert set(np.unique(out)) == {0, 3, 4}
+
+
+def test_propagate_volume_along_another_axis(scene):
+    model, image, labels, embed, _ = scene
+    sub = image[2:9]
+    seeds = [Seed(2, 3, points=_point(2))]
+    along0 = propagate_volume(model, sub, seeds, axis=0, intensity_range=(0.0, 1.0))
+    along2 = propagate_volume(model, np.moveaxis(sub, 0, 2), seeds, axis=2,
+                              intensity_range=(0.0, 1.0))
+    assert along2.shape == (S, S, 7)
+    np.testing.assert_array_equal(np.moveaxis(along2, 2, 0), along0)
+    assert along0[3].any()
+
+
+def test_evaluate_propagation_reports_3d_iou(scene):
+    model, image, labels, *_ = scene
+    sub_img, sub_lab = image[:, 40:216, 40:216], labels[:, 40:216, 40:216]
+    r = evaluate_propagation(model, sub_img, sub_lab, axis=0)
+    assert r["n_objects"] == 2
+    assert {o["id"] for o in r["per_object"]} == {1, 2}
+    assert r["miou_3d"] == pytest.approx(np.mean([o["iou_3d"] for o in r["per_object"]]))
+    assert all(o["seed_slice"] == 5 or o["seed_slice"] == 6 for o in r["per_object"])
+
+
+@pytest.mark.parametrize(
+    "seeds, n, match",
+    [
+        ([], N, "no seeds"),
+        ([Seed(1, N, points=np.array([[5, 5]]))], N, "outside"),
+        ([Seed(1, 2, points=np.array([[5, 5]])), Seed(1, 2, box=np.array([0, 0, 9, 9]))], N,
+         "same slice"),
+        ([Seed(1, 2)], N, "no prompt"),
+        ([Seed(0, 2, points=np.array([[5, 5]]))], N, "ids"),
+        ([Seed(1, 2, mask=np.ones((5, 5)))], N, "shape"),
+        ([Seed(1, 0, points=np.array([[5, 5]]))], 0, "n_slices"),
+    ],
+)
+def test_bad_input_is_rejected(scene, seeds, n, match):
+    model, image, labels, embed, _ = scene
+    with pytest.raises(ValueError, match=match):
+        propagate(model, embed, n, seeds)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(prompt=()), dict(prompt=("mask", "lines")), dict(max_growth=1.0),
+               dict(min_score=2), dict(min_area=0), dict(max_slices=-1), dict(box_margin=-1)]
+)
+def test_bad_params_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        PropagationParams(**kwargs)
+
+
+def test_propagate_volume_rejects_a_2d_image(scene):
+    model = scene[0]
+    with pytest.raises(ValueError, match="3D stack"):
+        propagate_volume(model, np.zeros((8, 8)), [Seed(1, 0, points=np.array([[1, 1]]))])
+
+
+def test_regrowth_after_shrinking_stops_a_front():
+    from napari_sam.propagation import _Front, _stop_reason
+
+    def disc(r):
+        yy, xx = np.mgrid[:64, :64]
+        return (yy - 32) ** 2 + (xx - 32) ** 2 <= r * r
+
+    front = _Front(1, +1, 0, 10, False, disc(12), torch.zeros((1, 16, 16)))
+    front.mask, front.trough = disc(8), int(disc(8).sum())  # shrank from r=12 to r=8
+    params = PropagationParams(max_growth=3.0)
+    assert _stop_reason(disc(8.5), front, 0.9, 0.9, params) == ""  # small change: fine
+    assert _stop_reason(disc(10), front, 0.9, 0.9, params) == "regrowth"  # +56 %: a ghost
+    assert _stop_reason(disc(10), front, 0.9, 0.9, PropagationParams(max_growth=3.0,
+                        max_regrowth=None)) == ""
+    rising = _Front(1, +1, 0, 10, False, disc(8), torch.zeros((1, 16, 16)))
+    assert _stop_reason(disc(10), rising, 0.9, 0.9, params) == ""  # growing toward the equator
+
+
+def test_contrast_test_stops_in_fading_light(scene):
+    from napari_sam.propagation import _contrast
+
+    model = scene[0]
+    yy, xx = np.mgrid[:S, :S]
+    disc = (yy - C1) ** 2 + (xx - C1) ** 2 <= R * R
+    fade = [1.0, 0.95, 0.9, 0.85, 0.35, 0.3, 0.25, 0.2]  # the object dims to a third at slice 4
+    rng = np.random.default_rng(3)
+    blurred = ndimage.gaussian_filter(disc * 1.0, 1.5)
+    vol = np.stack([a * blurred + rng.normal(0, 0.02, disc.shape) for a in fade]).astype(
+        np.float32
+    )
+    assert _contrast(vol[0], disc) > 0.5 > _contrast(vol[0], np.roll(disc, 100, axis=0))
+    seeds = [Seed(1, 0, mask=disc)]
+    labels = propagate_volume(model, vol, seeds, intensity_range=(0.0, 1.0),
+                              params=PropagationParams(min_contrast=0.5))
+    reached = np.flatnonzero(labels.any(axis=(1, 2)))
+    assert reached.max() == 3  # stopped where the contrast fell below half of the anchor's
+    without = propagate_volume(model, vol, seeds, intensity_range=(0.0, 1.0),
+                               params=PropagationParams(min_contrast=0.0))
+    assert np.flatnonzero(without.any(axis=(1, 2))).max() > 4  # the model alone goes on
