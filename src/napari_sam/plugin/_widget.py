@@ -840,12 +840,26 @@ class SamWidget(Container):
         model = self.predictor.model
         embed, rng_holder = self._stack_embedder(image, plane, axis)
         n = plane.spatial_shape[axis]
+        data = image_level0(image)
+        time_axis = _is_time_axis(image, axis)
+
+        def slice_image(i: int) -> np.ndarray:
+            return np.asarray(data[plane_at(plane, axis, i).indexer()])
 
         def body(ctx):
-            from ..propagation import propagate
+            from ..propagation import PropagationParams, propagate
 
+            # cells do not shrink towards the ends of a time-lapse as nuclei do in z
+            params = PropagationParams(max_regrowth=None) if time_axis else PropagationParams()
             return propagate(
-                model, embed, n, seeds, progress=ctx.progress, cancelled=ctx.cancelled
+                model,
+                embed,
+                n,
+                seeds,
+                params=params,
+                progress=ctx.progress,
+                cancelled=ctx.cancelled,
+                slice_image=slice_image,
             )
 
         seed_masks = {s.object_id: s.mask for s in seeds if s.index == index}
@@ -1736,6 +1750,13 @@ class SamWidget(Container):
             return
         self._warned.add(tag)
         show_warning(message)
+
+
+def _is_time_axis(image: Image, axis: int) -> bool:
+    """Whether the layer names ``axis`` as time ("t", "time", "frame")."""
+    labels = list(getattr(image, "axis_labels", None) or [])
+    name = str(labels[axis]).strip().lower() if axis < len(labels) else ""
+    return name in ("t", "time", "frame", "frames")
 
 
 def _lead_index(plane: Plane) -> tuple[int, ...]:
