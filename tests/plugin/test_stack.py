@@ -78,3 +78,12 @@ def test_paint_stack_overwrite():
     assert paint_stack(target, image, plane, 0, {5: {0: full}}) == {}
     assert paint_stack(target, image, plane, 0, {5: {0: full}}, overwrite=True) == {5: [0]}
     assert (target.data[0] == 5).all()
+
+
+def test_time_axis_is_recognised_by_its_label():
+    from napari_sam.plugin._widget import _is_time_axis
+
+    assert _is_time_axis(Image(np.zeros((3, 4, 5)), axis_labels=("t", "y", "x")), 0)
+    assert _is_time_axis(Image(np.zeros((3, 2, 4, 5)), axis_labels=("Time", "z", "y", "x")), 0)
+    assert not _is_time_axis(Image(np.zeros((3, 2, 4, 5)), axis_labels=("t", "z", "y", "x")), 1)
+    assert not _is_time_axis(Image(np.zeros((3, 4, 5))), 0)  # napari's default labels
