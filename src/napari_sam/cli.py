@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._text_cli import add_text_args, run_text_segment
 from . import _cli_stack
+from ._text_cli import add_text_args, run_text_segment
 from .io import InputError
 
 __all__ = ["main"]

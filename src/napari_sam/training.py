@@ -67,7 +67,6 @@ class TrainConfig:
     box_noise_max: float = 20.0
     focal_weight: float = 20.0
     focal_ramp_steps: int = 300
-    focal_ramp_steps: int = 300
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     min_object_pixels: int = 4
@@ -290,7 +289,6 @@ def train_step(
     coords = pts[:, None, :]
     labels = torch.where(use_box.to(device), -1, 1).long()[:, None]
     use_box_d = use_box.to(device)
-    rows = torch.arange(m, device=device)
 
     total = torch.zeros((), device=device)
     n_grad = 0
