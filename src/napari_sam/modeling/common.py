@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "LayerNorm2d", "MLPBlock"]
+__all__ = ["MLP", "LayerNorm2d", "MLPBlock", "check_encoder_input", "encoder_neck"]
 
 
 class MLPBlock(nn.Module):
@@ -106,3 +106,27 @@ class LayerNorm2d(nn.Module):
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def encoder_neck(in_chans: int, out_chans: int) -> nn.Sequential:
+    """SAM's encoder neck: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d (no biases).
+
+    Shared by the ViT and TinyViT encoders; the ``neck.0`` ... ``neck.3`` keys of the released
+    checkpoints come from this layout.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, kernel_size=1, bias=False),
+        LayerNorm2d(out_chans),
+        nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(out_chans),
+    )
+
+
+def check_encoder_input(x: torch.Tensor, in_chans: int, img_size: int) -> None:
+    """Raise a clear error unless ``x`` is ``(B, in_chans, img_size, img_size)``."""
+    expected = (in_chans, img_size, img_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"the image encoder takes (B, {expected[0]}, {expected[1]}, {expected[2]}) "
+            f"images, got shape {tuple(x.shape)}; resize and pad with Sam.preprocess first"
+        )

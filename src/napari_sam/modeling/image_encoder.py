@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, MLPBlock
+from .common import MLPBlock, check_encoder_input, encoder_neck
 
 __all__ = [
     "EncoderBlock",
@@ -139,12 +139,7 @@ class ImageEncoderViT(nn.Module):
             )
             for i in range(depth)
         )
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dim, out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = encoder_neck(embed_dim, out_chans)
 
     @property
     def embedding_size(self) -> int:
@@ -163,12 +158,7 @@ class ImageEncoderViT(nn.Module):
         -------
         torch.Tensor, shape (B, out_chans, img_size // patch_size, img_size // patch_size)
         """
-        expected = (self.in_chans, self.img_size, self.img_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"the image encoder takes (B, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"images, got shape {tuple(x.shape)}; resize and pad with Sam.preprocess first"
-            )
+        check_encoder_input(x, self.in_chans, self.img_size)
         x = self.patch_embed(x)  # (B, h, w, C)
         if self.pos_embed is not None:
             x = x + self.pos_embed

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import check_encoder_input, encoder_neck
 
 __all__ = [
     "ConvBN",
@@ -352,12 +352,7 @@ class TinyViT(nn.Module):
         # TinyViT's ImageNet classifier: unused here, but part of MobileSAM's checkpoint.
         self.norm_head = nn.LayerNorm(embed_dims[-1])
         self.head = nn.Linear(embed_dims[-1], _HEAD_CLASSES)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = encoder_neck(embed_dims[-1], out_chans)
 
     #: Overall stride from input pixels to embedding cells.
     patch_size = 16
@@ -379,12 +374,7 @@ class TinyViT(nn.Module):
         -------
         torch.Tensor, shape (B, out_chans, img_size // 16, img_size // 16)
         """
-        expected = (self.in_chans, self.img_size, self.img_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"the image encoder takes (B, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"images, got shape {tuple(x.shape)}; resize and pad with Sam.preprocess first"
-            )
+        check_encoder_input(x, self.in_chans, self.img_size)
         # Channels-last throughout: the convolutions are faster on CPUs in that layout, and the
         # attention stages' (B, H, W, C) token grids are then views, not copies.
         x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
