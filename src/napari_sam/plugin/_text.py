@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, LineEdit, PushButton
 from napari.layers import Labels
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 
 from ._layers import PromptError, current_plane, image_level0, sample_labels_on_plane
@@ -96,12 +96,8 @@ class TextSection(Container):
         if not query:
             show_warning("Type what to find (for example 'nucleus') in the text box first.")
             return False
-        if owner.tasks.busy:
-            show_info(f"Another job is running ({owner.tasks.context.title}): wait or cancel it.")
-            return False
-        image = owner.image
+        image = owner._job_image()
         if image is None:
-            show_warning("No image layer: open an image and choose it in the widget.")
             return False
         source = self.candidates_combo.value
         if not isinstance(source, Labels):

@@ -1040,14 +1040,20 @@ class SamWidget(Container):
         self.viewer.layers.insert(self.viewer.layers.index(image) + 1, layer)
         return layer
 
-    def _stack_context(self, what: str, need_axis: bool = True):
-        """``(image, plane, axis)`` when a stack job can start, else warn and return ``None``."""
+    def _job_image(self) -> Image | None:
+        """The image a background job can start on, else say why (one notification)."""
         if self.tasks.busy:
             show_info(f"Another job is running ({self.tasks.context.title}): wait or cancel it.")
             return None
         image = self.image
         if image is None:
             show_warning("No image layer: open an image and choose it in the widget.")
+        return image
+
+    def _stack_context(self, what: str, need_axis: bool = True):
+        """``(image, plane, axis)`` when a stack job can start, else warn and return ``None``."""
+        image = self._job_image()
+        if image is None:
             return None
         if self.predictor is None:
             show_warning("No SAM model is loaded: choose one and press 'Load model'.")
