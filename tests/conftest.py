@@ -20,3 +20,17 @@ def _private_cache(tmp_path_factory, monkeypatch):
     """Weights and embedding stores of each test go to a fresh temporary folder, never to the
     user's cache (the plugin keeps embeddings on disk by default) nor to another test's."""
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path_factory.mktemp("napari-sam-cache")))
+
+
+@pytest.fixture
+def cli_model(monkeypatch):
+    """A tiny random-weight SAM that every ``napari-sam`` command loads instead of its --model."""
+    import torch
+
+    from napari_sam import cli
+    from napari_sam.build import build_sam, tiny_config
+
+    torch.manual_seed(0)
+    model = build_sam(tiny_config())
+    monkeypatch.setattr(cli, "_load_model", lambda args: model)
+    return model

@@ -13,14 +13,6 @@ from napari_sam.build import build_sam, tiny_config
 
 
 @pytest.fixture
-def tiny_model(monkeypatch):
-    torch.manual_seed(0)
-    model = build_sam(tiny_config())
-    monkeypatch.setattr(cli, "_load_model", lambda args: model)
-    return model
-
-
-@pytest.fixture
 def stack(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "stack.tif"
@@ -34,7 +26,7 @@ def test_help_runs_as_a_console_command():
     assert "segment" in out.stdout
 
 
-def test_segment_stack_from_csv_and_box(tmp_path, stack, tiny_model, capsys):
+def test_segment_stack_from_csv_and_box(tmp_path, stack, cli_model, capsys):
     csv = tmp_path / "points.csv"
     csv.write_text("index,axis-0,axis-1,axis-2,label\n0,2,10,12,1\n1,2,30,30,0\n")
     out = tmp_path / "labels.tif"
@@ -61,7 +53,7 @@ def test_segment_stack_from_csv_and_box(tmp_path, stack, tiny_model, capsys):
         (["segment", "{stack}", "--box", "0,0,0,5,5", "--out", "nodir/o.tif"], "does not exist"),
     ],
 )
-def test_bad_input_one_line_exit_2(tmp_path, stack, tiny_model, capsys, monkeypatch, args, message):
+def test_bad_input_one_line_exit_2(tmp_path, stack, cli_model, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
     csv = tmp_path / "bad.csv"
     csv.write_text("a,b\n1,2\n")
@@ -80,7 +72,7 @@ def test_unknown_model_is_a_clean_error(stack, tmp_path, capsys):
     assert "no_such_model" in capsys.readouterr().err
 
 
-def test_evaluate_writes_the_documented_json(tmp_path, tiny_model, capsys):
+def test_evaluate_writes_the_documented_json(tmp_path, cli_model, capsys):
     import json
 
     from napari_sam.synthetic import make_nuclei_2d
@@ -124,7 +116,7 @@ def test_evaluate_classical_baseline(tmp_path, capsys):
         ("missing", "no such file"),
     ],
 )
-def test_evaluate_bad_input(tmp_path, tiny_model, capsys, case, message):
+def test_evaluate_bad_input(tmp_path, cli_model, capsys, case, message):
     img = np.zeros((32, 32), np.uint16)
     lab = np.zeros((32, 32), np.int32)
     lab[5:10, 5:10] = 1

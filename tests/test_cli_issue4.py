@@ -5,18 +5,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from napari_sam import cli
-from napari_sam.build import build_sam, tiny_config
-
-
-@pytest.fixture
-def tiny_model(monkeypatch):
-    torch.manual_seed(0)
-    model = build_sam(tiny_config())
-    monkeypatch.setattr(cli, "_load_model", lambda args: model)
-    return model
 
 
 def _write(path, arr):
@@ -34,7 +24,7 @@ def volume(tmp_path):
     return _write(tmp_path / "img.tif", img.astype(np.uint16)), _write(tmp_path / "lab.tif", lab)
 
 
-def test_automatic_2d_writes_labels(tmp_path, tiny_model, capsys):
+def test_automatic_2d_writes_labels(tmp_path, cli_model, capsys):
     img = _write(tmp_path / "a.tif", np.random.default_rng(0).integers(0, 255, (40, 50), np.uint8))
     out = tmp_path / "out.tif"
     code = cli.main(["automatic", img, "--out", str(out), "--points-per-side", "4",
@@ -45,7 +35,7 @@ def test_automatic_2d_writes_labels(tmp_path, tiny_model, capsys):
     assert f"{labels.max()} object(s)" in capsys.readouterr().out
 
 
-def test_automatic_stack_slices_and_axis(tmp_path, tiny_model, volume):
+def test_automatic_stack_slices_and_axis(tmp_path, cli_model, volume):
     out = tmp_path / "out.tif"
     assert cli.main(["automatic", volume[0], "--axis", "0", "--slices", "1:3", "--out",
                      str(out), "--points-per-side", "2"]) == 0
@@ -59,7 +49,7 @@ def test_automatic_stack_slices_and_axis(tmp_path, tiny_model, volume):
     [([], "--axis"), (["--axis", "5"], "out of range"), (["--axis", "0", "--slices", "9:12"],
                                                          "no slice")],
 )
-def test_automatic_bad_input_is_one_line(tmp_path, tiny_model, volume, capsys, extra, match):
+def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, extra, match):
     out = tmp_path / "out.tif"
     code = cli.main(["automatic", volume[0], "--out", str(out), *extra])
     err = capsys.readouterr().err
@@ -67,7 +57,7 @@ def test_automatic_bad_input_is_one_line(tmp_path, tiny_model, volume, capsys, e
     assert not out.exists()
 
 
-def test_evaluate_propagate_writes_miou_3d(tmp_path, tiny_model, volume, capsys):
+def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
     out = tmp_path / "r.json"
     assert cli.main(["evaluate", *volume, "--propagate", "--axis", "0", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
@@ -82,21 +72,21 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, tiny_model, volume, capsys)
     [(["--propagate"], "--axis"), (["--propagate", "--axis", "0", "--clicks", "3"], "one point"),
      (["--propagate", "--automatic"], "not allowed")],
 )
-def test_evaluate_propagate_bad_input(tiny_model, volume, capsys, extra, match):
+def test_evaluate_propagate_bad_input(cli_model, volume, capsys, extra, match):
     with pytest.raises(SystemExit) if match == "not allowed" else _nothing():
         code = cli.main(["evaluate", *volume, *extra])
         assert code == 2
     assert match in capsys.readouterr().err
 
 
-def test_evaluate_propagate_2d_labels_rejected(tmp_path, tiny_model, capsys):
+def test_evaluate_propagate_2d_labels_rejected(tmp_path, cli_model, capsys):
     img = _write(tmp_path / "a.tif", np.ones((20, 20), np.uint8))
     lab = _write(tmp_path / "l.tif", np.eye(20, dtype=np.int32))
     assert cli.main(["evaluate", img, lab, "--propagate", "--axis", "0"]) == 2
     assert "3D labels" in capsys.readouterr().err
 
 
-def test_evaluate_automatic_reports_f1_beside_classical(tmp_path, tiny_model, volume):
+def test_evaluate_automatic_reports_f1_beside_classical(tmp_path, cli_model, volume):
     img2 = _write(tmp_path / "i2.tif", tifffile.imread(volume[0])[2])
     lab2 = _write(tmp_path / "l2.tif", tifffile.imread(volume[1])[2])
     out = tmp_path / "r.json"
