@@ -838,7 +838,7 @@ class SamWidget(Container):
             return False
 
         model = self.predictor.model
-        embed, rng_holder = self._stack_embedder(image, plane, axis)
+        embed, _ = self._stack_embedder(image, plane, axis)
         n = plane.spatial_shape[axis]
         data = image_level0(image)
         time_axis = _is_time_axis(image, axis)
@@ -864,7 +864,7 @@ class SamWidget(Container):
 
         seed_masks = {s.object_id: s.mask for s in seeds if s.index == index}
         done = functools.partial(
-            self._on_propagated, image, plane, axis, mode, values, seed_masks, rng_holder
+            self._on_propagated, image, plane, axis, mode, values, seed_masks
         )
         what = f"{len(seeds)} object{'s' if len(seeds) > 1 else ''}" if mode == "preview" else (
             f"label {next(iter(values))} ({len(seeds)} anchor slice{'s' if len(seeds) > 1 else ''})"
@@ -876,9 +876,8 @@ class SamWidget(Container):
 
     @_guarded
     def _on_propagated(
-        self, image, plane, axis, mode, values, seed_masks, rng_holder, result, cancelled
+        self, image, plane, axis, mode, values, seed_masks, result, cancelled
     ) -> None:
-        self._remember_range(image, rng_holder)
         if image not in self.viewer.layers:
             show_warning("The image was removed during propagation: nothing was written.")
             return
@@ -949,8 +948,8 @@ class SamWidget(Container):
         if axis is None:
             axis = plane.not_displayed[-1] if plane.not_displayed else None
         data = image_level0(image)
+        embed, embedder = self._stack_embedder(image, plane, axis)
         if scope == "all slices":
-            embed, rng_holder = self._stack_embedder(image, plane, axis)
 
             def body(ctx):
                 from ..automatic import segment_everything_nd
@@ -960,7 +959,7 @@ class SamWidget(Container):
                     model,
                     volume,
                     axis=0,
-                    intensity_range=self._range_for(image, rng_holder),
+                    intensity_range=embedder.intensity_range,
                     embed=embed,
                     progress=ctx.progress,
                     cancelled=ctx.cancelled,
@@ -968,7 +967,6 @@ class SamWidget(Container):
 
             title = f"Segmenting everything along axis {axis}"
         else:
-            embed, rng_holder = self._stack_embedder(image, plane, axis)
 
             def body(ctx):
                 from ..automatic import segment_everything
@@ -977,20 +975,19 @@ class SamWidget(Container):
                 return segment_everything(
                     model,
                     np.asarray(data[plane.indexer()]),
-                    intensity_range=self._range_for(image, rng_holder),
+                    intensity_range=embedder.intensity_range,
                     embedding=emb,
                     progress=ctx.progress,
                     cancelled=ctx.cancelled,
                 )
 
             title = f"Segmenting everything on {plane.label()}"
-        done = functools.partial(self._on_automatic, image, plane, axis, scope, rng_holder)
+        done = functools.partial(self._on_automatic, image, plane, axis, scope)
         self._set_status(f"{title}...")
         return self.tasks.start(title, body, done, self._on_task_error)
 
     @_guarded
-    def _on_automatic(self, image, plane, axis, scope, rng_holder, labels, cancelled) -> None:
-        self._remember_range(image, rng_holder)
+    def _on_automatic(self, image, plane, axis, scope, labels, cancelled) -> None:
         if image not in self.viewer.layers:
             show_warning("The image was removed during the run: nothing was written.")
             return
@@ -1093,30 +1090,20 @@ class SamWidget(Container):
         return choices[::-1]
 
     def _stack_embedder(self, image: Image, plane: Plane, axis: int | None):
-        """``embed(i)`` for the planes of ``image`` through ``plane`` along ``axis``.
+        """``(embed, embedder)``: ``embed(i)`` gives the plane ``i`` of ``image`` through
+        ``plane`` along ``axis``, from the image's :meth:`embedder`.
 
-        Safe to call from a worker thread: it goes through the image's :meth:`embedder`
-        (its own predictor; the widget's stays untouched). The intensity range, when not known
-        yet, is estimated once in the worker and handed back through the returned dict.
+        Safe to call from a worker thread (the embedder has its own predictor; the widget's
+        stays untouched). ``embedder.intensity_range`` is the stack's normalisation, estimated
+        once, in the worker that first needs it.
         """
         embedder = self.embedder(image, plane)
-        holder: dict = {"get": lambda: embedder.intensity_range}
 
         def embed(i: int):
             p = plane if axis is None else plane_at(plane, axis, i)
-            emb = embedder.get(_lead_index(p))
-            holder["range"] = embedder.intensity_range
-            return emb
+            return embedder.get(_lead_index(p))
 
-        return embed, holder
-
-    @staticmethod
-    def _range_for(image: Image, holder: dict):
-        return holder["get"]() if "get" in holder else holder.get("range")
-
-    def _remember_range(self, image: Image, holder: dict) -> None:
-        if "range" in holder and image.unique_id not in self._ranges:
-            self._ranges[image.unique_id] = holder["range"]
+        return embed, embedder
 
     def _on_task_error(self, error: BaseException) -> None:
         self._set_status("The job failed (see the notification); nothing was written.")
