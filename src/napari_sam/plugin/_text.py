@@ -77,6 +77,8 @@ class TextSection(Container):
         self._scorer_spec: str | None = None
         self._objects = None
         self._objects_key: tuple | None = None
+        self._candidates: np.ndarray | None = None
+        self._shown: tuple | None = None  # the plane of the "SAM text" layer holding matches
         self._layer: Labels | None = None
         self._source: Labels | None = None
         self._timer = QTimer(self.native)
@@ -145,7 +147,7 @@ class TextSection(Container):
             # the fast half, on every edit of the text: only the texts are encoded
             return objects, score_embeddings(section._scorer, objects, query, negatives)
 
-        done = functools.partial(self._on_scored, image, plane, source, key)
+        done = functools.partial(self._on_scored, image, plane, source, key, candidates)
         owner._set_status(f"Scoring the objects of '{source.name}' against '{query}'...")
         return owner.tasks.start(f"Finding '{query}'", body, done, owner._on_task_error)
 
@@ -182,7 +184,7 @@ class TextSection(Container):
         if self.scores is not None and str(self.query.value).strip() and not self.owner.tasks.busy:
             self.find()
 
-    def _on_scored(self, image, plane, source, key, result, cancelled) -> None:
+    def _on_scored(self, image, plane, source, key, candidates, result, cancelled) -> None:
         owner = self.owner
         objects, scores = result
         if cancelled or not objects.complete:
@@ -190,6 +192,7 @@ class TextSection(Container):
             return
         self._objects, self._objects_key = objects, key
         self.scores, self.plane, self._source = scores, plane, source
+        self._candidates = candidates
         _write_features(source, scores)
         kept = self.apply_threshold()
         best = np.argsort(-np.asarray(scores.probability))[:3]
@@ -208,11 +211,16 @@ class TextSection(Container):
         image, plane, source = owner.image, self.plane, self._source
         if image is None or source is None or source not in owner.viewer.layers:
             return
-        candidates = np.asarray(sample_labels_on_plane(source, image, plane))
-        selected = np.where(np.isin(candidates, kept), candidates, 0).astype(np.int32)
+        candidates = self._candidates  # the objects that were scored
+        selected = np.where(np.isin(candidates, kept), candidates, 0)
         layer = self._text_layer(image)
-        data = np.zeros(layer.data.shape, dtype=layer.data.dtype)
+        # in place: a threshold drag must not allocate a whole stack per step; reassigning the
+        # array emits the data event that re-decodes the mask prompts
+        data = np.asarray(layer.data)
+        if self._shown is not None:
+            data[self._shown] = 0
         data[plane.indexer()] = selected
+        self._shown = plane.indexer()
         layer.data = data
         if len(kept) and owner.mask_combo.value is not layer:
             owner.mask_combo.value = layer  # the matches become the mask prompts
@@ -227,6 +235,7 @@ class TextSection(Container):
                            **transform_kwargs(image))
             self.owner.viewer.layers.append(layer)
             self._layer = layer
+            self._shown = None
         return layer
 
     def _candidate_choices(self, _widget=None) -> list[tuple[str, Any]]:
