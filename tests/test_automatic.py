@@ -12,6 +12,7 @@ from napari_sam.automatic import (
     _grid,
     _nms,
     _paint,
+    blob_points,
     link_slices,
     segment_everything,
     segment_everything_nd,
@@ -47,11 +48,13 @@ def tiny():
 PARAMS = AutomaticParams(points_per_side=8)
 
 
-def test_finds_the_discs_without_overlap(default_model):
+@pytest.mark.parametrize("source", ["grid", "blobs"])
+def test_finds_the_discs_without_overlap(default_model, source):
     img, lab = _discs()
     emb = SamPredictor(default_model).compute_embedding(img, (0.0, 1.0))
     seen = []
-    out = segment_everything(default_model, img, params=PARAMS, intensity_range=(0.0, 1.0),
+    params = AutomaticParams(points_per_side=8, point_source=source)
+    out = segment_everything(default_model, img, params=params, intensity_range=(0.0, 1.0),
                              embedding=emb, progress=lambda d, t: seen.append((d, t)))
     assert out.dtype == np.int32 and out.shape == lab.shape
     ids = np.unique(out[out > 0])
@@ -97,6 +100,55 @@ def test_nms_keeps_the_better_of_two_duplicates():
     assert kept == [b, c]
 
 
+def test_blob_points_one_point_per_blob_strongest_first():
+    yy, xx = np.mgrid[:200, :300]
+    blobs = [((50, 60), 6, 1.0), ((120, 200), 20, 0.6), ((160, 60), 10, 0.3)]
+    img = np.zeros((200, 300))
+    for (cy, cx), r, v in blobs:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = v
+    img = ndimage.gaussian_filter(img, 1.0) + np.random.default_rng(0).normal(0, 0.02, img.shape)
+    pts = blob_points(img, (0.0, 1.0), work_size=512, threshold=6.0)
+    assert pts.shape == (3, 2)
+    # a lower threshold adds noise maxima, after the blobs
+    more = blob_points(img, (0.0, 1.0), work_size=512, threshold=3.0)
+    assert len(more) > 3
+    np.testing.assert_allclose(more[:3], pts)
+    for (cy, cx), r, _ in blobs:  # one point near each centre
+        d = np.hypot(pts[:, 0] - cy, pts[:, 1] - cx)
+        assert np.sum(d < r / 2) == 1
+    # strongest first: the bright small disc before the dim one
+    order = [int(np.argmin(np.hypot(*(pts - c).T))) for c, _, _ in blobs]
+    assert order[0] < order[2]
+    # downsampled to the working size, the points stay in the image's pixel frame
+    small = blob_points(img, (0.0, 1.0), work_size=100, threshold=6.0)
+    assert len(small) >= 2 and small.max(axis=0).tolist() <= [199, 299]
+    assert np.min(np.hypot(small[:, 0] - 120, small[:, 1] - 200)) < 6
+    assert blob_points(np.zeros((50, 50))).shape == (0, 2)
+    assert blob_points(np.random.default_rng(1).normal(0, 1, (100, 100)), threshold=6).shape[0] < 3
+
+
+def test_blobs_decode_fewer_prompts_than_the_grid(default_model, monkeypatch):
+    import napari_sam.automatic as automatic
+
+    img, lab = _discs()
+    calls = []
+    real = automatic.decode_low_res
+
+    def counting(predictor, emb, points, *args, **kwargs):
+        calls.append(len(points))
+        return real(predictor, emb, points, *args, **kwargs)
+
+    monkeypatch.setattr(automatic, "decode_low_res", counting)
+    n = {}
+    for source in ("grid", "blobs"):
+        calls.clear()
+        out = segment_everything(default_model, img, intensity_range=(0.0, 1.0),
+                                 params=AutomaticParams(point_source=source))
+        n[source] = sum(calls)
+        assert instance_metrics(out, lab)["f1_50"] >= 0.8
+    assert n["blobs"] * 4 <= n["grid"]
+
+
 def test_grid_is_coarse_to_fine_and_covers_the_image():
     pts = _grid(8, (64, 32))
     assert pts.shape == (64, 2)
@@ -135,7 +187,8 @@ def test_stack_objects_are_linked_across_slices(default_model):
 def test_unlinked_stack_gives_every_2d_object_its_own_id(tiny):
     img = np.random.default_rng(0).random((40, 50))
     params = AutomaticParams(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                             max_area_fraction=1.0, min_free_fraction=0.0, min_area=1)
+                             max_area_fraction=1.0, min_free_fraction=0.0, min_area=1,
+                             point_source="grid")
     out = segment_everything_nd(tiny, np.stack([img, img]), axis=0, params=params,
                                 link_3d=False)
     a, b = set(np.unique(out[0])) - {0}, set(np.unique(out[1])) - {0}
@@ -166,7 +219,8 @@ def test_random_tiny_model_gives_valid_labels(tiny):
 
 @pytest.mark.parametrize("kwargs", [dict(points_per_side=0), dict(pred_iou_thresh=1.5),
                                     dict(crop_overlap=1.0), dict(crop_n_layers=5),
-                                    dict(min_area=-1), dict(points_per_batch=True)])
+                                    dict(min_area=-1), dict(points_per_batch=True),
+                                    dict(point_source="random"), dict(blob_threshold=0)])
 def test_bad_params_are_rejected(kwargs):
     with pytest.raises(ValueError):
         AutomaticParams(**kwargs)

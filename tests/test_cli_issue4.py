@@ -27,8 +27,9 @@ def volume(tmp_path):
 def test_automatic_2d_writes_labels(tmp_path, cli_model, capsys):
     img = _write(tmp_path / "a.tif", np.random.default_rng(0).integers(0, 255, (40, 50), np.uint8))
     out = tmp_path / "out.tif"
-    code = cli.main(["automatic", img, "--out", str(out), "--points-per-side", "4",
-                     "--pred-iou-thresh", "0", "--stability-score-thresh", "0"])
+    code = cli.main(["automatic", img, "--out", str(out), "--point-source", "grid",
+                     "--points-per-side", "4", "--pred-iou-thresh", "0",
+                     "--stability-score-thresh", "0"])
     assert code == 0
     labels = tifffile.imread(out)
     assert labels.shape == (40, 50) and labels.dtype.kind == "i"
@@ -47,7 +48,8 @@ def test_automatic_stack_slices_and_axis(tmp_path, cli_model, volume):
 @pytest.mark.parametrize(
     "extra, match",
     [([], "--axis"), (["--axis", "5"], "out of range"), (["--axis", "0", "--slices", "9:12"],
-                                                         "no slice")],
+                                                         "no slice"),
+     (["--axis", "0", "--point-source", "random"], "point_source")],
 )
 def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, extra, match):
     out = tmp_path / "out.tif"

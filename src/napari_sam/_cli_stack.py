@@ -18,6 +18,8 @@ from .io import InputError
 
 #: AutomaticParams fields exposed as options: (field, type, help).
 _AUTOMATIC_OPTIONS = [
+    ("point_source", str, "where the point prompts go: blobs, grid or blobs+grid"),
+    ("blob_threshold", float, "blobs: response threshold in robust standard deviations"),
     ("points_per_side", int, "grid points per side"),
     ("points_per_batch", int, "points decoded together"),
     ("pred_iou_thresh", float, "keep masks with at least this predicted IoU"),
@@ -44,7 +46,10 @@ def _automatic_params(args):
         for name, _, _ in _AUTOMATIC_OPTIONS
         if getattr(args, name, None) is not None
     }
-    return AutomaticParams(**kwargs)
+    try:
+        return AutomaticParams(**kwargs)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def add_parsers(sub, add_model_args) -> None:
