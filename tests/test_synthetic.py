@@ -200,7 +200,9 @@ def test_held_out_settings_differ_from_training_settings():
     assert {s.psf_kind for s in held} == {"defocus"}
     assert {s.texture_kind for s in train} == {"smooth"}
     assert {s.texture_kind for s in held} == {"speckled"}
-    assert all(s.spot_contrast < 0 for s in train) and all(s.spot_contrast > 0 for s in held)
+    # training: dark nucleoli or bright chromocenters; held-out: bright speckled texture
+    assert any(s.spot_contrast < 0 for s in train) and any(s.spot_contrast > 0 for s in train)
+    assert all(s.spot_contrast > 0 for s in held)
     assert all(s.fixed_pattern_noise == 0 for s in train)
     assert all(s.fixed_pattern_noise > 0 for s in held)
     assert max(s.photons for s in held) < np.median([s.photons for s in train])

@@ -20,12 +20,13 @@ objects ends up saturated.
 
 Training vs held-out settings (:func:`random_settings`)
 -------------------------------------------------------
-``held_out=False`` (training) draws Gaussian PSFs, smooth chromatin texture with *dark*
-nucleoli (human-cell DAPI), nucleus radii of 5..40 px, coverage 5..45 %, 30..3000 photons per
+``held_out=False`` (training) draws Gaussian PSFs, smooth chromatin texture with dark
+nucleoli (human-cell DAPI) or, in half of the draws, bright round chromocenters (mouse-cell
+DAPI; added in v0.3 after the v0.2 model failed on them), nucleus radii of 5..40 px, coverage 5..45 %, 30..3000 photons per
 unit, mild illumination gradients and no fixed-pattern noise.
 ``held_out=True`` changes the generator choices, not only the ranges: a defocus PSF (a disk
-convolved with a Gaussian, as in widefield images slightly out of focus), speckled texture with
-*bright* chromocenters (mouse-cell DAPI), either very small dense nuclei (4..10 px) or large ones
+convolved with a Gaussian, as in widefield images slightly out of focus), the speckled texture
+generator (many small bright speckles and chromocenters on a smoother base), either very small dense nuclei (4..10 px) or large ones
 (20..80 px), more irregular shapes, low light (15..60 photons per unit), column fixed-pattern
 noise (sCMOS) and strong vignetting. A model trained on the first should be evaluated on the
 second to measure generalisation rather than memorisation of the generator.
@@ -982,9 +983,9 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
     held_out : bool
         Draw from the held-out distribution instead of the training one. The two differ in
         generator choices as well as ranges (see the module docstring): training uses Gaussian
-        PSFs, smooth texture with dark nucleoli, radii 5..40 px, 30..3000 photons per unit and
-        no column noise; held-out uses a defocus PSF, speckled texture with bright
-        chromocenters, very small (4..10 px) or large (20..80 px) nuclei, more irregular
+        PSFs, smooth texture with dark nucleoli or bright chromocenters, radii 5..40 px,
+        30..3000 photons per unit and no column noise; held-out uses a defocus PSF, speckled
+        texture (bright speckles and chromocenters), very small (4..10 px) or large (20..80 px) nuclei, more irregular
         outlines, 15..60 photons per unit, column fixed-pattern noise and strong vignetting.
 
     Returns
@@ -1001,6 +1002,10 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
         r_lo = loguniform(5.0, 20.0)
         r_hi = min(r_lo * rng.uniform(1.3, 2.0), 40.0)
         cov_lo = rng.uniform(0.05, 0.3)
+        # dark nucleoli (human-cell DAPI) or bright chromocenters (mouse-cell DAPI)
+        bright = bool(rng.random() < 0.5)
+        spots = (int(rng.integers(0, 4)), int(rng.integers(4, 10))) if bright else (
+            0, int(rng.integers(0, 5)))
         return SyntheticSettings(
             coverage=(cov_lo, cov_lo + rng.uniform(0.02, 0.15)),
             radius_range=(r_lo, r_hi),
@@ -1016,11 +1021,11 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
             saturated_fraction=rng.uniform(0.0, 0.05),
             dome=rng.uniform(0.1, 0.8),
             texture_kind="smooth",
-            texture_strength=rng.uniform(0.05, 0.35),
+            texture_strength=rng.uniform(0.05, 0.5),
             texture_scale=rng.uniform(0.8, 2.5),
-            spot_count=(0, int(rng.integers(0, 5))),
-            spot_size=(0.1, rng.uniform(0.15, 0.3)),
-            spot_contrast=rng.uniform(-0.6, -0.1),
+            spot_count=spots,
+            spot_size=(0.06 if bright else 0.1, rng.uniform(0.1, 0.3)),
+            spot_contrast=rng.uniform(0.3, 1.2) if bright else rng.uniform(-0.6, -0.1),
             psf_kind="gaussian",
             psf_sigma=rng.uniform(0.5, 2.0),
             z_blur_factor=rng.uniform(2.0, 4.0),
