@@ -116,3 +116,72 @@ def test_paint_mask_same_grid_and_other_grid():
     written = paint_mask(fine, image, plane, mask, 1)
     assert written == 4 * mask.sum()
     np.testing.assert_array_equal(fine.data[2].reshape(6, 2, 8, 2).max(axis=(1, 3)) > 0, mask)
+
+
+@pytest.fixture
+def scans(monkeypatch):
+    """Count the full scans ``max_label`` makes."""
+    from napari_sam.plugin import _layers
+
+    count = []
+    real = _layers._scan_max
+    monkeypatch.setattr(_layers, "_scan_max", lambda data: (count.append(1), real(data))[1])
+    return count
+
+
+def test_max_label_follows_edits_without_rescanning(scans):
+    from napari_sam.plugin._layers import max_label
+
+    data = np.zeros((3, 8, 8), dtype=np.int32)
+    data[0, :2, :2] = 4
+    layer = Labels(data)
+    assert max_label(layer) == 4 and len(scans) == 1
+    assert max_label(layer) == 4 and len(scans) == 1
+
+    layer.data_setitem((np.array([1, 1]), np.array([2, 3]), np.array([2, 2])), np.array([9, 6]))
+    assert max_label(layer) == 9
+    layer.selected_label = 12
+    layer.paint((2, 5, 5), 12)  # the brush, as by hand
+    assert max_label(layer) == 12 and len(scans) == 1  # both edits read from the history
+
+    layer.undo()  # the brush stroke is gone: rescanned
+    assert max_label(layer) == 9 and len(scans) == 2
+    layer.undo()
+    assert max_label(layer) == 4 and len(scans) == 3
+    layer.redo()  # replayed edits are read from the history again
+    assert max_label(layer) == 9 and len(scans) == 3
+
+    with layer.block_history():  # erasing the top object keeps its id reserved: only skips ids
+        layer.data_setitem(np.nonzero(layer.data == 9), 0)
+    assert max_label(layer) == 9 >= layer.data.max()
+
+    layer.data = np.full((3, 8, 8), 2, dtype=np.int32)  # replaced data: rescanned
+    assert max_label(layer) == 2 and len(scans) == 4
+    layer.data[...] = 0  # in place behind napari's back (same array and history): not seen
+    assert max_label(layer) == 2 and len(scans) == 4
+
+
+def test_max_label_of_a_lazy_layer_reads_slabs(monkeypatch):
+    da = pytest.importorskip("dask.array")
+    from napari_sam.plugin import _layers
+
+    data = np.zeros((6, 5, 7), dtype=np.uint16)
+    data[4, 3, 2] = 321
+    reads = []
+
+    class Recording(np.lib.mixins.NDArrayOperatorsMixin):
+        shape, dtype, ndim = data.shape, data.dtype, data.ndim
+
+        def __getitem__(self, key):
+            reads.append(np.asarray(data[key]).size)
+            return data[key]
+
+        def __array__(self, dtype=None, copy=None):
+            raise AssertionError("read whole")
+
+    monkeypatch.setattr(_layers, "_SCAN_VOXELS", 2 * 5 * 7)
+    assert _layers._scan_max(Recording()) == 321
+    assert reads == [70, 70, 70]
+    layer = Labels(da.from_array(data, chunks=(2, 5, 7)))
+    assert _layers.max_label(layer) == 321
+    assert _layers._scan_max(np.zeros((0, 3), dtype=np.int32)) == 0

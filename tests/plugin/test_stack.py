@@ -87,3 +87,221 @@ def test_time_axis_is_recognised_by_its_label():
     assert _is_time_axis(Image(np.zeros((3, 2, 4, 5)), axis_labels=("Time", "z", "y", "x")), 0)
     assert not _is_time_axis(Image(np.zeros((3, 2, 4, 5)), axis_labels=("t", "z", "y", "x")), 1)
     assert not _is_time_axis(Image(np.zeros((3, 4, 5))), 0)  # napari's default labels
+
+
+def _random_objects(rng, n_objects, slices, shape):
+    """``{value: {slice: mask}}`` of overlapping boxes, values in a shuffled order."""
+    values = rng.permutation(np.arange(1, n_objects + 1)) + 20
+    objects = {}
+    for v in values:
+        masks = {}
+        for i in rng.choice(slices, size=rng.integers(1, len(slices) + 1), replace=False):
+            m = np.zeros(shape, dtype=bool)
+            r, c = rng.integers(0, shape[0] - 2), rng.integers(0, shape[1] - 2)
+            m[r : r + rng.integers(2, 7), c : c + rng.integers(2, 7)] = True
+            masks[int(i)] = m
+        objects[int(v)] = masks
+    return objects
+
+
+def _paint_one_by_one(target, image, plane, axis, objects, overwrite):
+    """The reference: ``paint_mask`` per object and slice, in the mapping's order."""
+    from napari_sam.plugin._layers import paint_mask
+
+    written = {}
+    for value, masks in objects.items():
+        for index in sorted(masks):
+            if paint_mask(
+                target, image, plane_at(plane, axis, index), masks[index], value, overwrite
+            ):
+                written.setdefault(value, []).append(index)
+    return written
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("grid", ["same", "finer"])
+def test_paint_stack_equals_painting_mask_by_mask(overwrite, grid):
+    rng = np.random.default_rng(1)
+    shape = (5, 12, 14)
+    image = Image(np.zeros(shape))
+    plane = make_plane(shape, (1, 2), (0, 0, 0))
+    objects = _random_objects(rng, 25, range(shape[0]), shape[1:])
+    if grid == "same":
+        kwargs, data_shape = {}, shape
+    else:  # twice as fine in (row, col), centred on the image's pixels
+        kwargs = {"scale": (1, 0.5, 0.5), "translate": (0, -0.25, -0.25)}
+        data_shape = (shape[0], 2 * shape[1], 2 * shape[2])
+    original = rng.choice([0, 0, 0, 3, 4], size=data_shape).astype(np.int32)
+    batched = Labels(original.copy(), **kwargs)
+    reference = Labels(original.copy(), **kwargs)
+
+    written = paint_stack(batched, image, plane, 0, objects, overwrite)
+    expected = _paint_one_by_one(reference, image, plane, 0, objects, overwrite)
+    assert written == expected
+    np.testing.assert_array_equal(batched.data, reference.data)
+    assert not np.array_equal(batched.data, original)
+    if not overwrite:  # existing objects are never touched
+        kept = original != 0
+        np.testing.assert_array_equal(batched.data[kept], original[kept])
+    batched.undo()
+    np.testing.assert_array_equal(batched.data, original)
+
+
+def test_paint_stack_overlapping_new_objects_first_wins_unless_overwrite():
+    shape = (2, 6, 6)
+    image = Image(np.zeros(shape))
+    plane = make_plane(shape, (1, 2), (0, 0, 0))
+    left = np.zeros((6, 6), dtype=bool)
+    left[:, :4] = True
+    right = np.zeros((6, 6), dtype=bool)
+    right[:, 2:] = True
+    objects = {5: {1: left}, 6: {1: right}}
+    keep = Labels(np.zeros(shape, dtype=np.int32))
+    assert paint_stack(keep, image, plane, 0, objects) == {5: [1], 6: [1]}
+    assert (keep.data[1, :, 2:4] == 5).all() and (keep.data[1, :, 4:] == 6).all()
+    take = Labels(np.zeros(shape, dtype=np.int32))
+    assert paint_stack(take, image, plane, 0, objects, overwrite=True) == {5: [1], 6: [1]}
+    assert (take.data[1, :, :2] == 5).all() and (take.data[1, :, 2:] == 6).all()
+    # an object fully inside an earlier one writes nothing (and is not reported) when keeping
+    inner = np.zeros((6, 6), dtype=bool)
+    inner[1:3, 1:3] = True
+    fresh = Labels(np.zeros(shape, dtype=np.int32))
+    assert paint_stack(fresh, image, plane, 0, {5: {0: left}, 8: {0: inner}}) == {5: [0]}
+
+
+def test_paint_stack_many_objects_is_a_few_setitem_calls_and_one_undo_step(monkeypatch):
+    from napari_sam.plugin import _stack
+
+    rng = np.random.default_rng(2)
+    shape = (6, 16, 16)
+    image = Image(np.zeros(shape))
+    plane = make_plane(shape, (1, 2), (0, 0, 0))
+    objects = _random_objects(rng, 200, range(shape[0]), shape[1:])
+    original = np.zeros(shape, dtype=np.int32)
+    original[:, :4, :4] = 2
+    target = Labels(original.copy())
+    calls = []
+    real = Labels.data_setitem
+    monkeypatch.setattr(
+        Labels, "data_setitem", lambda self, *a, **k: (calls.append(k), real(self, *a, **k))[1]
+    )
+    steps = []
+    target.events.paint.connect(lambda event: steps.append(event))
+    reported = []
+    paint_stack(target, image, plane, 0, objects, progress=lambda d, t: reported.append((d, t)))
+    assert len(calls) == 1 and calls[0]["refresh"] is True
+    assert len(steps) == 1  # one undo step
+    total = sum(len(v) for v in objects.values())
+    assert reported[-1] == (total, total) and len(reported) == total
+    painted = target.data.copy()
+    target.undo()
+    np.testing.assert_array_equal(target.data, original)
+    target.redo()
+    np.testing.assert_array_equal(target.data, painted)
+
+    # large writes are split into chunks; only the last one refreshes the view
+    monkeypatch.setattr(_stack, "_WRITE_CHUNK", 16 * 16 // 2)
+    calls.clear()
+    target.undo()
+    paint_stack(target, image, plane, 0, objects)
+    assert 1 < len(calls) <= shape[0]
+    assert [c["refresh"] for c in calls] == [False] * (len(calls) - 1) + [True]
+    np.testing.assert_array_equal(target.data, painted)
+    target.undo()
+    np.testing.assert_array_equal(target.data, original)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("grid", ["same", "finer"])
+def test_paint_label_stack_equals_one_mask_per_value(overwrite, grid, monkeypatch):
+    from napari_sam.plugin._stack import paint_label_stack
+
+    rng = np.random.default_rng(3)
+    shape = (4, 10, 12)
+    image = Image(np.zeros(shape))
+    plane = make_plane(shape, (1, 2), (0, 0, 0))
+    planes = {i: rng.choice([0, 0, 11, 12, 500], size=shape[1:]) for i in (0, 2, 3)}
+    planes[3][:] = 0  # an empty slice writes nothing
+    if grid == "same":
+        kwargs, data_shape = {}, shape
+    else:
+        kwargs = {"scale": (1, 0.5, 0.5), "translate": (0, -0.25, -0.25)}
+        data_shape = (shape[0], 2 * shape[1], 2 * shape[2])
+    original = rng.choice([0, 0, 0, 3], size=data_shape).astype(np.int32)
+    labels = Labels(original.copy(), **kwargs)
+    reference = Labels(original.copy(), **kwargs)
+    calls = []
+    real = Labels.data_setitem
+    monkeypatch.setattr(
+        Labels, "data_setitem", lambda self, *a, **k: (calls.append(1), real(self, *a, **k))[1]
+    )
+    reported = []
+    written = paint_label_stack(
+        labels, image, plane, 0, planes, overwrite, lambda d, t: reported.append((d, t))
+    )
+    assert reported == [(1, 3), (2, 3), (3, 3)]
+    if grid == "same":
+        assert len(calls) == 1
+    objects = {}
+    for i, p in planes.items():
+        for v in np.unique(p):
+            if v:
+                objects.setdefault(int(v), {})[i] = p == v
+    expected = paint_stack(reference, image, plane, 0, objects, overwrite)
+    assert written == {v: expected[v] for v in sorted(expected)}
+    assert list(written) == sorted(written)
+    np.testing.assert_array_equal(labels.data, reference.data)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, original)
+
+
+def test_paint_label_stack_rejects_bad_planes():
+    from napari_sam.plugin._stack import paint_label_stack
+
+    image = Image(np.zeros((2, 4, 4)))
+    target = Labels(np.zeros((2, 4, 4), dtype=np.int32))
+    plane = make_plane((2, 4, 4), (1, 2), (0, 0, 0))
+    for bad in (np.ones((4, 5), dtype=int), np.ones((4, 4), dtype=bool)):
+        with pytest.raises(ValueError, match="integer labels"):
+            paint_label_stack(target, image, plane, 0, {0: bad})
+    assert not target.data.any()
+
+
+def test_present_values_match_unique():
+    from napari_sam.plugin._stack import _present
+
+    rng = np.random.default_rng(4)
+    for values in (
+        rng.integers(-5, 40, 1000),
+        np.array([3, 2**40, 3, 7], dtype=np.int64),  # wide range: sorted instead
+        np.zeros(0, dtype=np.int32),
+    ):
+        np.testing.assert_array_equal(_present(values), np.unique(values))
+
+
+def test_mask_pixels_match_flatnonzero():
+    from napari_sam.plugin._stack import _mask_pixels
+
+    rng = np.random.default_rng(5)
+    for mask in (
+        rng.random((9, 7)) > 0.8,
+        np.zeros((5, 6), dtype=bool),
+        np.ones((3, 4), dtype=bool),
+        np.asfortranarray(rng.random((8, 8)) > 0.5),
+        (rng.random((12, 10)) > 0.5)[::2, 1::3],  # a strided view
+    ):
+        np.testing.assert_array_equal(_mask_pixels(mask), np.flatnonzero(mask))
+
+
+def test_values_the_target_cannot_hold_are_refused_before_writing():
+    from napari_sam.plugin._stack import paint_label_stack
+
+    image = Image(np.zeros((2, 4, 4)))
+    plane = make_plane((2, 4, 4), (1, 2), (0, 0, 0))
+    target = Labels(np.zeros((2, 4, 4), dtype=np.uint8))
+    full = np.ones((4, 4), dtype=bool)
+    with pytest.raises(ValueError, match="300 does not fit"):
+        paint_stack(target, image, plane, 0, {5: {0: full}, 300: {1: full}})
+    with pytest.raises(ValueError, match="300 does not fit"):
+        paint_label_stack(target, image, plane, 0, {0: np.full((4, 4), 300)})
+    assert not target.data.any()

@@ -67,6 +67,30 @@ def test_point_preview_commit_undo(sam, idle, tiny_model):
     np.testing.assert_array_equal(labels.data > 0, expected)
 
 
+def test_commit_ids_follow_hand_painting_undo_and_replaced_data(sam, idle):
+    image, _ = nuclei_2d()
+    viewer, widget, _ = sam(image)
+    widget.overwrite_checkbox.value = True  # every commit writes, on the same box
+
+    def commit_box():
+        widget.shapes_layer.add_rectangles(np.array([[5, 5], [30, 30]]))
+        idle(widget)
+        return widget.commit()
+
+    assert commit_box() == [1]
+    labels = viewer.layers[LABELS_NAME]
+    labels.paint((60, 60), 7)  # by hand, with the brush
+    assert commit_box() == [8]
+    labels.undo()  # the commit
+    labels.undo()  # the brush stroke
+    assert labels.data.max() == 1
+    assert commit_box() == [2]
+    replaced = np.zeros_like(labels.data)
+    replaced[0, 0] = 20
+    labels.data = replaced
+    assert commit_box() == [21]
+
+
 def test_keys_and_buttons(sam, idle):
     image, gt = nuclei_2d()
     viewer, widget, _ = sam(image)

@@ -14,6 +14,7 @@ those two axes, the order :class:`napari_sam.predictor.SamPredictor` takes.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ __all__ = [
     "image_level0",
     "image_spatial_shape",
     "mask_prompts_from_labels",
+    "max_label",
     "paint_mask",
     "plane_layer_translate",
     "points_on_plane",
@@ -658,3 +660,102 @@ def _pull_indices(target, image, plane, mask, a, b, shape) -> tuple[npt.NDArray,
     ok &= (r >= 0) & (r < h) & (c >= 0) & (c < w)
     ok[ok] = mask[r[ok], c[ok]]
     return tuple(np.asarray(grid[ok].T, dtype=np.intp))
+
+
+# -- free label ids -------------------------------------------------------------------------
+
+
+@dataclass
+class _MaxEntry:
+    data: Any  # weak reference to (or, if not weak-referenceable, the id of) the layer's data
+    history: Any  # the layer's undo deque when the bound was taken
+    last: Any  # its newest item then (kept alive, so ``is`` is safe), or None
+    bound: int
+
+
+#: ``{Labels layer: _MaxEntry}``; dies with the layer.
+_MAX_LABELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Slab size (voxels) of the full scan over non-numpy (dask, zarr, ...) label data.
+_SCAN_VOXELS = 1 << 24
+
+
+def max_label(labels: Labels) -> int:
+    """An upper bound of the label values in ``labels`` (0 when empty): next free id is +1.
+
+    The first call scans the data (in slabs along the first axis for lazy arrays, so a dask or
+    zarr layer is never loaded whole). Later calls reuse that bound and raise it by the values
+    of the edits added to the layer's undo history since (painting by hand, ``data_setitem``,
+    fills, redo), without reading the data. Anything else rescans: undoing an edit the bound
+    has seen, replaced data, items dropped off the far end of the history, or a napari without
+    the (private) undo history this reads. Writes that bypass napari's history
+    (``layer.data[...] = v`` in a script) are not seen until one of those happens.
+
+    The bound may be above the current maximum (an erased top object keeps its id reserved
+    until a rescan), which only skips ids.
+
+    Returns
+    -------
+    int
+        ``>=`` every value in the layer's (level 0) data.
+    """
+    data = labels.data[0] if labels.multiscale else labels.data
+    history = getattr(labels, "_undo_history", None)  # napari's undo deque (private)
+    entry = _MAX_LABELS.get(labels)
+    if entry is not None and entry.history is history and _same_data(entry.data, data):
+        bound = _bound_since(entry, history)
+        if bound is not None:
+            entry.bound = bound
+            entry.last = history[-1] if history else None
+            return bound
+    bound = _scan_max(data)
+    try:
+        ref: Any = weakref.ref(data)
+    except TypeError:
+        ref = id(data)
+    if history is not None:
+        _MAX_LABELS[labels] = _MaxEntry(ref, history, history[-1] if history else None, bound)
+    return bound
+
+
+def _same_data(ref: Any, data: Any) -> bool:
+    return ref() is data if isinstance(ref, weakref.ref) else ref == id(data)
+
+
+def _bound_since(entry: _MaxEntry, history: Any) -> int | None:
+    """``entry.bound`` raised by the history items newer than ``entry.last``; None: unknown."""
+    items = list(history)
+    if entry.last is None:
+        if getattr(history, "maxlen", None) == len(items):
+            return None  # items may have dropped off the front: their edits are not known
+        start = 0
+    else:
+        for k in range(len(items) - 1, -1, -1):
+            if items[k] is entry.last:
+                start = k + 1
+                break
+        else:
+            return None  # undone, or dropped off the history
+    bound = entry.bound
+    for item in items[start:]:
+        for atom in item:
+            new = getattr(atom, "new_value", None)  # napari's mask-based paint atom
+            if new is None:
+                if not (isinstance(atom, tuple) and len(atom) == 3):
+                    return None
+                new = atom[2]  # data_setitem: (indices, old values, new value(s))
+            new = np.asarray(new)
+            if new.size:
+                bound = max(bound, int(new.max()))
+    return bound
+
+
+def _scan_max(data: Any) -> int:
+    """Maximum of an array-like (0 if empty), reading a lazy array in slabs of its first axis."""
+    shape = tuple(int(s) for s in np.shape(data))
+    if not shape or 0 in shape:
+        return int(np.asarray(data).max()) if not shape else 0
+    if isinstance(data, np.ndarray):
+        return int(data.max())
+    step = max(1, _SCAN_VOXELS // max(1, int(np.prod(shape[1:]))))
+    return max(int(np.asarray(data[s : s + step]).max()) for s in range(0, shape[0], step))

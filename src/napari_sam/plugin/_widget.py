@@ -44,13 +44,14 @@ from ._layers import (
     image_level0,
     image_spatial_shape,
     mask_prompts_from_labels,
+    max_label,
     paint_mask,
     plane_layer_translate,
     points_on_plane,
     shapes_on_plane,
     transform_kwargs,
 )
-from ._stack import anchor_masks, paint_stack, plane_at, volume_view
+from ._stack import anchor_masks, paint_label_stack, paint_stack, plane_at, volume_view
 from ._tasks import TaskRunner
 from ._text import TextSection
 
@@ -579,7 +580,7 @@ class SamWidget(Container):
             return []
         if target is None:
             target = self._new_labels_layer(image)
-        current = int(np.max(np.asarray(target.data))) if np.size(target.data) else 0
+        current = max_label(target)
         dtype = np.asarray(target.data[(0,) * target.ndim]).dtype
         if np.issubdtype(dtype, np.integer) and current + len(preview.masks) > np.iinfo(dtype).max:
             show_error(
@@ -893,7 +894,7 @@ class SamWidget(Container):
         if target is None:
             target = self._new_labels_layer(image)
         if mode == "preview":
-            start = (int(np.max(np.asarray(target.data))) if np.size(target.data) else 0) + 1
+            start = max_label(target) + 1
             values = {k: start + i for i, k in enumerate(sorted(masks))}
         objects = {values[k]: v for k, v in masks.items()}
         written = paint_stack(
@@ -1002,20 +1003,12 @@ class SamWidget(Container):
             show_warning("Segment everything found no object.")
             return
         layer = self._automatic_layer(image)
-        start = (int(np.max(np.asarray(layer.data))) if np.size(layer.data) else 0) + 1
+        start = max_label(layer) + 1
         remap = np.zeros(int(stack.max()) + 1, dtype=np.int64)
         remap[ids] = np.arange(start, start + len(ids))
-        objects: dict[int, dict[int, np.ndarray]] = {}
-        if axis is None:  # one plane: paint through a pseudo axis of length one
-            with layer.block_history():
-                for v in ids:
-                    paint_mask(layer, image, plane, stack[0] == v, int(remap[v]))
-        else:
-            for i in range(stack.shape[0]):
-                for v in np.unique(stack[i]):
-                    if v:
-                        objects.setdefault(int(remap[v]), {})[i] = stack[i] == v
-            paint_stack(layer, image, plane, axis, objects)
+        # label planes as they are (axis None: the one plane itself), no mask per object
+        planes = {i: remap[stack[i]] for i in range(stack.shape[0])}
+        paint_label_stack(layer, image, plane, axis, planes)
         state = "cancelled; kept" if cancelled else "found"
         self._set_status(
             f"Segment everything {state} {len(ids)} object{'s' if len(ids) > 1 else ''} in "
