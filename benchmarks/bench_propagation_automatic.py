@@ -22,6 +22,7 @@ import torch
 
 from napari_sam import SamPredictor, build_model
 from napari_sam.automatic import AutomaticParams, segment_everything
+from napari_sam.baselines import instance_metrics
 from napari_sam.propagation import PropagationParams, _advance, _Front, Propagation
 from napari_sam.synthetic import SyntheticSettings, make_nuclei_2d
 
@@ -86,13 +87,21 @@ def main() -> None:
         print(f"| {k} | {1000 * t_tog:.0f} ms | {1000 * t_tog / k:.0f} ms | "
               f"{t_tog / t_embed:.2f} | {1000 * t_sep:.0f} ms |", flush=True)
 
-    big, _ = make_nuclei_2d((1024, 1024), seed=5)
-    print("\n| automatic, 1024 x 1024 | grid | time |")
-    print("|---|---|---|")
-    for pps in (AutomaticParams().points_per_side, 16):
-        p = AutomaticParams(points_per_side=pps)
-        t = median_time(lambda: segment_everything(model, big, params=p), 1)
-        print(f"| points_per_side={pps} | {pps} x {pps} | {t:.1f} s |", flush=True)
+    big, big_labels = make_nuclei_2d((1024, 1024), seed=5)
+    print(f"\n| automatic, 1024 x 1024 ({big_labels.max()} nuclei) | prompts | time | F1@0.5 |")
+    print("|---|---|---|---|")
+    variants = [("blobs (default)", AutomaticParams()),
+                ("grid 24 x 24", AutomaticParams(point_source="grid")),
+                ("grid 16 x 16", AutomaticParams(point_source="grid", points_per_side=16))]
+    for name, p in variants:
+        found = {}
+
+        def run(p=p, found=found):
+            found["labels"] = segment_everything(model, big, params=p)
+
+        t = median_time(run, 1)
+        f1 = instance_metrics(found["labels"], big_labels)["f1_50"]
+        print(f"| {name} | {p.point_source} | {t:.1f} s | {f1:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,15 +93,23 @@ class AutomaticParams:
         dark objects on a bright background or for textured images use ``"grid"``;
         ``"blobs+grid"`` decodes the blobs first, then the grid points they did not cover.
     blob_threshold : float
-        A blob needs a Laplacian-of-Gaussian response this many robust standard deviations
-        (of the response over the image, at its scale) above zero. Lower finds dimmer
+        A blob needs a Laplacian-of-Gaussian response this many times what the image's noise
+        gives at its scale. Lower finds dimmer
         objects and more noise (rejected later by the IoU and stability filters, at the cost
         of a decode each).
     blob_min_sigma : float
         Smallest blob scale in pixels of the model's input (a nucleus of radius ``r`` responds
         most at ``r / sqrt(2)``); the largest is an eighth of the image side.
+    zoom_below_radius : float
+        With blob points and no crop layers: when the image is larger than the model's input
+        and its blobs' median radius, at the model's input scale, is below this many pixels,
+        the image is segmented as 2 x 2 overlapping crops (each embedded on its own, seen up to
+        twice as large) instead of as a whole. 0 turns it off.
     skip_covered : bool
-        Do not decode grid points that fall on a candidate already kept (coarse-to-fine order).
+        Do not decode points that fall on a candidate already kept (the grid is visited coarse
+        to fine, blobs strongest first), nor, with blob points, on the most likely mask of an
+        earlier point that the filters rejected (the same object, prompted again, would give
+        the same mask).
     skip_background : bool
         Also skip grid points that fall on a confident mask too large to be an object (the
         background found from an earlier point).
@@ -129,6 +137,7 @@ class AutomaticParams:
     point_source: str = "blobs"
     blob_threshold: float = 4.0
     blob_min_sigma: float = 1.5
+    zoom_below_radius: float = 8.0
     skip_covered: bool = True
     skip_background: bool = True
     min_free_fraction: float = 0.6
@@ -149,6 +158,8 @@ class AutomaticParams:
             )
         if not self.blob_threshold > 0 or not self.blob_min_sigma > 0:
             raise ValueError("blob_threshold and blob_min_sigma must be > 0")
+        if self.zoom_below_radius < 0:
+            raise ValueError(f"zoom_below_radius must be >= 0, got {self.zoom_below_radius!r}")
         if not 0 <= self.crop_overlap < 1:
             raise ValueError(f"crop_overlap must be in [0, 1), got {self.crop_overlap!r}")
         if self.crop_n_layers < 0 or self.crop_n_layers > 3:
@@ -213,14 +224,17 @@ def blob_points(
     work_size: int = 512,
     min_sigma: float = 1.5,
     threshold: float = 4.0,
-) -> npt.NDArray[np.float64]:
+    min_contrast: float = 0.01,
+    return_radius: bool = False,
+) -> npt.NDArray[np.float64] | tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Centres of bright blobs (nuclei, cells) of a 2D slice, strongest first.
 
     The slice is normalised to ``intensity_range``, downsampled so that its longer side is at
     most ``work_size`` (the scale at which the model sees it), and filtered with the
     scale-normalised Laplacian of Gaussian ``-sigma**2 * LoG`` at scales ``min_sigma * 1.5**k``
-    up to an eighth of the side. Each scale's response is divided by its robust standard
-    deviation over the image (median absolute deviation), so the threshold adapts to the noise;
+    up to an eighth of the side. Each scale's response is divided by what the image's pixel
+    noise gives at that scale (the noise estimated robustly with Immerkaer's second-difference
+    filter), or by ``min_contrast`` if that is larger, so ``threshold`` is in noise units;
     the maxima of the strongest response over scales above ``threshold`` are the blobs. A blob
     suppresses weaker ones within its own radius (``sqrt(2) * sigma``).
 
@@ -235,12 +249,20 @@ def blob_points(
     min_sigma : float
         Smallest scale, in pixels at the working size.
     threshold : float
-        In robust standard deviations of the response.
+        In standard deviations of the noise's response.
+    min_contrast : float
+        Floor of the response unit, in normalised intensity (0..1): on a nearly noise-free image
+        a blob still needs this contrast times ``threshold``.
+    return_radius : bool
+        Also return each blob's radius (``sqrt(2) * sigma`` of its strongest scale) in pixels of
+        the working size.
 
     Returns
     -------
     numpy.ndarray, shape (N, 2), float
         ``(row, col)`` in pixels of ``image2d``, by decreasing response.
+    numpy.ndarray, shape (N,), float
+        Only with ``return_radius``.
     """
     from scipy.spatial import cKDTree
     from skimage.feature import peak_local_max
@@ -261,18 +283,24 @@ def blob_points(
     sigmas = [min_sigma]
     while sigmas[-1] * 1.5 <= max(gray.shape) / 8:
         sigmas.append(sigmas[-1] * 1.5)
+    # pixel noise (robust: the median of the absolute second-difference filter of Immerkaer
+    # 1996, whose response to white noise of std s has std 6 s) and what unit white noise gives
+    # at each scale, so that the threshold is in noise units
+    second = ndimage.convolve(gray, np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32))
+    noise = float(np.median(np.abs(second[1:-1, 1:-1]))) / (0.6745 * 6) if gray.size else 0.0
+    unit = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
     best = np.full(gray.shape, -np.inf, dtype=np.float32)
     best_sigma = np.zeros(gray.shape, dtype=np.float32)
     for sigma in sigmas:
         r = -(sigma**2) * ndimage.gaussian_laplace(gray, sigma)
-        spread = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-        r = r / max(spread, 1e-6)
+        white = float(np.std((sigma**2 * ndimage.gaussian_laplace(unit, sigma))[32:-32, 32:-32]))
+        r = r / max(noise * white, min_contrast)
         better = r > best
         best[better] = r[better]
         best_sigma[better] = sigma
     peaks = peak_local_max(best, min_distance=1, threshold_abs=threshold, exclude_border=False)
     if len(peaks) == 0:
-        return np.zeros((0, 2))
+        return (np.zeros((0, 2)), np.zeros(0)) if return_radius else np.zeros((0, 2))
     peaks = peaks[np.argsort(-best[peaks[:, 0], peaks[:, 1]], kind="stable")]
     radius = np.sqrt(2) * best_sigma[peaks[:, 0], peaks[:, 1]]
     tree = cKDTree(peaks)
@@ -283,7 +311,25 @@ def blob_points(
             keep[near[near > i]] = False
     pts = (peaks[keep] + 0.5) * scale - 0.5
     h, w = np.shape(image2d)[:2]
-    return np.clip(pts, 0, [h - 1, w - 1]).astype(np.float64)
+    pts = np.clip(pts, 0, [h - 1, w - 1]).astype(np.float64)
+    return (pts, radius[keep].astype(np.float64)) if return_radius else pts
+
+
+def _objects_too_small(image: np.ndarray, intensity_range, img_size: int,
+                       params: AutomaticParams) -> bool:
+    """Whether blob mode should zoom in: the image is larger than the model's input and its
+    blobs' median radius there is below ``params.zoom_below_radius`` pixels."""
+    if (
+        "blobs" not in params.point_source
+        or params.crop_n_layers > 0
+        or not params.zoom_below_radius
+        or max(image.shape[:2]) <= img_size
+    ):
+        return False
+    _, radius = blob_points(image, intensity_range, work_size=img_size,
+                            min_sigma=params.blob_min_sigma, threshold=params.blob_threshold,
+                            return_radius=True)
+    return radius.size > 0 and float(np.median(radius)) < params.zoom_below_radius
 
 
 def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
@@ -404,6 +450,12 @@ def _decode_crop(
             & (area > 0)
             & (area <= max_low_area)
         )
+        if params.skip_covered and "blobs" in params.point_source:
+            best = iou.view(-1, 3).argmax(dim=1) + 3 * torch.arange(len(batch))
+            best = best[(area[best] > 0) & (area[best] <= max_low_area)]
+            if best.numel():
+                seen = predictor._upscale(low_res[best], geometry)[:, 0] > 0
+                covered |= seen.any(dim=0).cpu().numpy()
         if params.skip_background:
             # a confident mask too large to be an object is background: its grid points need
             # no decoding (objects it does not cover keep theirs)
@@ -520,6 +572,11 @@ def segment_everything(
         intensity_range = estimate_intensity_range(image)
     predictor = SamPredictor(model)
     crops = _crop_boxes(tuple(hw), params.crop_n_layers, params.crop_overlap)
+    if _objects_too_small(image, intensity_range, model.img_size, params):
+        # small objects in a large image: segment it in 2 x 2 overlapping crops, each seen by
+        # the model at up to twice the scale, instead of as a whole
+        crops = [c for c in _crop_boxes(tuple(hw), max(1, params.crop_n_layers),
+                                        params.crop_overlap) if c[0] > 0]
     points = [
         _prompt_points(image[r0:r1, c0:c1], intensity_range, layer, model.img_size, params)
         for layer, (r0, c0, r1, c1) in crops
