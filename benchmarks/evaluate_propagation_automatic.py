@@ -18,6 +18,7 @@ tables:
 from __future__ import annotations
 
 import argparse
+import shlex
 import json
 import time
 from dataclasses import replace
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="side of the 2D images")
     parser.add_argument("--prompts", action="store_true", help="compare prompt combinations")
     parser.add_argument("--skip", choices=["propagation", "automatic"], default=None)
+    parser.add_argument("--auto-opts", default="",
+                        help="extra options of evaluate --automatic, e.g. '--point-source grid'")
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = Path(args.out)
@@ -131,8 +134,8 @@ def main() -> None:
         rows = []
         for k, (img, lab) in enumerate(images_2d(args.n, args.size, root / "data")):
             t = time.monotonic()
-            r = run(["evaluate", str(img), str(lab), "--automatic", "--model", args.model],
-                    root / f"auto_{k}.json")
+            r = run(["evaluate", str(img), str(lab), "--automatic", "--model", args.model,
+                     *shlex.split(args.auto_opts)], root / f"auto_{k}.json")
             dt = time.monotonic() - t
             m, c = r["methods"][args.model], r["methods"]["classical"]
             rows.append((m["f1_50"], m["mean_accuracy"], c["f1_50"], c["mean_accuracy"]))
