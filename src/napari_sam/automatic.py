@@ -106,6 +106,11 @@ class AutomaticParams:
         and its blobs' median radius, at the model's input scale, is below this many pixels,
         the image is segmented as 2 x 2 overlapping crops (each embedded on its own, seen up to
         twice as large) instead of as a whole. 0 turns it off.
+    decode_window : int
+        Decode each point against only the ``decode_window`` x ``decode_window`` tokens of the
+        image embedding around it (the decoder's cost is proportional to the tokens: 24 of 64
+        is ~7x less); masks reaching the window's inner edge are decoded again on the whole
+        grid. 0 decodes every point on the whole grid, as SAM does.
     skip_covered : bool
         Do not decode points that fall on a candidate already kept (the grid is visited coarse
         to fine, blobs strongest first), nor, with blob points, on the most likely mask of an
@@ -139,6 +144,7 @@ class AutomaticParams:
     blob_threshold: float = 4.0
     blob_min_sigma: float = 1.5
     zoom_below_radius: float = 8.0
+    decode_window: int = 24
     skip_covered: bool = True
     skip_background: bool = True
     min_free_fraction: float = 0.6
@@ -159,6 +165,8 @@ class AutomaticParams:
             )
         if not self.blob_threshold > 0 or not self.blob_min_sigma > 0:
             raise ValueError("blob_threshold and blob_min_sigma must be > 0")
+        if isinstance(self.decode_window, bool) or self.decode_window < 0:
+            raise ValueError(f"decode_window must be an int >= 0, got {self.decode_window!r}")
         if self.zoom_below_radius < 0:
             raise ValueError(f"zoom_below_radius must be >= 0, got {self.zoom_below_radius!r}")
         if not 0 <= self.crop_overlap < 1:
@@ -267,7 +275,7 @@ def blob_points(
     """
     from scipy.spatial import cKDTree
     from skimage.feature import peak_local_max
-    from skimage.transform import resize
+    from skimage.transform import downscale_local_mean, resize
 
     gray = np.asarray(image2d, dtype=np.float32)
     if gray.ndim == 3:
@@ -289,13 +297,23 @@ def blob_points(
     # at each scale, so that the threshold is in noise units
     second = ndimage.convolve(gray, np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32))
     noise = float(np.median(np.abs(second[1:-1, 1:-1]))) / (0.6745 * 6) if gray.size else 0.0
+    # scale-normalised LoG of unit white noise has std proportional to 1 / sigma (its kernel's
+    # L2 norm): measured once at sigma 2, scaled to the others
     unit = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)
+    white2 = float(np.std((4.0 * ndimage.gaussian_laplace(unit, 2.0))[16:-16, 16:-16]))
     best = np.full(gray.shape, -np.inf, dtype=np.float32)
     best_sigma = np.zeros(gray.shape, dtype=np.float32)
     for sigma in sigmas:
-        r = -(sigma**2) * ndimage.gaussian_laplace(gray, sigma)
-        white = float(np.std((sigma**2 * ndimage.gaussian_laplace(unit, sigma))[32:-32, 32:-32]))
-        r = r / max(noise * white, min_contrast)
+        # large scales on a block-averaged image (the filter is scale-normalised, so the
+        # response is the same up to the small extra blur of the blocks), then back
+        f = max(1, int(sigma // 2))
+        if f > 1:
+            small = downscale_local_mean(gray, (f, f))
+            r = -(sigma / f) ** 2 * ndimage.gaussian_laplace(small, sigma / f)
+            r = resize(r, gray.shape, order=1, mode="edge", anti_aliasing=False)
+        else:
+            r = -(sigma**2) * ndimage.gaussian_laplace(gray, sigma)
+        r = r / max(noise * white2 * 2.0 / sigma, min_contrast)
         better = r > best
         best[better] = r[better]
         best_sigma[better] = sigma
@@ -346,6 +364,80 @@ def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
         n = max(1, params.points_per_side // params.crop_n_points_downscale**layer)
         parts.append(_grid(n, hw))
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+#: Logit written outside a decoding window (certain background).
+_OUTSIDE = -20.0
+
+
+def _decode_points(
+    predictor: SamPredictor, emb: ImageEmbedding, points: npt.NDArray, window: int,
+    min_iou: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three candidate masks of single positive points ``(B, 1, 2)`` (slice pixels).
+
+    With ``window`` smaller than the embedding grid, each point is decoded against the
+    ``window`` x ``window`` tokens of the image embedding centred on it (cropped features,
+    positional encoding and dense prompt, so positions stay absolute) instead of the whole
+    grid: the decoder's cost scales with the number of tokens. A candidate with predicted IoU
+    of at least ``min_iou`` reaching the window's inner edge may be cut: those points are
+    decoded again on the whole grid (candidates below ``min_iou`` are discarded anyway).
+
+    Returns
+    -------
+    low_res : torch.Tensor, shape (B, 3, 4h, 4w)
+        Logits in the model-input frame; ``_OUTSIDE`` beyond a point's window.
+    iou : torch.Tensor, shape (B, 3)
+    """
+    labels = np.ones(points.shape[:2], dtype=np.int64)
+    feats = emb.features
+    h, w = feats.shape[-2:]
+    if not window or (window >= h and window >= w):
+        return decode_low_res(predictor, emb, points, labels, None, None, multimask=True)
+    model = predictor.model
+    sh, sw = min(window, h), min(window, w)
+    xy = emb.geometry.points_to_xy(points)  # (B, 1, 2) model-input (x, y)
+    token = emb.geometry.img_size / h
+    r0 = np.clip(np.round(xy[:, 0, 1] / token - sh / 2).astype(int), 0, h - sh)
+    c0 = np.clip(np.round(xy[:, 0, 0] / token - sw / 2).astype(int), 0, w - sw)
+    dev = predictor.device
+    pe = predictor._get_dense_pe()
+    with torch.inference_mode():
+        f = feats.to(dev)[0]
+        crops = torch.stack([f[:, a:a + sh, b:b + sw] for a, b in zip(r0, c0)])
+        pe_crops = torch.stack([pe[0, :, a:a + sh, b:b + sw] for a, b in zip(r0, c0)])
+        sparse, dense = model.prompt_encoder(
+            points=(torch.as_tensor(xy, dtype=torch.float32, device=dev),
+                    torch.as_tensor(labels, device=dev)),
+            boxes=None, masks=None,
+        )
+        low, iou = model.mask_decoder(crops, pe_crops, sparse, dense[..., :sh, :sw], True)
+    b, k = low.shape[:2]
+    out = torch.full((b, k, 4 * h, 4 * w), _OUTSIDE, dtype=low.dtype, device=low.device)
+    for i, (a, c) in enumerate(zip(r0, c0)):
+        out[i, :, 4 * a:4 * (a + sh), 4 * c:4 * (c + sw)] = low[i]
+    # masks touching an inner edge of their window may be cut: decode those on the whole grid
+    fg = (low > 0) & (iou >= min_iou)[..., None, None]
+    cut = np.zeros(b, dtype=bool)
+    for i, (a, c) in enumerate(zip(r0, c0)):
+        edges = []
+        if a > 0:
+            edges.append(fg[i, :, 0, :])
+        if a + sh < h:
+            edges.append(fg[i, :, -1, :])
+        if c > 0:
+            edges.append(fg[i, :, :, 0])
+        if c + sw < w:
+            edges.append(fg[i, :, :, -1])
+        cut[i] = any(bool(e.any()) for e in edges)
+    if cut.any():
+        idx = np.flatnonzero(cut)
+        full, full_iou = decode_low_res(predictor, emb, points[idx], labels[idx], None, None,
+                                        multimask=True)
+        out[torch.as_tensor(idx)] = full.to(out.dtype)
+        iou = iou.clone()
+        iou[torch.as_tensor(idx)] = full_iou.to(iou.dtype)
+    return out, iou
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -440,7 +532,8 @@ def _decode_crop(
             break
         pts = np.asarray(batch)[:, None, :]
         labels = np.ones((len(batch), 1), dtype=np.int64)
-        low_res, iou = decode_low_res(predictor, emb, pts, labels, None, None, multimask=True)
+        low_res, iou = _decode_points(predictor, emb, pts, params.decode_window,
+                                      params.pred_iou_thresh)
         low_res = low_res.flatten(0, 1)[:, None]  # (3B, 1, h, w)
         iou = iou.flatten()
         stab = stability_scores(low_res[:, 0], params.stability_offset)

@@ -90,8 +90,9 @@ class MaskDecoder(nn.Module):
         ----------
         image_embeddings : torch.Tensor, shape (1, C, h, w) or (B, C, h, w)
             One image embedding shared by all ``B`` prompts, or one per prompt.
-        image_pe : torch.Tensor, shape (1, C, h, w)
-            Positional encoding of the embedding (:meth:`PromptEncoder.get_dense_pe`).
+        image_pe : torch.Tensor, shape (1, C, h, w) or (B, C, h, w)
+            Positional encoding of the embedding (:meth:`PromptEncoder.get_dense_pe`), or one
+            per prompt (windows of it, with one window of the embedding per prompt).
         sparse_prompt_embeddings : torch.Tensor, shape (B, N, C)
             Point and box tokens from the prompt encoder.
         dense_prompt_embeddings : torch.Tensor, shape (B, C, h, w) or (1, C, h, w)
