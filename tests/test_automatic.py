@@ -138,13 +138,13 @@ def test_blobs_decode_fewer_prompts_than_the_grid(default_model, monkeypatch):
 
     img, lab = _discs()
     calls = []
-    real = automatic.decode_low_res
+    real = automatic.decode_low_res_windowed
 
     def counting(predictor, emb, points, *args, **kwargs):
         calls.append(len(points))
         return real(predictor, emb, points, *args, **kwargs)
 
-    monkeypatch.setattr(automatic, "decode_low_res", counting)
+    monkeypatch.setattr(automatic, "decode_low_res_windowed", counting)
     n = {}
     for source in ("grid", "blobs"):
         calls.clear()

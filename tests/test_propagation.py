@@ -72,15 +72,16 @@ def test_stops_when_the_object_ends(scene):
 
 def test_two_objects_propagate_together_in_one_batch(scene, monkeypatch):
     model, image, labels, embed, calls = scene
+    import napari_sam.propagation as propagation
+
     sizes = []
-    original = SamPredictor._decode
+    original = propagation.decode_low_res_windowed
 
-    def counting(self, emb, points, boxes, masks, multimask):
-        n = next(t.shape[0] for t in (boxes, masks, points and points[0]) if t is not None)
-        sizes.append(n)
-        return original(self, emb, points, boxes, masks, multimask)
+    def counting(predictor, emb, points, labels, boxes, masks, multimask, centres, *args):
+        sizes.append(len(centres))
+        return original(predictor, emb, points, labels, boxes, masks, multimask, centres, *args)
 
-    monkeypatch.setattr(SamPredictor, "_decode", counting)
+    monkeypatch.setattr(propagation, "decode_low_res_windowed", counting)
     calls.clear()
     seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
     res = propagate(model, embed, N, seeds)
@@ -244,3 +245,40 @@ def test_contrast_test_stops_in_fading_light(scene):
     without = propagate_volume(model, vol, seeds, intensity_range=(0.0, 1.0),
                                params=PropagationParams(min_contrast=0.0))
     assert np.flatnonzero(without.any(axis=(1, 2))).max() > 4  # the model alone goes on
+
+
+def test_windowed_decoding_agrees_with_the_whole_grid(scene):
+    from napari_sam.propagation import decode_low_res, decode_low_res_windowed
+
+    model, image, labels, embed, _ = scene
+    predictor = SamPredictor(model)
+    emb = embed(5)
+    predictor.set_embedding(emb)
+    prev = labels[4] > 0  # both objects' previous masks as mask prompts, plus points
+    masks = [labels[4] == i for i in (1, 2)]
+    logits = np.stack([predictor.mask_to_logits(m) for m in masks])  # (2, 1, 4h, 4w)
+    points = np.array([[[C1, C1]], [[C2, C2]]])
+    point_labels = np.ones((2, 1), np.int64)
+    centres = points[:, 0]
+    full, full_iou = decode_low_res(predictor, emb, points, point_labels, None, logits, False)
+    # a window as large as the grid is the whole-grid decode
+    same, same_iou = decode_low_res_windowed(predictor, emb, points, point_labels, None, logits,
+                                             False, centres, 64)
+    torch.testing.assert_close(same, full)
+    win, win_iou = decode_low_res_windowed(predictor, emb, points, point_labels, None, logits,
+                                           False, centres, 16)
+    assert win.shape == full.shape and prev.any()
+    for b in range(2):
+        a, w = full[b, 0] > 0, win[b, 0] > 0
+        assert (a & w).sum() / (a | w).sum() > 0.9
+    assert torch.allclose(win_iou, full_iou, atol=0.05)
+
+
+def test_windowed_propagation_matches_whole_grid_propagation(scene):
+    model, image, labels, embed, _ = scene
+    seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
+    win = propagate(model, embed, N, seeds).to_labels(N, (S, S))
+    full = propagate(model, embed, N, seeds,
+                     params=PropagationParams(decode_window=0)).to_labels(N, (S, S))
+    for i in (1, 2):
+        assert _iou(win == i, full == i) > 0.9

@@ -31,7 +31,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from .predictor import ImageEmbedding, SamPredictor
-from .propagation import decode_low_res, stability_scores
+from .propagation import decode_low_res_windowed, stability_scores
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling import Sam
@@ -366,78 +366,16 @@ def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-#: Logit written outside a decoding window (certain background).
-_OUTSIDE = -20.0
-
-
 def _decode_points(
     predictor: SamPredictor, emb: ImageEmbedding, points: npt.NDArray, window: int,
     min_iou: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three candidate masks of single positive points ``(B, 1, 2)`` (slice pixels).
-
-    With ``window`` smaller than the embedding grid, each point is decoded against the
-    ``window`` x ``window`` tokens of the image embedding centred on it (cropped features,
-    positional encoding and dense prompt, so positions stay absolute) instead of the whole
-    grid: the decoder's cost scales with the number of tokens. A candidate with predicted IoU
-    of at least ``min_iou`` reaching the window's inner edge may be cut: those points are
-    decoded again on the whole grid (candidates below ``min_iou`` are discarded anyway).
-
-    Returns
-    -------
-    low_res : torch.Tensor, shape (B, 3, 4h, 4w)
-        Logits in the model-input frame; ``_OUTSIDE`` beyond a point's window.
-    iou : torch.Tensor, shape (B, 3)
-    """
+    """Three candidate masks ``(B, 3, 4h, 4w)`` and IoUs ``(B, 3)`` for each of ``B`` single
+    positive points ``(B, 1, 2)`` (slice pixels), each decoded in a ``window`` of the embedding
+    centred on it (:func:`napari_sam.propagation.decode_low_res_windowed`)."""
     labels = np.ones(points.shape[:2], dtype=np.int64)
-    feats = emb.features
-    h, w = feats.shape[-2:]
-    if not window or (window >= h and window >= w):
-        return decode_low_res(predictor, emb, points, labels, None, None, multimask=True)
-    model = predictor.model
-    sh, sw = min(window, h), min(window, w)
-    xy = emb.geometry.points_to_xy(points)  # (B, 1, 2) model-input (x, y)
-    token = emb.geometry.img_size / h
-    r0 = np.clip(np.round(xy[:, 0, 1] / token - sh / 2).astype(int), 0, h - sh)
-    c0 = np.clip(np.round(xy[:, 0, 0] / token - sw / 2).astype(int), 0, w - sw)
-    dev = predictor.device
-    pe = predictor._get_dense_pe()
-    with torch.inference_mode():
-        f = feats.to(dev)[0]
-        crops = torch.stack([f[:, a:a + sh, b:b + sw] for a, b in zip(r0, c0)])
-        pe_crops = torch.stack([pe[0, :, a:a + sh, b:b + sw] for a, b in zip(r0, c0)])
-        sparse, dense = model.prompt_encoder(
-            points=(torch.as_tensor(xy, dtype=torch.float32, device=dev),
-                    torch.as_tensor(labels, device=dev)),
-            boxes=None, masks=None,
-        )
-        low, iou = model.mask_decoder(crops, pe_crops, sparse, dense[..., :sh, :sw], True)
-    b, k = low.shape[:2]
-    out = torch.full((b, k, 4 * h, 4 * w), _OUTSIDE, dtype=low.dtype, device=low.device)
-    for i, (a, c) in enumerate(zip(r0, c0)):
-        out[i, :, 4 * a:4 * (a + sh), 4 * c:4 * (c + sw)] = low[i]
-    # masks touching an inner edge of their window may be cut: decode those on the whole grid
-    fg = (low > 0) & (iou >= min_iou)[..., None, None]
-    cut = np.zeros(b, dtype=bool)
-    for i, (a, c) in enumerate(zip(r0, c0)):
-        edges = []
-        if a > 0:
-            edges.append(fg[i, :, 0, :])
-        if a + sh < h:
-            edges.append(fg[i, :, -1, :])
-        if c > 0:
-            edges.append(fg[i, :, :, 0])
-        if c + sw < w:
-            edges.append(fg[i, :, :, -1])
-        cut[i] = any(bool(e.any()) for e in edges)
-    if cut.any():
-        idx = np.flatnonzero(cut)
-        full, full_iou = decode_low_res(predictor, emb, points[idx], labels[idx], None, None,
-                                        multimask=True)
-        out[torch.as_tensor(idx)] = full.to(out.dtype)
-        iou = iou.clone()
-        iou[torch.as_tensor(idx)] = full_iou.to(iou.dtype)
-    return out, iou
+    return decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
+                                   points[:, 0], window, min_iou)
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -128,6 +128,11 @@ class PropagationParams:
         band around it) falls below this fraction of the contrast at the anchor. 0 turns it off.
     max_slices : int or None
         Propagate at most this many slices beyond the outermost anchors in each direction.
+    decode_window : float
+        Decode each object against a window of the image embedding around its previous mask,
+        this many times the mask's box side (at least 16 tokens), instead of the whole grid
+        (:func:`decode_low_res_windowed`: several times faster; masks reaching the window's
+        edge are decoded again on the whole grid). 0 decodes on the whole grid.
     """
 
     prompt: tuple[str, ...] = ("mask", "points")
@@ -143,6 +148,7 @@ class PropagationParams:
     max_regrowth: float | None = 1.25
     min_contrast: float = 0.5
     max_slices: int | None = None
+    decode_window: float = 2.5
 
     def __post_init__(self) -> None:
         parts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
@@ -164,6 +170,8 @@ class PropagationParams:
             raise ValueError(f"min_contrast must be in [0, 1], got {self.min_contrast!r}")
         if self.max_regrowth is not None and self.max_regrowth <= 1:
             raise ValueError(f"max_regrowth must be > 1 or None, got {self.max_regrowth!r}")
+        if self.decode_window < 0:
+            raise ValueError(f"decode_window must be >= 0, got {self.decode_window!r}")
         if self.max_slices is not None and self.max_slices < 0:
             raise ValueError(f"max_slices must be >= 0 or None, got {self.max_slices!r}")
 
@@ -275,6 +283,13 @@ def decode_low_res(
     iou : torch.Tensor, shape (B, K)
         Predicted IoU.
     """
+    pts, box_t, masks, embedding = _prompt_tensors(predictor, embedding, points, point_labels,
+                                                   boxes, mask_logits)
+    return predictor._decode(embedding, pts, box_t, masks, multimask)
+
+
+def _prompt_tensors(predictor, embedding, points, point_labels, boxes, mask_logits):
+    """Prompts in the model's input frame as tensors on the predictor's device."""
     geometry = embedding.geometry
     dev = predictor.device
     pts = box_t = masks = None
@@ -295,7 +310,120 @@ def decode_low_res(
         embedding = ImageEmbedding(
             embedding.features.to(dev), embedding.original_size, embedding.img_size
         )
-    return predictor._decode(embedding, pts, box_t, masks, multimask)
+    return pts, box_t, masks, embedding
+
+
+#: Logit written outside a decoding window (certain background).
+OUTSIDE_LOGIT = -20.0
+
+
+def decode_low_res_windowed(
+    predictor: SamPredictor,
+    embedding: ImageEmbedding,
+    points: npt.NDArray | None,
+    point_labels: npt.NDArray | None,
+    boxes: npt.NDArray | None,
+    mask_logits: npt.NDArray | torch.Tensor | None,
+    multimask: bool,
+    centres: npt.NDArray,
+    window: int,
+    min_iou: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_low_res` against a window of the image embedding around each object.
+
+    SAM's mask decoder attends over every token of the image embedding, so its cost is
+    proportional to their number. Here each of the ``B`` objects is decoded against only the
+    ``window`` x ``window`` tokens centred on ``centres[b]`` (the features, their positional
+    encoding and the dense prompt are cropped, so positions stay absolute; the mask prompt's
+    downscaling is local, so cropping it is exact). The approximation is in the decoder's
+    token-to-image attention, which no longer sees tokens beyond the window: measured on
+    synthetic nuclei, the masks agree with the whole-grid decode at mean IoU 0.90-0.98
+    (window 16-32 of 64). A candidate with predicted IoU >= ``min_iou`` whose mask reaches an
+    inner edge of its window may be cut: those objects are decoded again on the whole grid.
+
+    Parameters
+    ----------
+    points, point_labels, boxes, mask_logits, multimask
+        As for :func:`decode_low_res`.
+    centres : array, shape (B, 2)
+        Window centres, ``(row, col)`` in slice pixels.
+    window : int
+        Window side in embedding tokens; 0 or at least the grid decodes on the whole grid.
+    min_iou : float
+        Candidates below this predicted IoU are not checked for cuts (they will be discarded).
+
+    Returns
+    -------
+    low_res : torch.Tensor, shape (B, K, 4h, 4w)
+        Logits in the model-input frame, ``OUTSIDE_LOGIT`` beyond each object's window.
+    iou : torch.Tensor, shape (B, K)
+    """
+    h, w = embedding.features.shape[-2:]
+    if not window or (window >= h and window >= w):
+        return decode_low_res(predictor, embedding, points, point_labels, boxes, mask_logits,
+                              multimask)
+    pts, box_t, masks, emb = _prompt_tensors(predictor, embedding, points, point_labels, boxes,
+                                             mask_logits)
+    sh, sw = min(window, h), min(window, w)
+    cxy = embedding.geometry.points_to_xy(np.asarray(centres, dtype=np.float64))  # (B, 2)
+    token = embedding.geometry.img_size / h
+    r0 = np.clip(np.round(cxy[:, 1] / token - sh / 2).astype(int), 0, h - sh)
+    c0 = np.clip(np.round(cxy[:, 0] / token - sw / 2).astype(int), 0, w - sw)
+    model = predictor.model
+    pe = predictor._get_dense_pe()
+    with torch.inference_mode():
+        f = emb.features[0]
+        crops = torch.stack([f[:, a:a + sh, c:c + sw] for a, c in zip(r0, c0)])
+        pe_crops = torch.stack([pe[0, :, a:a + sh, c:c + sw] for a, c in zip(r0, c0)])
+        if masks is not None:
+            if masks.shape[0] == 1:
+                masks = masks.expand(len(r0), -1, -1, -1)
+            masks = torch.stack([
+                masks[b, :, 4 * a:4 * (a + sh), 4 * c:4 * (c + sw)]
+                for b, (a, c) in enumerate(zip(r0, c0))
+            ])
+        sparse, dense = model.prompt_encoder(points=pts, boxes=box_t, masks=None)
+        if masks is None:
+            dense = dense[..., :sh, :sw]
+        else:  # the encoder checks for whole-frame masks; its downscaling is local
+            encoder = model.prompt_encoder
+            dense = encoder.mask_downscaling(masks.to(encoder.point_embeddings[0].weight.dtype))
+            if sparse.shape[0] != dense.shape[0]:  # no points or boxes: a batch of one token set
+                sparse = sparse.expand(dense.shape[0], -1, -1)
+        low, iou = model.mask_decoder(crops, pe_crops, sparse, dense, multimask)
+    b, k = low.shape[:2]
+    out = torch.full((b, k, 4 * h, 4 * w), OUTSIDE_LOGIT, dtype=low.dtype, device=low.device)
+    fg = (low > 0) & (iou >= min_iou)[..., None, None]
+    cut = np.zeros(b, dtype=bool)
+    for i, (a, c) in enumerate(zip(r0, c0)):
+        out[i, :, 4 * a:4 * (a + sh), 4 * c:4 * (c + sw)] = low[i]
+        edges = []
+        if a > 0:
+            edges.append(fg[i, :, 0, :])
+        if a + sh < h:
+            edges.append(fg[i, :, -1, :])
+        if c > 0:
+            edges.append(fg[i, :, :, 0])
+        if c + sw < w:
+            edges.append(fg[i, :, :, -1])
+        cut[i] = any(bool(e.any()) for e in edges)
+    if cut.any():
+        idx = np.flatnonzero(cut)
+
+        def pick(x):
+            if x is None:
+                return None
+            return x[idx] if len(x) > 1 else x
+
+        full, full_iou = decode_low_res(
+            predictor, embedding, pick(points), pick(point_labels), pick(boxes),
+            pick(mask_logits), multimask,
+        )
+        sel = torch.as_tensor(idx)
+        out[sel] = full.to(out.dtype)
+        iou = iou.clone()
+        iou[sel] = full_iou.to(iou.dtype)
+    return out, iou
 
 
 def stability_scores(low_res: torch.Tensor, offset: float) -> torch.Tensor:
@@ -642,11 +770,12 @@ def _advance(predictor, emb, fronts: list[_Front], i: int, params: PropagationPa
     chunks = []
     for c in range(0, len(fronts), DECODE_CHUNK):
         part = slice(c, c + DECODE_CHUNK)
-        chunks.append(decode_low_res(
+        centres, window = _windows(fronts[part], emb, params.decode_window)
+        chunks.append(decode_low_res_windowed(
             predictor, emb,
             None if points is None else points[part], None if labels is None else labels[part],
             None if boxes is None else boxes[part], None if masks_in is None else masks_in[part],
-            multimask,
+            multimask, centres, window, min(params.min_score, 0.5),
         ))
     low_res = torch.cat([lr for lr, _ in chunks])
     iou = torch.cat([q for _, q in chunks])
@@ -684,6 +813,21 @@ def _advance(predictor, emb, fronts: list[_Front], i: int, params: PropagationPa
             f.alive = False
             if f.bounded:
                 f.reason = "anchor"
+
+
+def _windows(fronts: list[_Front], emb: ImageEmbedding, scale: float):
+    """Window centres ``(B, 2)`` (the previous masks' box centres) and one window side in
+    tokens for the fronts decoded together: ``scale`` times the largest box side, at least 16
+    tokens; 0 (the whole grid) when ``scale`` is 0."""
+    boxes = np.stack([_box_of(f.mask, 0.0) for f in fronts])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    if not scale:
+        return centres, 0
+    side = float(np.max(boxes[:, 2:] - boxes[:, :2]))
+    geometry = emb.geometry
+    h = emb.features.shape[-2]
+    token_px = geometry.img_size / h / geometry.scale  # slice pixels per token
+    return centres, max(16, int(np.ceil(scale * side / token_px)))
 
 
 def _gray(image: npt.ArrayLike) -> np.ndarray:
