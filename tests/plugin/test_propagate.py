@@ -189,3 +189,26 @@ def test_segment_everything_writes_a_new_layer_without_overlap(stack_widget, qtb
     assert new and not new & set(np.unique(first))
     auto.undo()
     assert not auto.data[3].any()
+
+
+def test_segment_everything_prompts_choice_reaches_the_engine(stack_widget, qtbot, monkeypatch):
+    import napari_sam.automatic as automatic
+
+    viewer, widget, layer, image, gt = stack_widget
+    go_to(viewer, axis0=6)
+    wait_idle(qtbot, widget, 20_000)
+    seen = []
+    real = automatic.segment_everything
+
+    def spy(*args, params=None, **kwargs):
+        seen.append(params.point_source)
+        return real(*args, params=params, **kwargs)
+
+    monkeypatch.setattr(automatic, "segment_everything", spy)
+    assert widget.auto_prompts.value == "bright blobs"  # the default
+    for choice, source in (("regular grid", "grid"), ("bright blobs", "blobs")):
+        widget.auto_prompts.value = choice
+        assert widget.segment_everything("this slice")
+        widget.tasks.wait(120)
+        assert seen[-1] == source
+    assert viewer.layers[AUTOMATIC_NAME].data[6].any()

@@ -79,6 +79,8 @@ BOXES_NAME = "SAM boxes"
 PREVIEW_NAME = "SAM preview"
 LABELS_NAME = "SAM labels"
 AUTOMATIC_NAME = "SAM automatic"
+#: "everything from" choices -> AutomaticParams.point_source
+AUTO_PROMPTS = {"bright blobs": "blobs", "regular grid": "grid"}
 POSITIVE_COLOR = "#00ff00"
 NEGATIVE_COLOR = "#ff00ff"
 PREVIEW_COLOR = "#00e5ff"
@@ -356,6 +358,14 @@ class SamWidget(Container):
         self.auto_scope = ComboBox(
             label="everything on", choices=["this slice", "all slices"], value="this slice"
         )
+        self.auto_prompts = ComboBox(
+            label="everything from",
+            choices=list(AUTO_PROMPTS),
+            value=next(iter(AUTO_PROMPTS)),
+            tooltip="Where segment everything puts its point prompts: one on each bright blob "
+                    "(fluorescent nuclei and cells: fast), or SAM's regular grid (any image, "
+                    "e.g. dark objects on a bright background: slower)",
+        )
         self.auto_button = PushButton(text="Segment everything")
         self._stack_actions = Container(
             widgets=[self.propagate_button, self.auto_button], layout="horizontal", labels=False
@@ -380,6 +390,7 @@ class SamWidget(Container):
                 self._actions,
                 self.axis_combo,
                 self.auto_scope,
+                self.auto_prompts,
                 self._stack_actions,
                 self._cache_actions,
                 self.text,
@@ -950,6 +961,9 @@ class SamWidget(Container):
             axis = plane.not_displayed[-1] if plane.not_displayed else None
         data = image_level0(image)
         embed, embedder = self._stack_embedder(image, plane, axis)
+        from ..automatic import AutomaticParams
+
+        params = AutomaticParams(point_source=AUTO_PROMPTS[self.auto_prompts.value])
         if scope == "all slices":
 
             def body(ctx):
@@ -960,6 +974,7 @@ class SamWidget(Container):
                     model,
                     volume,
                     axis=0,
+                    params=params,
                     intensity_range=embedder.intensity_range,
                     embed=embed,
                     progress=ctx.progress,
@@ -976,6 +991,7 @@ class SamWidget(Container):
                 return segment_everything(
                     model,
                     np.asarray(data[plane.indexer()]),
+                    params=params,
                     intensity_range=embedder.intensity_range,
                     embedding=emb,
                     progress=ctx.progress,
