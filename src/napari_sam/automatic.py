@@ -469,7 +469,6 @@ def _decode_crop(
         if not batch:
             break
         pts = np.asarray(batch)[:, None, :]
-        labels = np.ones((len(batch), 1), dtype=np.int64)
         low_res, iou = _decode_points(predictor, emb, pts, params.decode_window,
                                       params.pred_iou_thresh)
         low_res = low_res.flatten(0, 1)[:, None]  # (3B, 1, h, w)

@@ -59,7 +59,7 @@ STORE_FORMAT = "napari-sam-embeddings"
 #: Bumped when the store layout changes: older stores are then recreated.
 STORE_FORMAT_VERSION = 1
 #: Bumped when the image preparation (normalisation, resizing) changes what the encoder sees.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 
 _STORE_SUBDIR = "embeddings"
 _LAYOUT_NAMES = frozenset({"zarr.json", "features", "done"})

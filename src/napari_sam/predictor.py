@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .modeling import Sam
-from .preprocess import ResizeGeometry, to_rgb_uint8_range
+from .preprocess import ResizeGeometry, denoise_input, to_rgb_uint8_range
 
 __all__ = ["ImageEmbedding", "SamPredictor"]
 
@@ -166,6 +166,7 @@ class SamPredictor:
                         x, size=geometry.input_size, mode="bilinear", align_corners=False,
                         antialias=True,
                     )  # fmt: skip
+                    x, _ = denoise_input(x, getattr(self.model, "max_input_noise", None))
                     inputs.append(self.model.preprocess(x))
                     geometries.append(geometry)
                 with self._encoder_precision():

@@ -64,6 +64,9 @@ class Sam(nn.Module):
         self.register_buffer(
             "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
         )
+        #: Pixel noise above which inputs are smoothed before encoding (see
+        #: :class:`napari_sam.build.SamConfig`); None: never.
+        self.max_input_noise: float | None = None
 
     @property
     def img_size(self) -> int:
