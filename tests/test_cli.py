@@ -88,8 +88,18 @@ def test_evaluate_writes_the_documented_json(tmp_path, cli_model, capsys):
     assert len(res["miou"]) == 3 and len(res["miou_oracle"]) == 3
     assert res["n_objects"] == len(res["per_object"]) > 0
     assert res["protocol"]["prompt"] == "point" and res["protocol"]["clicks"] == 3
+    assert res["protocol"]["zoom"] == "auto"
     assert all(0.0 <= v <= 1.0 for v in res["miou"])
     assert "mIoU per click" in capsys.readouterr().out
+    # a fixed magnification, or none
+    for zoom, recorded in (("2", 2.0), ("off", 1.0)):
+        assert cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                         "--zoom", zoom, "--json", str(out)]) == 0
+        assert json.loads(out.read_text())["protocol"]["zoom"] == recorded
+    assert cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                     "--zoom", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--zoom" in err and len(err.strip().splitlines()) == 1
 
 
 def test_evaluate_classical_baseline(tmp_path, capsys):

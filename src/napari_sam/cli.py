@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--axis", type=int, default=None,
                     help="for 3D labels: evaluate each 2D slice along this axis")
     ev.add_argument("--json", help="write the results here (JSON)")
+    ev.add_argument("--zoom", default="auto",
+                    help="decode small objects in magnified crops: 'auto' (from the objects' "
+                         "size per slice), 'off', or a magnification >= 1 (default: %(default)s)")
     _add_model_args(ev)
     _cli_stack.add_evaluate_options(ev)
     _cli_stack.add_parsers(sub, _add_model_args)
@@ -260,6 +263,16 @@ def _cmd_evaluate(args) -> int:
         raise InputError("3D labels: choose the slicing axis with --axis")
     if args.json and not Path(args.json).parent.exists():
         raise InputError(f"output directory does not exist: {Path(args.json).parent}")
+    zoom: float | str = args.zoom
+    if zoom == "off":
+        zoom = 1.0
+    elif zoom != "auto":
+        try:
+            zoom = float(zoom)
+        except ValueError:
+            zoom = 0.0
+        if not zoom >= 1:
+            raise InputError(f"--zoom must be 'auto', 'off' or a number >= 1, got {args.zoom!r}")
     if args.propagate or args.automatic:
         return _cli_stack.evaluate(args, image, labels, _load_model)
     if args.model == "classical":
@@ -271,13 +284,14 @@ def _cmd_evaluate(args) -> int:
         result["model"] = "classical"
     else:
         from .evaluation import evaluate_image
-        from .predictor import SamPredictor
+        from .zoom import ZoomPredictor
 
         model = _load_model(args)
         result = evaluate_image(
-            SamPredictor(model), image, labels, prompt=args.prompt, clicks=args.clicks,
-            axis=args.axis, model_name=str(args.checkpoint or args.model),
+            ZoomPredictor(model, zoom=zoom), image, labels, prompt=args.prompt,
+            clicks=args.clicks, axis=args.axis, model_name=str(args.checkpoint or args.model),
         )
+        result["protocol"]["zoom"] = zoom
     miou = ", ".join(f"{v:.3f}" for v in result["miou"])
     print(f"{result['n_objects']} objects, mIoU per click: {miou}")
     if args.json:

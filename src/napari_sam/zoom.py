@@ -1,0 +1,294 @@
+"""Zoomed decoding: small objects segmented in a magnified crop of the slice.
+
+SAM's masks come out at a quarter of the model's input resolution (256 x 256 for the default
+model's 512 px input), so an object a few pixels across in the input is drawn with a handful of
+mask pixels, and the encoder sees it in a single patch. Microscopy at low magnification is full
+of such objects (nuclei of 4-10 px radius). :class:`ZoomPredictor` segments them the way a
+user would zoom in: the slice is cut into overlapping crops ``zoom`` times smaller than the
+slice, each embedded on its own (the model resizes the crop to its input, so the crop is seen
+``zoom`` times larger), and a prompt is decoded in the crop where it is most central.
+
+With ``zoom="auto"`` the magnification comes from the slice itself: the median radius of its
+bright objects (:func:`typical_radius`) at the model's input scale; slices whose objects are
+already large enough are decoded as a whole, exactly as by :class:`SamPredictor`.
+
+The class offers :class:`SamPredictor`'s ``set_image`` / ``predict`` / ``segment`` interface
+(masks and logits in slice coordinates; the low-resolution logits it returns are in the frame
+of the crop the prompt was decoded in, and passing them back as ``mask_input`` decodes in that
+crop again), so the evaluation protocol (:func:`napari_sam.evaluation.evaluate_image`) and
+scripts can use it in place of a :class:`SamPredictor`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from .predictor import ImageEmbedding, SamPredictor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .modeling import Sam
+
+__all__ = ["ZoomPredictor", "auto_zoom", "typical_radius"]
+
+#: Objects whose median radius at the model's input scale is below this are zoomed in on.
+SMALL_RADIUS = 10.0
+#: ... to bring them to about this radius (px at the model's input scale).
+TARGET_RADIUS = 16.0
+#: Most magnification used by ``zoom="auto"``.
+MAX_ZOOM = 4.0
+#: Fill value of the logits outside the crop a prompt was decoded in.
+OUTSIDE = -20.0
+
+
+def typical_radius(image: npt.ArrayLike,
+                   intensity_range: tuple[float, float] | None = None) -> float | None:
+    """Median radius in pixels of the bright objects of a slice, or None if it has none.
+
+    The slice is smoothed (2 px), thresholded (Li's minimum cross-entropy) and holes are
+    filled; the radius of each object is the height of a maximum of the foreground's distance
+    transform (its deepest point), so touching objects still count one by one; the median is
+    weighted by the radius.
+    """
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.filters import threshold_li
+
+    gray = np.asarray(image, dtype=np.float32)
+    if gray.ndim == 3:
+        gray = gray[..., :3].mean(axis=-1)
+    lo, hi = np.percentile(gray, (0.5, 99.5)) if intensity_range is None else intensity_range
+    gray = np.clip((np.nan_to_num(gray) - lo) / max(float(hi - lo), 1e-12), 0, 1)
+    gray = ndimage.gaussian_filter(gray, 2.0)
+    if not gray.max() > gray.min():
+        return None
+    fg = ndimage.binary_fill_holes(gray > threshold_li(gray))
+    if not fg.any() or fg.mean() > 0.9:
+        return None
+    dist = ndimage.distance_transform_edt(fg)
+    peaks = peak_local_max(dist, min_distance=2, threshold_abs=1.0, labels=fg.astype(np.int32),
+                           exclude_border=False)
+    if len(peaks) == 0:
+        return None
+    radii = np.sort(dist[peaks[:, 0], peaks[:, 1]])
+    # weighted by the radius: fragments of a textured object's foreground leave small maxima
+    # but matter less; crowded small objects stay many (an area weighting let the few merged
+    # clumps of a crowded image win)
+    weight = np.cumsum(radii)
+    return float(radii[np.searchsorted(weight, weight[-1] / 2)])
+
+
+def auto_zoom(
+    image: npt.ArrayLike,
+    img_size: int,
+    intensity_range: tuple[float, float] | None = None,
+) -> float:
+    """The magnification that brings a slice's objects to a size the model segments well.
+
+    Parameters
+    ----------
+    image : array-like, shape (H, W) or (H, W, 3)
+    img_size : int
+        The model's input side.
+    intensity_range : (float, float), optional
+
+    Returns
+    -------
+    float
+        1.0 when the objects' median radius (:func:`typical_radius`) at the model's input
+        scale is at least :data:`SMALL_RADIUS` (or there are none); otherwise
+        ``TARGET_RADIUS / radius``, at most :data:`MAX_ZOOM`.
+    """
+    r = typical_radius(image, intensity_range)
+    if r is None:
+        return 1.0
+    r *= img_size / max(np.shape(image)[:2])  # at the model's input scale
+    if r >= SMALL_RADIUS:
+        return 1.0
+    return float(min(MAX_ZOOM, TARGET_RADIUS / max(r, 1.0)))
+
+
+class ZoomPredictor:
+    """:class:`SamPredictor` that decodes prompts in magnified crops of the slice.
+
+    Parameters
+    ----------
+    model : Sam
+    zoom : float or "auto"
+        Magnification: crops are ``zoom`` times smaller than the slice's longer side (at most
+        the slice itself). 1 decodes the whole slice, like :class:`SamPredictor`. ``"auto"``:
+        :func:`auto_zoom` per slice.
+    overlap : float
+        Neighbouring crops overlap by this fraction of their side, so that an object smaller
+        than the overlap is whole in at least one crop.
+    max_crops : int
+        Crop embeddings kept in memory (least recently used dropped).
+    precision : str
+        As for :class:`SamPredictor`.
+
+    Attributes
+    ----------
+    zoom : float
+        The magnification of the current slice (after ``"auto"`` was resolved).
+    """
+
+    def __init__(self, model: Sam, zoom: float | str = "auto", *, overlap: float = 0.5,
+                 max_crops: int = 64, precision: str = "float32") -> None:
+        if not (zoom == "auto" or (isinstance(zoom, (int, float)) and zoom >= 1)):
+            raise ValueError(f"zoom must be 'auto' or a number >= 1, got {zoom!r}")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+        self.model = model
+        self.requested_zoom = zoom
+        self.overlap = float(overlap)
+        self.max_crops = int(max_crops)
+        self._predictor = SamPredictor(model, precision=precision)
+        self._image: np.ndarray | None = None
+        self._range: tuple[float, float] | None = None
+        self._crops: OrderedDict[tuple[int, int], ImageEmbedding] = OrderedDict()
+        self._last: tuple[int, int] | None = None
+        self.zoom = 1.0
+        self.crop_shape: tuple[int, int] = (0, 0)
+
+    # -- image -------------------------------------------------------------------------------
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._image is not None
+
+    def set_image(self, image: npt.ArrayLike,
+                  intensity_range: tuple[float, float] | None = None) -> None:
+        """Take a 2D slice (crops are embedded when a prompt first needs them).
+
+        Parameters
+        ----------
+        image : array-like, shape (H, W) or (H, W, 3)
+        intensity_range : (float, float), optional
+            One range for all crops (default: robust percentiles of the slice; ``uint8`` RGB is
+            used as is).
+        """
+        image = np.asarray(image)
+        if intensity_range is None and not (image.ndim == 3 and image.dtype == np.uint8):
+            from .preprocess import estimate_intensity_range
+
+            intensity_range = estimate_intensity_range(image)
+        self._image, self._range = image, intensity_range
+        self._crops.clear()
+        self._last = None
+        h, w = image.shape[:2]
+        zoom = self.requested_zoom
+        if zoom == "auto":
+            zoom = auto_zoom(image, self.model.img_size, intensity_range)
+        self.zoom = float(zoom)
+        side = max(1, int(np.ceil(max(h, w) / self.zoom)))
+        self.crop_shape = (min(h, side), min(w, side))
+        if self.crop_shape == (h, w):
+            self._predictor.set_image(image, intensity_range)
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        points: npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+        box: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
+        multimask: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[npt.NDArray, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Decode one object (see :meth:`SamPredictor.predict`).
+
+        ``mask_input`` is the ``low_res_logits`` of an earlier call for the same object (they
+        are in the frame of the crop that call used, which is used again) or a binary mask of
+        the slice. Masks and full-resolution logits are returned for the whole slice.
+        """
+        if self._image is None:
+            raise RuntimeError("no image is set: call set_image() first")
+        h, w = self._image.shape[:2]
+        if self.crop_shape == (h, w):  # no zoom: the whole slice
+            return self._predictor.predict(points, labels, box, mask_input, multimask,
+                                           return_logits)
+        pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
+        low_res = mask_input is not None and np.ndim(mask_input) == 3
+        if low_res and self._last is not None:
+            origin = self._last  # the logits are in this crop's frame
+        else:
+            origin = self._crop_for(pts, labels, bx, mask_input)
+        r0, c0 = origin
+        ch, cw = self.crop_shape
+        self._predictor.set_embedding(self._embedding(origin))
+        local_pts = None if pts is None else pts - [r0, c0]
+        local_box = None if bx is None else bx - [r0, c0, r0, c0]
+        local_mask = mask_input
+        if mask_input is not None and not low_res:
+            local_mask = np.asarray(mask_input)[r0:r0 + ch, c0:c0 + cw]
+        masks, scores, logits = self._predictor.predict(
+            local_pts, labels, local_box, local_mask, multimask, return_logits
+        )
+        self._last = origin
+        fill = OUTSIDE if return_logits else False
+        full = np.full((masks.shape[0], h, w), fill, dtype=masks.dtype)
+        full[:, r0:r0 + ch, c0:c0 + cw] = masks
+        return full, scores, logits
+
+    def segment(
+        self,
+        points: npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+        box: npt.ArrayLike | None = None,
+        mask_input: npt.ArrayLike | None = None,
+    ) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
+        """One mask: the best of three for a lone point, else the single-output mask."""
+        n = 0 if points is None else len(np.asarray(points).reshape(-1, 2))
+        multimask = n == 1 and box is None and mask_input is None
+        masks, scores, logits = self.predict(points, labels, box, mask_input, multimask)
+        k = int(np.argmax(scores)) if multimask else 0
+        return masks[k], float(scores[k]), logits[k]
+
+    # -- crops -------------------------------------------------------------------------------
+
+    def _starts(self, size: int, crop: int) -> list[int]:
+        if crop >= size:
+            return [0]
+        stride = max(1, int(crop * (1 - self.overlap)))
+        starts = list(range(0, size - crop, stride)) + [size - crop]
+        return sorted(set(starts))
+
+    def _crop_for(self, pts, labels, box, mask) -> tuple[int, int]:
+        """Origin of the crop in which the prompt's centre is most central."""
+        h, w = self._image.shape[:2]
+        if box is not None:
+            centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+        elif pts is not None and len(pts):
+            lab = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
+            pos = pts[lab == 1] if np.any(lab == 1) else pts
+            centre = pos.mean(axis=0)
+        elif mask is not None and np.asarray(mask).any():
+            rr, cc = np.nonzero(np.asarray(mask))
+            centre = np.array([rr.mean(), cc.mean()])
+        else:
+            raise ValueError("no prompt: give points, a box or a mask")
+        ch, cw = self.crop_shape
+        rows, cols = self._starts(h, ch), self._starts(w, cw)
+        r0 = min(rows, key=lambda s: abs(s + ch / 2 - centre[0]))
+        c0 = min(cols, key=lambda s: abs(s + cw / 2 - centre[1]))
+        return int(r0), int(c0)
+
+    def _embedding(self, origin: tuple[int, int]) -> ImageEmbedding:
+        emb = self._crops.get(origin)
+        if emb is None:
+            r0, c0 = origin
+            ch, cw = self.crop_shape
+            emb = self._predictor.compute_embedding(
+                self._image[r0:r0 + ch, c0:c0 + cw], self._range
+            )
+            self._crops[origin] = emb
+            while len(self._crops) > self.max_crops:
+                self._crops.popitem(last=False)
+        else:
+            self._crops.move_to_end(origin)
+        return emb
