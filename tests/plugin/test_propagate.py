@@ -100,9 +100,12 @@ def test_selected_label_is_filled_between_anchor_slices(stack_widget, qtbot):
     widget.tasks.wait(60)
     filled = np.nonzero((target.data == 4).any(axis=(1, 2)))[0]
     assert set(range(lo, hi + 1)) <= set(filled.tolist())  # every slice between the anchors
-    truth = gt == obj
-    pred = target.data == 4
-    assert (pred & truth).sum() / (pred | truth).sum() > 0.5
+    # between the anchors the object is known to continue: filled well there (beyond them the
+    # fronts follow the stopping tests; on this 96 px stack the v0.3 model follows the out-of-
+    # focus light of the object below too far: docs/propagation.md)
+    truth = (gt == obj)[lo : hi + 1]
+    pred = (target.data == 4)[lo : hi + 1]
+    assert (pred & truth).sum() / (pred | truth).sum() > 0.8
 
 
 def test_cancel_keeps_the_slices_done(stack_widget, qtbot):
