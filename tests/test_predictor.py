@@ -168,3 +168,40 @@ def test_matches_meta_predictor_in_napari_coordinates(model):
     m2, s2, _ = ref.predict(box=box_rc[[1, 0, 3, 2]], multimask_output=False)
     np.testing.assert_allclose(s1, s2, rtol=1e-4, atol=1e-4)
     assert (m1 == m2).mean() > 0.999
+
+
+def test_keep_prompted_pieces():
+    from napari_sam.predictor import keep_prompted_pieces
+
+    mask = np.zeros((40, 40), bool)
+    mask[2:10, 2:10] = True  # piece A
+    mask[20:30, 20:30] = True  # piece B
+    mask[10, 10] = True  # touches A diagonally: 8-connected to it
+    a = keep_prompted_pieces(mask, [[5, 5]], [1])
+    assert a[5, 5] and a[10, 10] and not a[25, 25]
+    both = keep_prompted_pieces(mask, [[5, 5], [25, 25]], [1, 1])
+    np.testing.assert_array_equal(both, mask)
+    # negative points select nothing; a positive point outside the mask keeps it whole
+    np.testing.assert_array_equal(keep_prompted_pieces(mask, [[35, 35]], [1]), mask)
+    only_b = keep_prompted_pieces(mask, [[25, 25], [5, 5]], [1, 0])
+    assert only_b[25, 25] and not only_b[5, 5]
+    # a box without points: the pieces overlapping it
+    boxed = keep_prompted_pieces(mask, box=[18, 18, 32, 32])
+    assert boxed[25, 25] and not boxed[5, 5]
+    np.testing.assert_array_equal(keep_prompted_pieces(mask), mask)  # nothing to go by
+
+
+def test_segment_returns_the_prompted_piece_of_the_best_mask():
+    from napari_sam import build_model
+    from napari_sam.predictor import keep_prompted_pieces
+    from napari_sam.synthetic import make_nuclei_2d
+
+    image, labels = make_nuclei_2d((128, 128), seed=5)
+    predictor = SamPredictor(build_model("default"))
+    predictor.set_image(image)
+    rr, cc = np.nonzero(labels == 1)
+    point = np.array([[rr.mean(), cc.mean()]])
+    masks, scores, _ = predictor.predict(point, np.array([1]), multimask=True)
+    mask, score, _ = predictor.segment(point, np.array([1]))
+    np.testing.assert_array_equal(mask, keep_prompted_pieces(masks[np.argmax(scores)], point))
+    assert score == pytest.approx(float(scores.max()))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from .predictor import ImageEmbedding, SamPredictor
+from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling import Sam
@@ -242,12 +242,14 @@ class ZoomPredictor:
         box: npt.ArrayLike | None = None,
         mask_input: npt.ArrayLike | None = None,
     ) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
-        """One mask: the best of three for a lone point, else the single-output mask."""
+        """One mask: the best of three for a lone point, else the single-output mask; pieces
+        the prompt did not ask for are dropped (:func:`napari_sam.predictor.keep_prompted_pieces`).
+        """
         n = 0 if points is None else len(np.asarray(points).reshape(-1, 2))
         multimask = n == 1 and box is None and mask_input is None
         masks, scores, logits = self.predict(points, labels, box, mask_input, multimask)
         k = int(np.argmax(scores)) if multimask else 0
-        return masks[k], float(scores[k]), logits[k]
+        return keep_prompted_pieces(masks[k], points, labels, box), float(scores[k]), logits[k]
 
     # -- crops -------------------------------------------------------------------------------
 
