@@ -94,3 +94,7 @@ def test_bad_settings_are_rejected(model, kwargs):
         ZoomPredictor(model, **kwargs)
     with pytest.raises(RuntimeError):
         ZoomPredictor(model).predict(np.array([[1.0, 1.0]]))
+    zoomed = ZoomPredictor(model, zoom=2)
+    zoomed.set_image(np.random.default_rng(0).random((64, 64)))
+    with pytest.raises(ValueError, match="earlier predict"):  # logits from nowhere
+        zoomed.predict(mask_input=np.zeros((1, 256, 256), np.float32))

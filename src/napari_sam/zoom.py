@@ -214,7 +214,12 @@ class ZoomPredictor:
         pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
         low_res = mask_input is not None and np.ndim(mask_input) == 3
-        if low_res and self._last is not None:
+        if low_res:
+            if self._last is None:
+                raise ValueError(
+                    "low-resolution logits as mask_input come from an earlier predict() call "
+                    "on this slice; pass a binary (H, W) mask instead"
+                )
             origin = self._last  # the logits are in this crop's frame
         else:
             origin = self._crop_for(pts, labels, bx, mask_input)
