@@ -36,3 +36,34 @@ def test_large_plane_is_decoded_in_tiles(sam, idle, tiny_model, encoder_calls, n
     ids = widget.commit()
     assert ids == [1]
     assert not [m for m in notes if "failed" in m]
+
+
+def test_small_objects_are_decoded_in_magnified_crops(sam, idle):
+    from scipy import ndimage
+
+    from napari_sam import build_model
+
+    yy, xx = np.mgrid[:512, :512]
+    gt = np.zeros((512, 512), np.int32)
+    k = 0
+    for cy in range(10, 500, 20):
+        for cx in range(10, 500, 20):
+            k += 1
+            gt[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = k
+    image = ndimage.gaussian_filter((gt > 0) * 1.0, 1.0) + np.random.default_rng(0).normal(
+        0, 0.03, gt.shape)
+    viewer, widget, layer = sam(image.astype(np.float32), model=False)
+    widget.set_model(build_model("default"), "default")
+    widget.zoom_small.value = True
+    target = gt[130, 130]
+    widget.points_layer.add([130.0, 130.0])
+    idle(widget, 60_000)
+    assert widget.preview is not None and "zoomed in" in widget.status_label.value
+    tiled = next(t for t in widget._tiled.values() if hasattr(t, "grid"))
+    assert max(tiled.grid.tile_shape) < 512  # crops smaller than the plane: magnified
+    mask, truth = widget.preview.mask, gt == target
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.5
+    # off again: the whole plane's embedding is used
+    widget.zoom_small.value = False
+    idle(widget, 60_000)
+    assert widget.predictor.embedding is not None and widget.preview is not None

@@ -186,9 +186,25 @@ def _compute_embedding(embedder, index):
         return None, None, exc
 
 
-def _tiled_predictor(cls, model, data, indexer, **kwargs):
-    """A TiledPredictor on one plane of an nD image (the plane is read into memory)."""
-    return cls(model, np.asarray(data[indexer]), **kwargs)
+def _tiled_predictor(cls, model, data, indexer, zoom=False, **kwargs):
+    """A TiledPredictor on one plane of an nD image (the plane is read into memory).
+
+    With ``zoom``, tiles are :func:`napari_sam.zoom.auto_zoom` times smaller than the plane
+    (the model sees small objects magnified), or one tile of the whole plane when its objects
+    are large enough (and the plane is not large).
+    """
+    plane = np.asarray(data[indexer])
+    if zoom:
+        from ..zoom import auto_zoom
+
+        side = max(plane.shape[:2])
+        factor = auto_zoom(plane, model.img_size, kwargs.get("intensity_range"))
+        if factor > 1:
+            kwargs["tile_shape"] = max(16, int(np.ceil(side / factor)))
+            kwargs["overlap"] = kwargs["tile_shape"] // 2
+        elif side <= max(TILE_ABOVE_INPUTS * model.img_size, TILE_ABOVE_PIXELS):
+            kwargs["tile_shape"] = side  # one tile: the whole plane
+    return cls(model, plane, **kwargs)
 
 
 def _segment_tiled(tiled, objects):
@@ -343,6 +359,13 @@ class SamWidget(Container):
             orientation="horizontal",
         )
         self.overwrite_checkbox = CheckBox(text="overwrite existing objects", value=False)
+        self.zoom_small = CheckBox(
+            text="zoom in on small objects",
+            value=False,
+            tooltip="When the slice's objects are small for the model (radius below ~10 px at "
+                    "its input), decode prompts in magnified crops of the slice (each crop "
+                    "embedded once, when a prompt first needs it)",
+        )
         self.disk_cache = CheckBox(text="keep embeddings on disk", value=True)
         self.precompute_button = PushButton(text="Precompute stack")
         self.commit_button = PushButton(text=f"Commit ({KEY_COMMIT})")
@@ -387,6 +410,7 @@ class SamWidget(Container):
                 self.mask_combo,
                 self.point_mode,
                 self.overwrite_checkbox,
+                self.zoom_small,
                 self._actions,
                 self.axis_combo,
                 self.auto_scope,
@@ -413,6 +437,7 @@ class SamWidget(Container):
         self.auto_button.changed.connect(self._on_auto_clicked)
         self.precompute_button.changed.connect(self._on_precompute_clicked)
         self.disk_cache.changed.connect(self._on_disk_cache_changed)
+        self.zoom_small.changed.connect(lambda _: self._schedule("prompts"))
         self.point_mode.changed.connect(self._on_point_mode)
         self.image_combo.changed.connect(self._on_image_changed)
         self.mask_combo.changed.connect(self._on_mask_source_changed)
@@ -1484,8 +1509,8 @@ class SamWidget(Container):
         if key in self._failed:
             self._set_status("The embedding of this slice failed (see the notification).")
             return
-        if self._is_large(plane):
-            self._decode_tiled(image, plane, key)
+        if self._is_large(plane) or self.zoom_small.value:
+            self._decode_tiled(image, plane, (*key, bool(self.zoom_small.value)))
             return
         embedding = self.cache.get(key)
         if embedding is None:
@@ -1660,16 +1685,23 @@ class SamWidget(Container):
                 self.predictor.model,
                 data,
                 indexer,
+                zoom=bool(self.zoom_small.value),
                 rgb=bool(image.rgb),
                 intensity_range=self._ranges.get(image.unique_id),
                 store="auto" if self.disk_cache.value else None,
                 model_name=self.model_name,
             )
         self._set_busy(True)
-        self._set_status(
-            f"{plane.label()} is {plane.shape[0]} x {plane.shape[1]} px: decoding in tiles "
-            "(only the tiles under the prompts are embedded, once)..."
-        )
+        if self._is_large(plane):
+            self._set_status(
+                f"{plane.label()} is {plane.shape[0]} x {plane.shape[1]} px: decoding in tiles "
+                "(only the tiles under the prompts are embedded, once)..."
+            )
+        else:
+            self._set_status(
+                f"Zooming in on small objects of {plane.label()} (the crops under the prompts "
+                "are embedded, once)..."
+            )
         worker = create_worker(
             _segment_tiled, tiled, objects, _start_thread=False, _ignore_errors=True
         )
@@ -1699,9 +1731,10 @@ class SamWidget(Container):
         if image is not self.image:
             return
         self._set_preview(image, plane, masks, scores, prompts, objects)
+        how = "decoded in tiles" if self._is_large(plane) else "zoomed in on small objects"
         self._set_status(
             f"Preview of {len(masks)} object{'s' if len(masks) > 1 else ''} on {plane.label()}"
-            f", decoded in tiles. {KEY_COMMIT}: commit, {KEY_CLEAR}: clear."
+            f", {how}. {KEY_COMMIT}: commit, {KEY_CLEAR}: clear."
         )
 
     def _drop_preview(self) -> None:
