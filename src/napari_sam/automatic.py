@@ -31,6 +31,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from .predictor import ImageEmbedding, SamPredictor
+from .preprocess import pixel_noise
 from .propagation import decode_low_res_windowed, stability_scores
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -292,11 +293,8 @@ def blob_points(
     sigmas = [min_sigma]
     while sigmas[-1] * 1.5 <= max(gray.shape) / 8:
         sigmas.append(sigmas[-1] * 1.5)
-    # pixel noise (robust: the median of the absolute second-difference filter of Immerkaer
-    # 1996, whose response to white noise of std s has std 6 s) and what unit white noise gives
-    # at each scale, so that the threshold is in noise units
-    second = ndimage.convolve(gray, np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32))
-    noise = float(np.median(np.abs(second[1:-1, 1:-1]))) / (0.6745 * 6) if gray.size else 0.0
+    # pixel noise and what unit white noise gives at each scale: the threshold is in noise units
+    noise = pixel_noise(gray)
     # scale-normalised LoG of unit white noise has std proportional to 1 / sigma (its kernel's
     # L2 norm): measured once at sigma 2, scaled to the others
     unit = np.random.default_rng(0).standard_normal((128, 128)).astype(np.float32)

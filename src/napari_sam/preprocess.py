@@ -22,6 +22,7 @@ __all__ = [
     "denoise_input",
     "estimate_intensity_range",
     "input_noise",
+    "pixel_noise",
     "to_rgb_uint8_range",
 ]
 
@@ -153,24 +154,27 @@ def to_rgb_uint8_range(
     return out
 
 
-def input_noise(x: torch.Tensor) -> float:
-    """Pixel noise of a ``(1, C, h, w)`` 0..255 image, as a fraction of 255.
+def pixel_noise(gray: npt.ArrayLike) -> float:
+    """Standard deviation of the pixel noise of a 2D image, in its own units.
 
     Immerkaer's (1996) estimate made robust: the median absolute response of the
-    second-difference filter ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (which gives white noise
-    of standard deviation ``s`` a standard deviation of ``6 s`` and cancels smooth structure),
-    on the channel mean.
+    second-difference filter ``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, which gives white noise
+    of standard deviation ``s`` a standard deviation of ``6 s`` and cancels smooth structure
+    (edges are few, so the median ignores them). 0 for images smaller than 3 x 3.
     """
-    import torch
-    import torch.nn.functional as F
+    from scipy import ndimage
 
-    gray = x[:1].float().mean(dim=1, keepdim=True)
-    if min(gray.shape[-2:]) < 3:
+    g = np.asarray(gray, dtype=np.float32)
+    if min(g.shape) < 3:
         return 0.0
-    kernel = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]],
-                          device=gray.device).view(1, 1, 3, 3)
-    second = F.conv2d(gray, kernel)
-    return float(second.abs().median()) / (0.6745 * 6.0) / 255.0
+    second = ndimage.convolve(g, np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32))
+    return float(np.median(np.abs(second[1:-1, 1:-1]))) / (0.6745 * 6.0)
+
+
+def input_noise(x: torch.Tensor) -> float:
+    """Pixel noise (:func:`pixel_noise`) of a ``(1, C, h, w)`` 0..255 image's channel mean, as
+    a fraction of 255."""
+    return pixel_noise(x[0].float().mean(dim=0).cpu().numpy()) / 255.0
 
 
 def denoise_input(x: torch.Tensor, max_noise: float | None) -> tuple[torch.Tensor, float]:
