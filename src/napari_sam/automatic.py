@@ -6,12 +6,15 @@ filtered by the predicted IoU and the stability score, duplicates are removed by
 suppression, and tiny islands and holes are cleaned up. For small objects (microscopy at low
 magnification) the image can also be processed in overlapping crops at finer scales.
 
-Two departures from the paper, both for speed on a CPU (the decoder, not the encoder, dominates
-here: a grid of 32 x 32 points is 1024 decodes):
+Departures from the paper, for speed on a CPU (the decoder, not the encoder, dominates here: a
+grid of 32 x 32 points is 1024 decodes) and for microscopy:
 
-- grid points are visited coarse to fine, and a point that falls on an object already found is
-  not decoded (``skip_covered``); filtering happens on the low-resolution logits and only the
-  survivors are upscaled;
+- by default the point prompts go on the image's bright blobs (:func:`blob_points`, one per
+  nucleus or cell, near its centre) instead of a grid (``point_source``), and each point is
+  decoded against a window of the embedding around it (``decode_window``);
+- points are visited strongest blob first (grid: coarse to fine), and a point that falls on an
+  object already found is not decoded (``skip_covered``); filtering happens on the
+  low-resolution logits and only the survivors are upscaled;
 - the output is an instance label image without overlaps: masks are painted greedily by score,
   each keeping only pixels no better mask took, and dropped if too little is left.
 
@@ -333,31 +336,38 @@ def blob_points(
 
 
 def _objects_too_small(image: np.ndarray, intensity_range, img_size: int,
-                       params: AutomaticParams) -> bool:
+                       params: AutomaticParams) -> tuple[bool, npt.NDArray[np.float64] | None]:
     """Whether blob mode should zoom in: the image is larger than the model's input and its
-    blobs' median radius there is below ``params.zoom_below_radius`` pixels."""
+    blobs' median radius there is below ``params.zoom_below_radius`` pixels.
+
+    Also returns the whole image's blob points when they were looked for (``None`` otherwise),
+    so that the whole-image layer need not look again.
+    """
     if (
         "blobs" not in params.point_source
         or params.crop_n_layers > 0
         or not params.zoom_below_radius
         or max(image.shape[:2]) <= img_size
     ):
-        return False
-    _, radius = blob_points(image, intensity_range, work_size=img_size,
-                            min_sigma=params.blob_min_sigma, threshold=params.blob_threshold,
-                            return_radius=True)
-    return radius.size > 0 and float(np.median(radius)) < params.zoom_below_radius
+        return False, None
+    points, radius = blob_points(image, intensity_range, work_size=img_size,
+                                 min_sigma=params.blob_min_sigma,
+                                 threshold=params.blob_threshold, return_radius=True)
+    return radius.size > 0 and float(np.median(radius)) < params.zoom_below_radius, points
 
 
 def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
-                   params: AutomaticParams) -> npt.NDArray[np.float64]:
-    """The point prompts ``(N, 2)`` of one crop (crop coordinates), in decoding order."""
+                   params: AutomaticParams,
+                   blobs: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
+    """The point prompts ``(N, 2)`` of one crop (crop coordinates), in decoding order;
+    ``blobs``: the crop's blob points if already found."""
     hw = crop.shape[:2]
     parts = []
     if "blobs" in params.point_source:
-        parts.append(blob_points(crop, intensity_range, work_size=img_size,
-                                 min_sigma=params.blob_min_sigma,
-                                 threshold=params.blob_threshold))
+        if blobs is None:
+            blobs = blob_points(crop, intensity_range, work_size=img_size,
+                                min_sigma=params.blob_min_sigma, threshold=params.blob_threshold)
+        parts.append(blobs)
     if "grid" in params.point_source:
         n = max(1, params.points_per_side // params.crop_n_points_downscale**layer)
         parts.append(_grid(n, hw))
@@ -554,7 +564,7 @@ def segment_everything(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> npt.NDArray[np.int32]:
-    """Segment every object of a 2D slice from a grid of point prompts.
+    """Segment every object of a 2D slice from point prompts (on its blobs, or a grid).
 
     Parameters
     ----------
@@ -601,13 +611,15 @@ def segment_everything(
         intensity_range = estimate_intensity_range(image)
     predictor = SamPredictor(model)
     crops = _crop_boxes(tuple(hw), params.crop_n_layers, params.crop_overlap)
-    if _objects_too_small(image, intensity_range, model.img_size, params):
+    zoom, whole_blobs = _objects_too_small(image, intensity_range, model.img_size, params)
+    if zoom:
         # small objects in a large image: segment it in 2 x 2 overlapping crops, each seen by
         # the model at up to twice the scale, instead of as a whole
         crops = [c for c in _crop_boxes(tuple(hw), max(1, params.crop_n_layers),
                                         params.crop_overlap) if c[0] > 0]
     points = [
-        _prompt_points(image[r0:r1, c0:c1], intensity_range, layer, model.img_size, params)
+        _prompt_points(image[r0:r1, c0:c1], intensity_range, layer, model.img_size, params,
+                       blobs=whole_blobs if layer == 0 else None)
         for layer, (r0, c0, r1, c1) in crops
     ]
     total = sum(int(np.ceil(len(p) / params.points_per_batch)) for p in points)
