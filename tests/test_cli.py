@@ -160,6 +160,9 @@ def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--images", str(tmp_path / "im"), "--labels",
                      str(tmp_path / "lab"), "--out", str(tmp_path / "m.pt")]) == 2
     assert "no label image" in capsys.readouterr().err
+    assert cli.main(["train", "--synthetic", "--stack-fraction", "2",
+                     "--out", str(tmp_path / "m.pt")]) == 2
+    assert "--stack-fraction" in capsys.readouterr().err
     tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
     monkeypatch.setitem(MODEL_CONFIGS, "tiny", tiny_config())
     code = cli.main(["train", "--images", str(tmp_path / "im"), "--labels",

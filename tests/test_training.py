@@ -116,3 +116,33 @@ def test_folder_examples_crops_planes_with_objects():
         assert img.shape == lab.shape == (32, 32) and lab.any()
     with pytest.raises(ValueError, match="no objects"):
         next(training.folder_examples([image], [np.zeros_like(labels)], crop=32))
+
+
+def test_stack_slices_keep_only_objects_well_cut_by_the_slice(monkeypatch):
+    from napari_sam import synthetic
+
+    stacks = []
+    original = synthetic.make_nuclei_3d
+
+    def recording(shape, **kwargs):
+        out = original(shape, **kwargs)
+        stacks.append(out)
+        return out
+
+    monkeypatch.setattr(synthetic, "make_nuclei_3d", recording)
+    it = training.synthetic_examples(seed=2, shape=(96, 96), stack_fraction=1.0)
+    for _ in range(3):
+        img, lab = next(it)
+        volume_img, volume_lab = stacks[-1]
+        z = next(k for k in range(len(volume_img)) if np.array_equal(volume_img[k], img))
+        assert lab.shape == img.shape == (96, 96)
+        largest = {int(o): max(int((p == o).sum()) for p in volume_lab)
+                   for o in np.unique(volume_lab)[1:]}
+        for oid, big in largest.items():
+            here = int((volume_lab[z] == oid).sum())
+            kept = bool((lab == oid).any())
+            assert kept == (here >= 0.5 * big)  # dim caps of objects are left out
+            if kept:
+                np.testing.assert_array_equal(lab == oid, volume_lab[z] == oid)
+    with pytest.raises(ValueError, match="stack_fraction"):
+        next(training.synthetic_examples(stack_fraction=1.5))

@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--axis", type=int, default=None,
                     help="for 3D labels: evaluate each 2D slice along this axis")
     ev.add_argument("--json", help="write the results here (JSON)")
-    ev.add_argument("--zoom", default="auto",
+    ev.add_argument("--zoom", default=None,
                     help="decode small objects in magnified crops: 'auto' (from the objects' "
-                         "size per slice), 'off', or a magnification >= 1 (default: %(default)s)")
+                         "size per slice), 'off', or a magnification >= 1 (default: auto for "
+                         "clicks and boxes, off for --propagate)")
     _add_model_args(ev)
     _cli_stack.add_evaluate_options(ev)
     _cli_stack.add_parsers(sub, _add_model_args)
@@ -132,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image side for training crops (default: the input size)")
     tr.add_argument("--size-range", type=int, nargs=2, metavar=("MIN", "MAX"),
                     help="synthetic images of random sides in this range (resized to the input)")
+    tr.add_argument("--stack-fraction", type=float, default=0.0,
+                    help="with --synthetic: this fraction of the images are z slices of 3D "
+                         "stacks (out-of-focus light of nuclei above and below)")
     tr.add_argument("--out", required=True, help="output weights file (.pt)")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--lr", type=float, default=4e-4)
@@ -264,6 +268,8 @@ def _cmd_evaluate(args) -> int:
     if args.json and not Path(args.json).parent.exists():
         raise InputError(f"output directory does not exist: {Path(args.json).parent}")
     zoom: float | str = args.zoom
+    if zoom is None:  # zoomed propagation was worse on held-out stacks (docs/propagation.md)
+        zoom = "off" if args.propagate else "auto"
     if zoom == "off":
         zoom = 1.0
     elif zoom != "auto":
@@ -274,6 +280,7 @@ def _cmd_evaluate(args) -> int:
         if not zoom >= 1:
             raise InputError(f"--zoom must be 'auto', 'off' or a number >= 1, got {args.zoom!r}")
     if args.propagate or args.automatic:
+        args.zoom = zoom
         return _cli_stack.evaluate(args, image, labels, _load_model)
     if args.model == "classical":
         from .baselines import evaluate_classical_interactive
@@ -345,6 +352,8 @@ def _cmd_train(args) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise InputError(f"output directory does not exist: {out.parent}")
+    if not 0.0 <= args.stack_fraction <= 1.0:
+        raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.images:
@@ -364,7 +373,8 @@ def _cmd_train(args) -> int:
     crop = args.crop or model.img_size
     if args.synthetic:
         size_range = tuple(args.size_range) if args.size_range else None
-        examples = training.synthetic_examples(args.seed, (crop, crop), size_range=size_range)
+        examples = training.synthetic_examples(args.seed, (crop, crop), size_range=size_range,
+                                               stack_fraction=args.stack_fraction)
     else:
         examples = training.folder_examples(images, labels, crop, args.seed)
     cfg = training.TrainConfig(
@@ -373,6 +383,7 @@ def _cmd_train(args) -> int:
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": model.img_size,
                "crop": crop, "size_range": args.size_range,
+               "stack_fraction": args.stack_fraction,
                "data": "synthetic" if args.synthetic else str(args.images)},
     )
     clock = {"t": time.monotonic()}

@@ -489,6 +489,7 @@ def synthetic_examples(
     shape: tuple[int, int] = (256, 256),
     held_out: bool = False,
     size_range: tuple[int, int] | None = None,
+    stack_fraction: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless synthetic 2D nuclei images with labels, each with freshly drawn settings.
 
@@ -504,16 +505,47 @@ def synthetic_examples(
         Draw ``H`` and ``W`` independently and uniformly from this range instead of ``shape``.
         SAM resizes every image's longest side to its input size, so varied image sizes teach
         the model the range of apparent object sizes it meets on users' images.
+    stack_fraction : float
+        This fraction of the images are a z slice of a 3D stack (:func:`make_nuclei_3d`, z step
+        twice the pixel size, sides at most 512 px) instead of a 2D image, so that the model
+        also learns the out-of-focus light of nuclei above and below the slice that
+        propagation meets. Objects cut at less than half of their largest cross-section are
+        left out of the slice's labels (their dim caps are not prompted).
     """
     from .synthetic import make_nuclei_2d, random_settings
 
+    if not 0.0 <= stack_fraction <= 1.0:
+        raise ValueError(f"stack_fraction must be in [0, 1], got {stack_fraction!r}")
     rng = np.random.default_rng(seed)
     while True:
         settings = random_settings(rng, held_out=held_out)
         if size_range is not None:
             shape = tuple(int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+        if stack_fraction and rng.random() < stack_fraction:
+            yield _stack_slice(rng, tuple(min(int(v), 512) for v in shape), settings)
+            continue
         image, labels = make_nuclei_2d(shape, seed=int(rng.integers(2**31)), settings=settings)
         yield image, labels
+
+
+def _stack_slice(rng: np.random.Generator, shape: tuple[int, int], settings
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One z slice of a synthetic 3D stack and the labels of the objects well cut by it."""
+    from .synthetic import make_nuclei_3d
+
+    n_z = int(rng.integers(8, 17))
+    image, labels = make_nuclei_3d((n_z, *shape), seed=int(rng.integers(2**31)),
+                                   settings=settings, z_anisotropy=2.0)
+    z = int(rng.integers(n_z))
+    plane = labels[z].copy()
+    n = int(labels.max()) + 1
+    largest = np.zeros(n, np.int64)
+    for zz in range(n_z):
+        np.maximum(largest, np.bincount(labels[zz].ravel(), minlength=n), out=largest)
+    here = np.bincount(plane.ravel(), minlength=n)
+    faint = np.flatnonzero(here < 0.5 * largest)
+    plane[np.isin(plane, faint)] = 0
+    return image[z], plane
 
 
 def folder_examples(
