@@ -66,7 +66,25 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
     assert 0 <= r["miou_3d"] <= 1 and r["n_objects"] == 2
     assert [o["id"] for o in r["per_object"]] == [1, 2]
     assert r["per_object"][0]["seed_slice"] in (2, 3)
+    assert r["protocol"]["zoom"] == 1.0  # whole slices unless --zoom is given
     assert "miou_3d" in capsys.readouterr().out
+
+
+def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, monkeypatch):
+    import napari_sam.propagation as propagation
+
+    zooms = []
+    original = propagation.propagate_in_crops
+
+    def spy(*args, zoom, **kwargs):
+        zooms.append(zoom)
+        return original(*args, zoom=zoom, **kwargs)
+
+    monkeypatch.setattr(propagation, "propagate_in_crops", spy)
+    out = tmp_path / "r.json"
+    assert cli.main(["evaluate", *volume, "--propagate", "--axis", "0", "--zoom", "2",
+                     "--json", str(out)]) == 0
+    assert zooms == [2.0] and json.loads(out.read_text())["protocol"]["zoom"] == 2.0
 
 
 @pytest.mark.parametrize(

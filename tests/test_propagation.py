@@ -6,12 +6,14 @@ import torch
 from scipy import ndimage
 
 from napari_sam import SamPredictor, build_model
+from napari_sam.zoom import ZoomPredictor
 from napari_sam.propagation import (
     Propagation,
     PropagationParams,
     Seed,
     evaluate_propagation,
     propagate,
+    propagate_in_crops,
     propagate_volume,
 )
 
@@ -282,3 +284,111 @@ def test_windowed_propagation_matches_whole_grid_propagation(scene):
                      params=PropagationParams(decode_window=0)).to_labels(N, (S, S))
     for i in (1, 2):
         assert _iou(win == i, full == i) > 0.9
+
+
+# -- propagation in magnified crops ----------------------------------------------------------
+
+
+def _recording_shapes(monkeypatch):
+    shapes = []
+    original = SamPredictor.compute_embedding
+
+    def recording(self, image, *args, **kwargs):
+        shapes.append(np.shape(image)[:2])
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "compute_embedding", recording)
+    return shapes
+
+
+def test_in_crops_without_zoom_is_plain_propagation(scene):
+    model, image, labels, embed, _ = scene
+    seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
+    plain = propagate(model, embed, N, seeds, slice_image=lambda i: image[i])
+    crops = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=1,
+                               intensity_range=(0.0, 1.0))
+    assert crops.complete and crops.stopped == plain.stopped
+    for oid in (1, 2):
+        assert crops.slices(oid) == plain.slices(oid)
+        for i, m in plain.masks[oid].items():
+            np.testing.assert_array_equal(crops.masks[oid][i], m)
+
+
+def test_in_crops_each_object_follows_its_own_crop(scene, monkeypatch):
+    model, image, labels, *_ = scene
+    shapes = _recording_shapes(monkeypatch)
+    seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
+    res = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
+                             intensity_range=(0.0, 1.0))
+    assert res.complete and shapes and set(shapes) == {(S // 2, S // 2)}
+    out = res.to_labels(N, (S, S))
+    # object 1 (centre 0.3 S) is decoded in the top-left crop, object 2 (0.7 S) bottom-right
+    assert not out[:, S // 2:, :][out[:, S // 2:, :] == 1].any()
+    assert not out[:, :S // 2, :][out[:, :S // 2, :] == 2].any()
+    zoomed = ZoomPredictor(model, zoom=2)
+    zoomed.set_image(image[5], (0.0, 1.0))
+    for oid in (1, 2):
+        assert all(m.shape == (S, S) for m in res.masks[oid].values())
+        assert set(res.stopped[oid]) == {"up", "down"}
+        # the seed is decoded as ZoomPredictor decodes it, in the same crop
+        np.testing.assert_array_equal(res.masks[oid][5], zoomed.segment(_point(oid))[0])
+
+
+def test_in_crops_an_object_larger_than_a_crop_uses_whole_slices(scene, monkeypatch):
+    model, image, labels, *_ = scene
+    shapes = _recording_shapes(monkeypatch)
+    box = np.array([10, 10, S - 10, S - 10], float)  # does not fit in a crop of S / 4
+    res = propagate_in_crops(model, lambda i: image[i], N, [Seed(1, 5, box=box)], zoom=4,
+                             intensity_range=(0.0, 1.0), params=PropagationParams(max_slices=1))
+    assert set(shapes) == {(S, S)}
+    assert res.slices(1)
+
+
+def test_in_crops_cancel_keeps_done_objects_and_names_the_rest(scene):
+    model, image, labels, *_ = scene
+    seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
+    full = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
+                              intensity_range=(0.0, 1.0))
+    seen = []
+
+    def cancelled():  # let the first crop's run finish, stop in the second one
+        return len(seen) > 0 and seen[-1][0] >= seen[-1][1] // 2 + 1
+
+    part = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
+                              intensity_range=(0.0, 1.0), cancelled=cancelled,
+                              progress=lambda d, t: seen.append((d, t)))
+    assert not part.complete
+    assert set(part.masks) == set(part.stopped) == {1, 2}
+    assert part.slices(1) == full.slices(1)  # the first crop's object is whole
+    assert "cancelled" in part.stopped[2].values()
+    assert len(part.slices(2)) < len(full.slices(2))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_in_crops_drops_negative_points_outside_the_crop(scene, monkeypatch):
+    model, image, labels, *_ = scene
+    import napari_sam.propagation as propagation
+
+    got = []
+    original = propagation.propagate
+
+    def spy(model, embed, n, seeds, **kwargs):
+        got.extend(seeds)
+        return original(model, embed, n, seeds, **kwargs)
+
+    monkeypatch.setattr(propagation, "propagate", spy)
+    pts = np.array([[C1, C1], [C2, C2], [C1 + 5, C1]])
+    propagate_in_crops(model, lambda i: image[i], N,
+                       [Seed(1, 5, points=pts, labels=np.array([1, 0, 0]))], zoom=2,
+                       intensity_range=(0.0, 1.0), params=PropagationParams(max_slices=0))
+    (local,) = got
+    np.testing.assert_allclose(local.points, [[C1, C1], [C1 + 5, C1]])  # crop at the origin
+    np.testing.assert_array_equal(local.labels, [1, 0])
+
+
+def test_in_crops_rejects_bad_zoom_and_mask_shapes(scene):
+    model, image, *_ = scene
+    with pytest.raises(ValueError, match="zoom"):
+        propagate_in_crops(model, lambda i: image[i], N, [Seed(1, 5, points=_point(1))], zoom=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        propagate_in_crops(model, lambda i: image[i], N, [Seed(1, 5, mask=np.ones((5, 5)))])

@@ -180,7 +180,7 @@ def _evaluate_propagation(args, image, labels, load_model) -> dict[str, Any]:
     if args.clicks != 1 or args.prompt != "point":
         raise InputError("--propagate uses one point per object (no --clicks / --prompt box)")
     model = load_model(args)
-    return evaluate_propagation(model, image, labels, axis=args.axis,
+    return evaluate_propagation(model, image, labels, axis=args.axis, zoom=args.zoom,
                                 model_name=str(args.checkpoint or args.model))
 
 

@@ -32,7 +32,8 @@ from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling import Sam
 
-__all__ = ["ZoomPredictor", "auto_zoom", "typical_radius"]
+__all__ = ["ZoomPredictor", "auto_zoom", "crop_origin", "prompt_centre", "typical_radius",
+           "zoomed_crop_shape"]
 
 #: Objects whose median radius at the model's input scale is below this are zoomed in on.
 SMALL_RADIUS = 10.0
@@ -111,6 +112,52 @@ def auto_zoom(
     return float(min(MAX_ZOOM, TARGET_RADIUS / max(r, 1.0)))
 
 
+def zoomed_crop_shape(shape_hw: tuple[int, int], zoom: float) -> tuple[int, int]:
+    """``(h, w)`` of the crops of a ``shape_hw`` slice magnified ``zoom`` times: squares with
+    the slice's longer side divided by ``zoom``, cut to the slice."""
+    h, w = (int(v) for v in shape_hw)
+    side = max(1, int(np.ceil(max(h, w) / float(zoom))))
+    return min(h, side), min(w, side)
+
+
+def _crop_starts(size: int, crop: int, overlap: float) -> list[int]:
+    if crop >= size:
+        return [0]
+    stride = max(1, int(crop * (1 - overlap)))
+    return sorted(set(range(0, size - crop, stride)) | {size - crop})
+
+
+def prompt_centre(points=None, labels=None, box=None, mask=None) -> npt.NDArray[np.float64]:
+    """``(row, col)`` centre of a prompt: its box's centre, else the mean of its positive
+    points (all points if none is positive), else its mask's centroid."""
+    if box is not None:
+        box = np.asarray(box, dtype=np.float64).reshape(4)
+        return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+    pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if pts is not None and len(pts):
+        lab = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
+        pos = pts[lab == 1] if np.any(lab == 1) else pts
+        return pos.mean(axis=0)
+    if mask is not None and np.asarray(mask).any():
+        rr, cc = np.nonzero(np.asarray(mask))
+        return np.array([rr.mean(), cc.mean()])
+    raise ValueError("no prompt: give points, a box or a mask")
+
+
+def crop_origin(centre: npt.ArrayLike, shape_hw: tuple[int, int], crop: tuple[int, int],
+                overlap: float = 0.5) -> tuple[int, int]:
+    """Origin ``(row0, col0)`` of the crop in which ``centre`` is most central.
+
+    Crops of shape ``crop`` tile the ``shape_hw`` slice with neighbours overlapping by
+    ``overlap`` of their side (the last crop of a row or column ends at the slice's edge).
+    """
+    (h, w), (ch, cw) = shape_hw, crop
+    centre = np.asarray(centre, dtype=np.float64).reshape(2)
+    r0 = min(_crop_starts(h, ch, overlap), key=lambda s: abs(s + ch / 2 - centre[0]))
+    c0 = min(_crop_starts(w, cw, overlap), key=lambda s: abs(s + cw / 2 - centre[1]))
+    return int(r0), int(c0)
+
+
 class ZoomPredictor:
     """:class:`SamPredictor` that decodes prompts in magnified crops of the slice.
 
@@ -183,8 +230,7 @@ class ZoomPredictor:
         if zoom == "auto":
             zoom = auto_zoom(image, self.model.img_size, intensity_range)
         self.zoom = float(zoom)
-        side = max(1, int(np.ceil(max(h, w) / self.zoom)))
-        self.crop_shape = (min(h, side), min(w, side))
+        self.crop_shape = zoomed_crop_shape((h, w), self.zoom)
         if self.crop_shape == (h, w):
             self._predictor.set_image(image, intensity_range)
 
@@ -258,32 +304,10 @@ class ZoomPredictor:
 
     # -- crops -------------------------------------------------------------------------------
 
-    def _starts(self, size: int, crop: int) -> list[int]:
-        if crop >= size:
-            return [0]
-        stride = max(1, int(crop * (1 - self.overlap)))
-        starts = list(range(0, size - crop, stride)) + [size - crop]
-        return sorted(set(starts))
-
     def _crop_for(self, pts, labels, box, mask) -> tuple[int, int]:
         """Origin of the crop in which the prompt's centre is most central."""
-        h, w = self._image.shape[:2]
-        if box is not None:
-            centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-        elif pts is not None and len(pts):
-            lab = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
-            pos = pts[lab == 1] if np.any(lab == 1) else pts
-            centre = pos.mean(axis=0)
-        elif mask is not None and np.asarray(mask).any():
-            rr, cc = np.nonzero(np.asarray(mask))
-            centre = np.array([rr.mean(), cc.mean()])
-        else:
-            raise ValueError("no prompt: give points, a box or a mask")
-        ch, cw = self.crop_shape
-        rows, cols = self._starts(h, ch), self._starts(w, cw)
-        r0 = min(rows, key=lambda s: abs(s + ch / 2 - centre[0]))
-        c0 = min(cols, key=lambda s: abs(s + cw / 2 - centre[1]))
-        return int(r0), int(c0)
+        return crop_origin(prompt_centre(pts, labels, box, mask), self._image.shape[:2],
+                           self.crop_shape, self.overlap)
 
     def _embedding(self, origin: tuple[int, int]) -> ImageEmbedding:
         emb = self._crops.get(origin)
