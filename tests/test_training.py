@@ -146,3 +146,17 @@ def test_stack_slices_keep_only_objects_well_cut_by_the_slice(monkeypatch):
                 np.testing.assert_array_equal(lab == oid, volume_lab[z] == oid)
     with pytest.raises(ValueError, match="stack_fraction"):
         next(training.synthetic_examples(stack_fraction=1.5))
+
+
+def test_log_uniform_sizes_give_more_small_images(monkeypatch):
+    from napari_sam import synthetic
+
+    monkeypatch.setattr(synthetic, "make_nuclei_2d",
+                        lambda shape, **kw: (np.zeros(shape), np.zeros(shape, np.int32)))
+    sides = {}
+    for size_log in (False, True):
+        it = training.synthetic_examples(seed=0, size_range=(80, 1024), size_log=size_log)
+        sides[size_log] = np.array([next(it)[0].shape for _ in range(400)]).ravel()
+        assert sides[size_log].min() >= 80 and sides[size_log].max() <= 1024
+    small = {k: np.mean(v < 200) for k, v in sides.items()}
+    assert small[False] < 0.2 and small[True] > 0.3  # log: (log 200 - log 80) / log 12.8 = 0.36

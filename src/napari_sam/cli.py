@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="image side for training crops (default: the input size)")
     tr.add_argument("--size-range", type=int, nargs=2, metavar=("MIN", "MAX"),
                     help="synthetic images of random sides in this range (resized to the input)")
+    tr.add_argument("--size-log", action="store_true",
+                    help="with --size-range: sides drawn log-uniformly (more small, magnified "
+                         "images)")
     tr.add_argument("--stack-fraction", type=float, default=0.0,
                     help="with --synthetic: this fraction of the images are z slices of 3D "
                          "stacks (out-of-focus light of nuclei above and below)")
@@ -374,7 +377,8 @@ def _cmd_train(args) -> int:
     if args.synthetic:
         size_range = tuple(args.size_range) if args.size_range else None
         examples = training.synthetic_examples(args.seed, (crop, crop), size_range=size_range,
-                                               stack_fraction=args.stack_fraction)
+                                               stack_fraction=args.stack_fraction,
+                                               size_log=args.size_log)
     else:
         examples = training.folder_examples(images, labels, crop, args.seed)
     cfg = training.TrainConfig(
@@ -383,7 +387,7 @@ def _cmd_train(args) -> int:
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": model.img_size,
                "crop": crop, "size_range": args.size_range,
-               "stack_fraction": args.stack_fraction,
+               "stack_fraction": args.stack_fraction, "size_log": args.size_log,
                "data": "synthetic" if args.synthetic else str(args.images)},
     )
     clock = {"t": time.monotonic()}

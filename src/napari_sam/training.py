@@ -490,6 +490,7 @@ def synthetic_examples(
     held_out: bool = False,
     size_range: tuple[int, int] | None = None,
     stack_fraction: float = 0.0,
+    size_log: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless synthetic 2D nuclei images with labels, each with freshly drawn settings.
 
@@ -511,6 +512,11 @@ def synthetic_examples(
         also learns the out-of-focus light of nuclei above and below the slice that
         propagation meets. Objects cut at less than half of their largest cross-section are
         left out of the slice's labels (their dim caps are not prompted).
+    size_log : bool
+        Draw the sides of ``size_range`` log-uniformly (as many images between 100 and 200 px
+        as between 500 and 1000 px): small images, magnified several times by the resize to
+        the model's input, are then common enough for the model to learn how objects look
+        magnified (crops a user opens, zoomed decoding).
     """
     from .synthetic import make_nuclei_2d, random_settings
 
@@ -520,7 +526,11 @@ def synthetic_examples(
     while True:
         settings = random_settings(rng, held_out=held_out)
         if size_range is not None:
-            shape = tuple(int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
+            if size_log:
+                lo, hi = np.log(size_range[0]), np.log(size_range[1] + 1)
+                shape = tuple(int(v) for v in np.exp(rng.uniform(lo, hi, 2)))
+            else:
+                shape = tuple(int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
         if stack_fraction and rng.random() < stack_fraction:
             yield _stack_slice(rng, tuple(min(int(v), 512) for v in shape), settings)
             continue
