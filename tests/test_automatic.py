@@ -262,3 +262,52 @@ def test_bad_input_is_rejected(tiny):
     emb = SamPredictor(tiny).compute_embedding(np.zeros((8, 8)))
     with pytest.raises(ValueError, match="embedding"):
         segment_everything(tiny, np.zeros((9, 9)), embedding=emb)
+
+
+def test_filter_defaults_follow_the_point_source():
+    assert (AutomaticParams().pred_iou_thresh, AutomaticParams().stability_score_thresh) == (
+        0.3, 0.75)
+    grid = AutomaticParams(point_source="grid")
+    assert (grid.pred_iou_thresh, grid.stability_score_thresh) == (0.7, 0.9)
+    given = AutomaticParams(point_source="grid", pred_iou_thresh=0.2)
+    assert (given.pred_iou_thresh, given.stability_score_thresh) == (0.2, 0.9)
+
+
+def _spotted(size, r, n_side):
+    """Discs of radius ``r`` on an ``n_side`` x ``n_side`` lattice, each with 4 bright spots."""
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size), np.float32)
+    step = size / n_side
+    for i in range(n_side):
+        for j in range(n_side):
+            cy, cx = (i + 0.5) * step, (j + 0.5) * step
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 0.4
+            if r > 6:
+                for dy, dx in ((-0.4, -0.4), (-0.4, 0.4), (0.4, -0.4), (0.4, 0.4)):
+                    sy, sx = cy + dy * r, cx + dx * r
+                    img[(yy - sy) ** 2 + (xx - sx) ** 2 <= 4] = 1.0
+    rng = np.random.default_rng(0)
+    return ndimage.gaussian_filter(img, 1.0) + rng.normal(0, 0.02, img.shape).astype(np.float32)
+
+
+def test_zooms_in_on_small_objects_not_on_textured_large_ones(default_model, monkeypatch):
+    shapes = []
+    original = SamPredictor.compute_embedding
+
+    def recording(self, image, *args, **kwargs):
+        shapes.append(np.shape(image)[:2])
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "compute_embedding", recording)
+    size = default_model.img_size
+    # large discs: their bright spots are small blobs, but the objects are large -> whole image
+    segment_everything(default_model, _spotted(2 * size, 80, 4))
+    assert shapes == [(2 * size, 2 * size)]
+    shapes.clear()
+    # small discs (radius 4 px at the model's input scale) -> 2 x 2 overlapping crops
+    segment_everything(default_model, _spotted(size, 4, 16))
+    assert len(shapes) == 4 and all(max(s) < size for s in shapes)
+    shapes.clear()
+    segment_everything(default_model, _spotted(size, 4, 16),
+                       params=AutomaticParams(zoom_below_radius=0))
+    assert shapes == [(size, size)]

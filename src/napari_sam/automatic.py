@@ -50,6 +50,11 @@ __all__ = [
 
 POINT_SOURCES = ("blobs", "grid", "blobs+grid")
 
+#: point_source -> (pred_iou_thresh, stability_score_thresh) when those are not given: blob
+#: points sit on objects, so their masks are kept more readily than the grid's, most of whose
+#: points fall on background (measured: docs/automatic.md).
+FILTER_DEFAULTS = {"blobs": (0.3, 0.75), "grid": (0.7, 0.9), "blobs+grid": (0.5, 0.9)}
+
 
 @dataclass
 class AutomaticParams:
@@ -65,11 +70,13 @@ class AutomaticParams:
         Points decoded together. Larger batches are not faster on a CPU (the decoder is
         memory-bound; 16 was 12 % faster than 64 on a 1024 x 1024 slice) and smaller ones let
         more points be skipped as covered.
-    pred_iou_thresh : float
-        Keep candidates whose predicted IoU is at least this (0.5 was best with blob points;
-        with the grid, 0.7 was: docs/automatic.md).
-    stability_score_thresh : float
-        Keep candidates whose stability score is at least this.
+    pred_iou_thresh : float or None
+        Keep candidates whose predicted IoU is at least this. None: the value measured best
+        for ``point_source`` (:data:`FILTER_DEFAULTS`: 0.3 with blob points, which sit on
+        objects, 0.7 with the grid, most of whose points do not; docs/automatic.md).
+    stability_score_thresh : float or None
+        Keep candidates whose stability score is at least this. None: 0.75 with blob points,
+        0.9 with the grid (:data:`FILTER_DEFAULTS`).
     stability_offset : float
         Logit offset of the stability score (IoU of the mask at ``+offset`` and ``-offset``).
     box_nms_thresh : float
@@ -106,10 +113,11 @@ class AutomaticParams:
         Smallest blob scale in pixels of the model's input (a nucleus of radius ``r`` responds
         most at ``r / sqrt(2)``); the largest is an eighth of the image side.
     zoom_below_radius : float
-        With blob points and no crop layers: when the image is larger than the model's input
-        and its blobs' median radius, at the model's input scale, is below this many pixels,
-        the image is segmented as 2 x 2 overlapping crops (each embedded on its own, seen up to
-        twice as large) instead of as a whole. 0 turns it off.
+        With blob points and no crop layers: when the image is at least as large as the
+        model's input and its objects' typical radius (:func:`napari_sam.zoom.typical_radius`)
+        at the model's input scale is below this many pixels, the image is segmented as 2 x 2
+        overlapping crops (each embedded on its own, seen up to twice as large) instead of as
+        a whole. 0 turns it off.
     decode_window : int
         Decode each point against only the ``decode_window`` x ``decode_window`` tokens of the
         image embedding around it (the decoder's cost is proportional to the tokens: 24 of 64
@@ -134,8 +142,8 @@ class AutomaticParams:
 
     points_per_side: int = 24
     points_per_batch: int = 16
-    pred_iou_thresh: float = 0.5
-    stability_score_thresh: float = 0.9
+    pred_iou_thresh: float | None = None
+    stability_score_thresh: float | None = None
     stability_offset: float = 1.0
     box_nms_thresh: float = 0.7
     min_area: int = 12
@@ -147,7 +155,7 @@ class AutomaticParams:
     point_source: str = "blobs"
     blob_threshold: float = 4.0
     blob_min_sigma: float = 1.5
-    zoom_below_radius: float = 8.0
+    zoom_below_radius: float = 10.0
     decode_window: int = 24
     skip_covered: bool = True
     skip_background: bool = True
@@ -155,6 +163,15 @@ class AutomaticParams:
     link_overlap: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.point_source not in POINT_SOURCES:
+            raise ValueError(
+                f"point_source must be one of {POINT_SOURCES}, got {self.point_source!r}"
+            )
+        iou, stability = FILTER_DEFAULTS[self.point_source]
+        if self.pred_iou_thresh is None:
+            self.pred_iou_thresh = iou
+        if self.stability_score_thresh is None:
+            self.stability_score_thresh = stability
         for name in ("points_per_side", "points_per_batch", "crop_n_points_downscale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -163,10 +180,6 @@ class AutomaticParams:
                      "max_area_fraction", "min_free_fraction", "link_overlap"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.point_source not in POINT_SOURCES:
-            raise ValueError(
-                f"point_source must be one of {POINT_SOURCES}, got {self.point_source!r}"
-            )
         if not self.blob_threshold > 0 or not self.blob_min_sigma > 0:
             raise ValueError("blob_threshold and blob_min_sigma must be > 0")
         if isinstance(self.decode_window, bool) or self.decode_window < 0:
@@ -238,8 +251,7 @@ def blob_points(
     min_sigma: float = 1.5,
     threshold: float = 4.0,
     min_contrast: float = 0.01,
-    return_radius: bool = False,
-) -> npt.NDArray[np.float64] | tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+) -> npt.NDArray[np.float64]:
     """Centres of bright blobs (nuclei, cells) of a 2D slice, strongest first.
 
     The slice is normalised to ``intensity_range``, downsampled so that its longer side is at
@@ -266,16 +278,11 @@ def blob_points(
     min_contrast : float
         Floor of the response unit, in normalised intensity (0..1): on a nearly noise-free image
         a blob still needs this contrast times ``threshold``.
-    return_radius : bool
-        Also return each blob's radius (``sqrt(2) * sigma`` of its strongest scale) in pixels of
-        the working size.
 
     Returns
     -------
     numpy.ndarray, shape (N, 2), float
         ``(row, col)`` in pixels of ``image2d``, by decreasing response.
-    numpy.ndarray, shape (N,), float
-        Only with ``return_radius``.
     """
     from scipy.spatial import cKDTree
     from skimage.feature import peak_local_max
@@ -320,7 +327,7 @@ def blob_points(
         best_sigma[better] = sigma
     peaks = peak_local_max(best, min_distance=1, threshold_abs=threshold, exclude_border=False)
     if len(peaks) == 0:
-        return (np.zeros((0, 2)), np.zeros(0)) if return_radius else np.zeros((0, 2))
+        return np.zeros((0, 2))
     peaks = peaks[np.argsort(-best[peaks[:, 0], peaks[:, 1]], kind="stable")]
     radius = np.sqrt(2) * best_sigma[peaks[:, 0], peaks[:, 1]]
     tree = cKDTree(peaks)
@@ -332,42 +339,39 @@ def blob_points(
     pts = (peaks[keep] + 0.5) * scale - 0.5
     h, w = np.shape(image2d)[:2]
     pts = np.clip(pts, 0, [h - 1, w - 1]).astype(np.float64)
-    return (pts, radius[keep].astype(np.float64)) if return_radius else pts
+    return pts
 
 
 def _objects_too_small(image: np.ndarray, intensity_range, img_size: int,
-                       params: AutomaticParams) -> tuple[bool, npt.NDArray[np.float64] | None]:
-    """Whether blob mode should zoom in: the image is larger than the model's input and its
-    blobs' median radius there is below ``params.zoom_below_radius`` pixels.
+                       params: AutomaticParams) -> bool:
+    """Whether blob mode should zoom in: the image is at least as large as the model's input
+    and its objects' typical radius there is below ``params.zoom_below_radius`` pixels.
 
-    Also returns the whole image's blob points when they were looked for (``None`` otherwise),
-    so that the whole-image layer need not look again.
+    (The blobs' own radii are no measure of the objects' size: textured nuclei hold several
+    small blobs each, and zooming in on large nuclei cut them into pieces.)
     """
     if (
         "blobs" not in params.point_source
         or params.crop_n_layers > 0
         or not params.zoom_below_radius
-        or max(image.shape[:2]) <= img_size
+        or max(image.shape[:2]) < img_size
     ):
-        return False, None
-    points, radius = blob_points(image, intensity_range, work_size=img_size,
-                                 min_sigma=params.blob_min_sigma,
-                                 threshold=params.blob_threshold, return_radius=True)
-    return radius.size > 0 and float(np.median(radius)) < params.zoom_below_radius, points
+        return False
+    from .zoom import typical_radius
+
+    radius = typical_radius(image, intensity_range)
+    return radius is not None and radius * img_size / max(image.shape[:2]) < params.zoom_below_radius
 
 
 def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
-                   params: AutomaticParams,
-                   blobs: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
-    """The point prompts ``(N, 2)`` of one crop (crop coordinates), in decoding order;
-    ``blobs``: the crop's blob points if already found."""
+                   params: AutomaticParams) -> npt.NDArray[np.float64]:
+    """The point prompts ``(N, 2)`` of one crop (crop coordinates), in decoding order."""
     hw = crop.shape[:2]
     parts = []
     if "blobs" in params.point_source:
-        if blobs is None:
-            blobs = blob_points(crop, intensity_range, work_size=img_size,
-                                min_sigma=params.blob_min_sigma, threshold=params.blob_threshold)
-        parts.append(blobs)
+        parts.append(blob_points(crop, intensity_range, work_size=img_size,
+                                 min_sigma=params.blob_min_sigma,
+                                 threshold=params.blob_threshold))
     if "grid" in params.point_source:
         n = max(1, params.points_per_side // params.crop_n_points_downscale**layer)
         parts.append(_grid(n, hw))
@@ -611,15 +615,13 @@ def segment_everything(
         intensity_range = estimate_intensity_range(image)
     predictor = SamPredictor(model)
     crops = _crop_boxes(tuple(hw), params.crop_n_layers, params.crop_overlap)
-    zoom, whole_blobs = _objects_too_small(image, intensity_range, model.img_size, params)
-    if zoom:
+    if _objects_too_small(image, intensity_range, model.img_size, params):
         # small objects in a large image: segment it in 2 x 2 overlapping crops, each seen by
         # the model at up to twice the scale, instead of as a whole
         crops = [c for c in _crop_boxes(tuple(hw), max(1, params.crop_n_layers),
                                         params.crop_overlap) if c[0] > 0]
     points = [
-        _prompt_points(image[r0:r1, c0:c1], intensity_range, layer, model.img_size, params,
-                       blobs=whole_blobs if layer == 0 else None)
+        _prompt_points(image[r0:r1, c0:c1], intensity_range, layer, model.img_size, params)
         for layer, (r0, c0, r1, c1) in crops
     ]
     total = sum(int(np.ceil(len(p) / params.points_per_batch)) for p in points)
