@@ -360,7 +360,9 @@ def _objects_too_small(image: np.ndarray, intensity_range, img_size: int,
     from .zoom import typical_radius
 
     radius = typical_radius(image, intensity_range)
-    return radius is not None and radius * img_size / max(image.shape[:2]) < params.zoom_below_radius
+    if radius is None:
+        return False
+    return radius * img_size / max(image.shape[:2]) < params.zoom_below_radius
 
 
 def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
