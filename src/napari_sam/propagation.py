@@ -90,9 +90,9 @@ class PropagationParams:
     prompt : tuple of {"mask", "box", "points"}
         What the previous slice's result gives the next slice: its low-resolution logits as the
         dense prompt, its bounding box (grown by ``box_margin``), and/or a positive point at its
-        deepest interior pixel. The default (mask + points, with the negative points of
-        ``negative_points``) was the best combination measured on held-out synthetic stacks,
-        tied with points alone (docs/propagation.md).
+        deepest interior pixel. The default (points, with the negative points of
+        ``negative_points``) was the best measured with the v0.4 default model on held-out
+        synthetic tuning stacks; mask + points was with earlier models (docs/propagation.md).
     box_margin : float
         The box of the previous mask grows by this fraction of its side on every side (plus one
         pixel), so that a growing object is not cut by its box.
@@ -136,7 +136,7 @@ class PropagationParams:
         edge are decoded again on the whole grid). 0 decodes on the whole grid.
     """
 
-    prompt: tuple[str, ...] = ("mask", "points")
+    prompt: tuple[str, ...] = ("points",)
     box_margin: float = 0.1
     multimask: bool | None = None
     negative_points: bool = True
