@@ -34,3 +34,20 @@ def cli_model(monkeypatch):
     model = build_sam(tiny_config())
     monkeypatch.setattr(cli, "_load_model", lambda args: model)
     return model
+
+
+@pytest.fixture
+def embedded_shapes(monkeypatch):
+    """The ``(H, W)`` of every image ``SamPredictor.compute_embedding`` embeds during the test,
+    in order (to see which crops or slices were embedded)."""
+    from napari_sam import SamPredictor
+
+    shapes = []
+    original = SamPredictor.compute_embedding
+
+    def recording(self, image, *args, **kwargs):
+        shapes.append(tuple(int(v) for v in image.shape[:2]))
+        return original(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(SamPredictor, "compute_embedding", recording)
+    return shapes

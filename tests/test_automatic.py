@@ -290,15 +290,8 @@ def _spotted(size, r, n_side):
     return ndimage.gaussian_filter(img, 1.0) + rng.normal(0, 0.02, img.shape).astype(np.float32)
 
 
-def test_zooms_in_on_small_objects_not_on_textured_large_ones(default_model, monkeypatch):
-    shapes = []
-    original = SamPredictor.compute_embedding
-
-    def recording(self, image, *args, **kwargs):
-        shapes.append(np.shape(image)[:2])
-        return original(self, image, *args, **kwargs)
-
-    monkeypatch.setattr(SamPredictor, "compute_embedding", recording)
+def test_zooms_in_on_small_objects_not_on_textured_large_ones(default_model, embedded_shapes):
+    shapes = embedded_shapes
     size = default_model.img_size
     # large discs: their bright spots are small blobs, but the objects are large -> whole image
     segment_everything(default_model, _spotted(2 * size, 80, 4))

@@ -289,18 +289,6 @@ def test_windowed_propagation_matches_whole_grid_propagation(scene):
 # -- propagation in magnified crops ----------------------------------------------------------
 
 
-def _recording_shapes(monkeypatch):
-    shapes = []
-    original = SamPredictor.compute_embedding
-
-    def recording(self, image, *args, **kwargs):
-        shapes.append(np.shape(image)[:2])
-        return original(self, image, *args, **kwargs)
-
-    monkeypatch.setattr(SamPredictor, "compute_embedding", recording)
-    return shapes
-
-
 def test_in_crops_without_zoom_is_plain_propagation(scene):
     model, image, labels, embed, _ = scene
     seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
@@ -314,9 +302,9 @@ def test_in_crops_without_zoom_is_plain_propagation(scene):
             np.testing.assert_array_equal(crops.masks[oid][i], m)
 
 
-def test_in_crops_each_object_follows_its_own_crop(scene, monkeypatch):
+def test_in_crops_each_object_follows_its_own_crop(scene, embedded_shapes):
     model, image, labels, *_ = scene
-    shapes = _recording_shapes(monkeypatch)
+    shapes = embedded_shapes
     seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
     res = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
                              intensity_range=(0.0, 1.0))
@@ -334,9 +322,9 @@ def test_in_crops_each_object_follows_its_own_crop(scene, monkeypatch):
         np.testing.assert_array_equal(res.masks[oid][5], zoomed.segment(_point(oid))[0])
 
 
-def test_in_crops_an_object_larger_than_a_crop_uses_whole_slices(scene, monkeypatch):
+def test_in_crops_an_object_larger_than_a_crop_uses_whole_slices(scene, embedded_shapes):
     model, image, labels, *_ = scene
-    shapes = _recording_shapes(monkeypatch)
+    shapes = embedded_shapes
     box = np.array([10, 10, S - 10, S - 10], float)  # does not fit in a crop of S / 4
     res = propagate_in_crops(model, lambda i: image[i], N, [Seed(1, 5, box=box)], zoom=4,
                              intensity_range=(0.0, 1.0), params=PropagationParams(max_slices=1))
