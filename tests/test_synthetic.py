@@ -11,6 +11,7 @@ from scipy import ndimage
 from skimage.measure import regionprops
 
 from napari_sam.synthetic import (
+    TRAINING_RANGES,
     SyntheticSettings,
     make_nuclei_2d,
     make_nuclei_3d,
@@ -265,3 +266,26 @@ def test_fast_enough():
         make_nuclei_2d((256, 256), seed=seed)
     # the target is < 0.1 s per image; the bound is loose for slow, shared CI machines
     assert (time.perf_counter() - start) / 3 < 0.5
+
+
+def test_training_ranges_by_version():
+    old = [random_settings(np.random.default_rng(k), ranges="v0.4") for k in range(60)]
+    new = [random_settings(np.random.default_rng(k), ranges="v0.5") for k in range(60)]
+    lim = TRAINING_RANGES["v0.4"]
+    # v0.4 reproduces the shipped model's data: every draw inside the old bounds
+    assert all(lim["radius"][0] <= s.radius_range[0] <= lim["radius"][1] for s in old)
+    assert all(lim["photons"][0] <= s.photons <= lim["photons"][1] for s in old)
+    assert all(s.psf_sigma <= lim["psf_sigma"][1] for s in old)
+    # v0.5 reaches the held-out ranges: smaller nuclei, fewer photons, more blur
+    assert any(s.radius_range[0] < 5.0 for s in new)
+    assert any(s.photons < 30.0 for s in new)
+    assert any(s.psf_sigma > 2.0 for s in new)
+    # the same draws in the same order: only the widened values differ
+    for a, b in zip(old, new):
+        assert (a.dtype, a.texture_kind, a.spot_count, a.allow_touching) == (
+            b.dtype, b.texture_kind, b.spot_count, b.allow_touching)
+    # held-out draws do not depend on the training ranges
+    assert random_settings(np.random.default_rng(5), held_out=True, ranges="v0.4") == \
+        random_settings(np.random.default_rng(5), held_out=True)
+    with pytest.raises(ValueError, match="ranges"):
+        random_settings(0, ranges="v0.3")

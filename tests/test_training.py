@@ -160,3 +160,20 @@ def test_log_uniform_sizes_give_more_small_images(monkeypatch):
         assert sides[size_log].min() >= 80 and sides[size_log].max() <= 1024
     small = {k: np.mean(v < 200) for k, v in sides.items()}
     assert small[False] < 0.2 and small[True] > 0.3  # log: (log 200 - log 80) / log 12.8 = 0.36
+
+
+def test_synthetic_examples_use_the_chosen_training_ranges(monkeypatch):
+    from napari_sam import synthetic
+
+    seen = []
+    monkeypatch.setattr(synthetic, "make_nuclei_2d", lambda shape, settings, **kw: (
+        seen.append(settings) or (np.zeros(shape), np.zeros(shape, np.int32))))
+    for ranges in ("v0.4", "v0.5"):
+        it = training.synthetic_examples(seed=0, shape=(32, 32), ranges=ranges)
+        for _ in range(40):
+            next(it)
+    old, new = seen[:40], seen[40:]
+    assert min(s.photons for s in old) >= 30.0
+    assert min(s.photons for s in new) < 30.0
+    with pytest.raises(ValueError, match="ranges"):
+        next(training.synthetic_examples(seed=0, ranges="v0.3"))

@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--size-log", action="store_true",
                     help="with --size-range: sides drawn log-uniformly (more small, magnified "
                          "images)")
+    tr.add_argument("--ranges", choices=("v0.5", "v0.4"), default="v0.5",
+                    help="with --synthetic: the generator's training ranges (v0.4: those the "
+                         "shipped default model was trained on)")
     tr.add_argument("--stack-fraction", type=float, default=0.0,
                     help="with --synthetic: this fraction of the images are z slices of 3D "
                          "stacks (out-of-focus light of nuclei above and below)")
@@ -378,7 +381,7 @@ def _cmd_train(args) -> int:
         size_range = tuple(args.size_range) if args.size_range else None
         examples = training.synthetic_examples(args.seed, (crop, crop), size_range=size_range,
                                                stack_fraction=args.stack_fraction,
-                                               size_log=args.size_log)
+                                               size_log=args.size_log, ranges=args.ranges)
     else:
         examples = training.folder_examples(images, labels, crop, args.seed)
     cfg = training.TrainConfig(
@@ -388,6 +391,7 @@ def _cmd_train(args) -> int:
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": model.img_size,
                "crop": crop, "size_range": args.size_range,
                "stack_fraction": args.stack_fraction, "size_log": args.size_log,
+               "ranges": args.ranges,
                "data": "synthetic" if args.synthetic else str(args.images)},
     )
     clock = {"t": time.monotonic()}

@@ -26,7 +26,8 @@ DAPI; added in v0.3 after the v0.2 model failed on them), nucleus radii of 3.5..
 coverage 5..55 %, 12..3000 photons per unit, PSF sigma 0.5..2.8 px, illumination gradients and
 vignetting and no fixed-pattern noise. (The ranges were widened in v0.5 to cover the held-out
 ranges, which the v0.4 model met only outside its training ranges: radius 5, 30 photons, sigma
-2.0 at the least; the generator *choices* below stay held-out only.)
+2.0 at the least; the generator *choices* below stay held-out only. ``ranges="v0.4"`` draws
+the older ranges the shipped default model was trained on.)
 ``held_out=True`` changes the generator choices, not only the ranges: a defocus PSF (a disk
 convolved with a Gaussian, as in widefield images slightly out of focus), the speckled texture
 generator (many small bright speckles and chromocenters on a smoother base), either very small dense nuclei (4..10 px) or large ones
@@ -51,6 +52,7 @@ __all__ = [
     "make_nuclei_3d",
     "make_timelapse",
     "random_settings",
+    "TRAINING_RANGES",
 ]
 
 SeedLike = int | np.random.SeedSequence | np.random.Generator | None
@@ -975,8 +977,25 @@ def _repel(centres: np.ndarray, min_dist: np.ndarray, n_iter: int = 3) -> np.nda
     return centres
 
 
-def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = False
-                    ) -> SyntheticSettings:
+#: Training ranges by version: ``(low, high)`` of each widened draw. "v0.4" trained the
+#: shipped default model (phases 4-6); "v0.5" covers the held-out ranges (see the module
+#: docstring). The draws and their order are the same, only the bounds differ.
+TRAINING_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "v0.4": dict(radius=(5.0, 20.0), coverage=(0.05, 0.3), elongation=(1.1, 2.0),
+                 irregularity=(0.0, 0.1), clustering=(0.0, 0.7), brightness_spread=(0.1, 0.6),
+                 psf_sigma=(0.5, 2.0), z_blur_factor=(2.0, 4.0), haze=(0.0, 0.3),
+                 background=(0.01, 0.15), illumination_gradient=(0.0, 0.4),
+                 vignette=(0.0, 0.3), photons=(30.0, 3000.0), read_noise=(0.002, 0.03)),
+    "v0.5": dict(radius=(3.5, 20.0), coverage=(0.05, 0.4), elongation=(1.1, 2.2),
+                 irregularity=(0.0, 0.14), clustering=(0.0, 0.9), brightness_spread=(0.1, 0.8),
+                 psf_sigma=(0.5, 2.8), z_blur_factor=(2.0, 5.0), haze=(0.0, 0.45),
+                 background=(0.01, 0.25), illumination_gradient=(0.0, 0.5),
+                 vignette=(0.0, 0.45), photons=(12.0, 3000.0), read_noise=(0.002, 0.04)),
+}
+
+
+def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = False,
+                    ranges: str = "v0.5") -> SyntheticSettings:
     """Draw :class:`SyntheticSettings` from a wide distribution.
 
     Parameters
@@ -990,11 +1009,17 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
         12..3000 photons per unit and no column noise; held-out uses a defocus PSF, speckled
         texture (bright speckles and chromocenters), very small (4..10 px) or large (20..80 px) nuclei, more irregular
         outlines, 15..60 photons per unit, column fixed-pattern noise and strong vignetting.
+    ranges : {"v0.5", "v0.4"}
+        The training ranges (:data:`TRAINING_RANGES`); "v0.4" reproduces the data the shipped
+        default model was trained on. Ignored with ``held_out``.
 
     Returns
     -------
     SyntheticSettings
     """
+    if ranges not in TRAINING_RANGES:
+        raise ValueError(f"ranges must be one of {sorted(TRAINING_RANGES)}, got {ranges!r}")
+    lim = TRAINING_RANGES[ranges]
     rng = np.random.default_rng(rng)
 
     def loguniform(lo: float, hi: float) -> float:
@@ -1002,9 +1027,9 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
 
     dtype = str(rng.choice(["uint8", "uint16", "float32"]))
     if not held_out:
-        r_lo = loguniform(3.5, 20.0)
+        r_lo = loguniform(*lim["radius"])
         r_hi = min(r_lo * rng.uniform(1.3, 2.0), 40.0)
-        cov_lo = rng.uniform(0.05, 0.4)
+        cov_lo = rng.uniform(*lim["coverage"])
         # dark nucleoli (human-cell DAPI) or bright chromocenters (mouse-cell DAPI)
         bright = bool(rng.random() < 0.5)
         spots = (int(rng.integers(0, 4)), int(rng.integers(4, 10))) if bright else (
@@ -1013,14 +1038,14 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
             coverage=(cov_lo, cov_lo + rng.uniform(0.02, 0.15)),
             radius_range=(r_lo, r_hi),
             radius_spread=rng.uniform(0.05, 0.3),
-            elongation=(1.0, rng.uniform(1.1, 2.2)),
-            irregularity=rng.uniform(0.0, 0.14),
+            elongation=(1.0, rng.uniform(*lim["elongation"])),
+            irregularity=rng.uniform(*lim["irregularity"]),
             allow_touching=bool(rng.random() < 0.75),
             max_overlap=rng.uniform(0.03, 0.25),
             min_gap=rng.uniform(1.0, 4.0),
-            clustering=rng.uniform(0.0, 0.9),
+            clustering=rng.uniform(*lim["clustering"]),
             mitotic_fraction=rng.uniform(0.0, 0.06),
-            brightness_spread=rng.uniform(0.1, 0.8),
+            brightness_spread=rng.uniform(*lim["brightness_spread"]),
             saturated_fraction=rng.uniform(0.0, 0.05),
             dome=rng.uniform(0.1, 0.8),
             texture_kind="smooth",
@@ -1030,15 +1055,15 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
             spot_size=(0.06 if bright else 0.1, rng.uniform(0.1, 0.3)),
             spot_contrast=rng.uniform(0.3, 1.2) if bright else rng.uniform(-0.6, -0.1),
             psf_kind="gaussian",
-            psf_sigma=rng.uniform(0.5, 2.8),
-            z_blur_factor=rng.uniform(2.0, 5.0),
-            haze=rng.uniform(0.0, 0.45),
-            background=rng.uniform(0.01, 0.25),
-            illumination_gradient=rng.uniform(0.0, 0.5),
-            vignette=rng.uniform(0.0, 0.45),
+            psf_sigma=rng.uniform(*lim["psf_sigma"]),
+            z_blur_factor=rng.uniform(*lim["z_blur_factor"]),
+            haze=rng.uniform(*lim["haze"]),
+            background=rng.uniform(*lim["background"]),
+            illumination_gradient=rng.uniform(*lim["illumination_gradient"]),
+            vignette=rng.uniform(*lim["vignette"]),
             depth_attenuation=rng.uniform(0.0, 0.3),
-            photons=loguniform(12.0, 3000.0),
-            read_noise=rng.uniform(0.002, 0.04),
+            photons=loguniform(*lim["photons"]),
+            read_noise=rng.uniform(*lim["read_noise"]),
             fixed_pattern_noise=0.0,
             dtype=dtype,
             axial_ratio=(rng.uniform(0.4, 0.7), rng.uniform(0.7, 1.0)),

@@ -491,6 +491,7 @@ def synthetic_examples(
     size_range: tuple[int, int] | None = None,
     stack_fraction: float = 0.0,
     size_log: bool = False,
+    ranges: str = "v0.5",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless synthetic 2D nuclei images with labels, each with freshly drawn settings.
 
@@ -517,14 +518,19 @@ def synthetic_examples(
         as between 500 and 1000 px): small images, magnified several times by the resize to
         the model's input, are then common enough for the model to learn how objects look
         magnified (crops a user opens, zoomed decoding).
+    ranges : {"v0.5", "v0.4"}
+        The generator's training ranges (:data:`napari_sam.synthetic.TRAINING_RANGES`); "v0.4"
+        reproduces the data of the shipped default model's phases 4-6.
     """
-    from .synthetic import make_nuclei_2d, random_settings
+    from .synthetic import TRAINING_RANGES, make_nuclei_2d, random_settings
 
     if not 0.0 <= stack_fraction <= 1.0:
         raise ValueError(f"stack_fraction must be in [0, 1], got {stack_fraction!r}")
+    if ranges not in TRAINING_RANGES:
+        raise ValueError(f"ranges must be one of {sorted(TRAINING_RANGES)}, got {ranges!r}")
     rng = np.random.default_rng(seed)
     while True:
-        settings = random_settings(rng, held_out=held_out)
+        settings = random_settings(rng, held_out=held_out, ranges=ranges)
         if size_range is not None:
             if size_log:
                 lo, hi = np.log(size_range[0]), np.log(size_range[1] + 1)
