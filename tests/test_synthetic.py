@@ -289,3 +289,16 @@ def test_training_ranges_by_version():
         random_settings(np.random.default_rng(5), held_out=True)
     with pytest.raises(ValueError, match="ranges"):
         random_settings(0, ranges="v0.3")
+
+
+def test_mixed_training_ranges():
+    mixed = [random_settings(np.random.default_rng(k), ranges="mixed") for k in range(80)]
+    lim = TRAINING_RANGES["v0.4"]
+    outside = [s.photons < lim["photons"][0] or s.psf_sigma > lim["psf_sigma"][1]
+               or s.radius_range[0] < lim["radius"][0] for s in mixed]
+    # some images drawn from the wide v0.5 ranges, others (about half) from v0.4's
+    assert 0 < sum(outside) < len(mixed) - 20
+    # held-out draws take no extra draw for the choice
+    for k in range(5):
+        assert random_settings(np.random.default_rng(k), held_out=True, ranges="mixed") == \
+            random_settings(np.random.default_rng(k), held_out=True)

@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--size-log", action="store_true",
                     help="with --size-range: sides drawn log-uniformly (more small, magnified "
                          "images)")
-    tr.add_argument("--ranges", choices=("v0.5", "v0.4"), default="v0.5",
+    tr.add_argument("--ranges", choices=("v0.5", "v0.4", "mixed"), default="v0.5",
                     help="with --synthetic: the generator's training ranges (v0.4: those the "
-                         "shipped default model was trained on)")
+                         "shipped default model was trained on; mixed: v0.4 or v0.5 by image)")
     tr.add_argument("--stack-fraction", type=float, default=0.0,
                     help="with --synthetic: this fraction of the images are z slices of 3D "
                          "stacks (out-of-focus light of nuclei above and below)")

@@ -1009,18 +1009,22 @@ def random_settings(rng: np.random.Generator | SeedLike, *, held_out: bool = Fal
         12..3000 photons per unit and no column noise; held-out uses a defocus PSF, speckled
         texture (bright speckles and chromocenters), very small (4..10 px) or large (20..80 px) nuclei, more irregular
         outlines, 15..60 photons per unit, column fixed-pattern noise and strong vignetting.
-    ranges : {"v0.5", "v0.4"}
+    ranges : {"v0.5", "v0.4", "mixed"}
         The training ranges (:data:`TRAINING_RANGES`); "v0.4" reproduces the data the shipped
-        default model was trained on. Ignored with ``held_out``.
+        default model was trained on; "mixed" draws each image's ranges as v0.4 or v0.5 with
+        equal probability (one more draw from ``rng``, first). Ignored with ``held_out``.
 
     Returns
     -------
     SyntheticSettings
     """
-    if ranges not in TRAINING_RANGES:
-        raise ValueError(f"ranges must be one of {sorted(TRAINING_RANGES)}, got {ranges!r}")
-    lim = TRAINING_RANGES[ranges]
+    if ranges not in (*TRAINING_RANGES, "mixed"):
+        raise ValueError(
+            f"ranges must be one of {sorted(TRAINING_RANGES) + ['mixed']}, got {ranges!r}")
     rng = np.random.default_rng(rng)
+    if ranges == "mixed":  # no draw for held-out images: their draws stay the same
+        ranges = "v0.5" if held_out or rng.random() >= 0.5 else "v0.4"
+    lim = TRAINING_RANGES[ranges]
 
     def loguniform(lo: float, hi: float) -> float:
         return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))

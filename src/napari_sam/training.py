@@ -518,9 +518,10 @@ def synthetic_examples(
         as between 500 and 1000 px): small images, magnified several times by the resize to
         the model's input, are then common enough for the model to learn how objects look
         magnified (crops a user opens, zoomed decoding).
-    ranges : {"v0.5", "v0.4"}
+    ranges : {"v0.5", "v0.4", "mixed"}
         The generator's training ranges (:data:`napari_sam.synthetic.TRAINING_RANGES`); "v0.4"
-        reproduces the data of the shipped default model's phases 4-6.
+        reproduces the data of the shipped default model's phases 4-6; "mixed" draws v0.4 or
+        v0.5 per image (:func:`napari_sam.synthetic.random_settings`).
     """
     from .synthetic import make_nuclei_2d, random_settings
 
