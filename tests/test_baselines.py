@@ -6,9 +6,12 @@ from skimage.draw import disk
 
 from napari_sam.baselines import (
     classical_instances,
+    classical_instances_3d,
     evaluate_classical_interactive,
+    evaluate_classical_propagation,
     instance_metrics,
 )
+from napari_sam.evaluation import propagation_seed_points
 from napari_sam.synthetic import make_nuclei_2d, make_nuclei_3d
 
 
@@ -172,3 +175,68 @@ def test_classical_interactive_3d_and_validation():
         evaluate_classical_interactive(image, np.zeros_like(labels), axis=0)
     with pytest.raises(ValueError, match="prompt"):
         evaluate_classical_interactive(image, labels, axis=0, prompt="text")
+
+
+# -- 3D baseline (propagation's comparison) ------------------------------------------------
+
+
+def _two_ellipsoids(shape=(16, 48, 64)):
+    """Two touching ellipsoids, twice as long in physical z as their voxel extent shows."""
+    z, y, x = np.indices(shape)
+    gt = np.zeros(shape, np.int32)
+    # spacing (2, 1, 1): a radius of 10 physical units spans 5 slices
+    for oid, cx in ((1, 20), (2, 39)):
+        gt[((z - 8) * 2.0) ** 2 + (y - 24) ** 2 + (x - cx) ** 2 <= 10.0 ** 2] = oid
+    return gt
+
+
+def test_classical_instances_3d_splits_touching_objects_with_anisotropy():
+    gt = _two_ellipsoids()
+    rng = np.random.default_rng(0)
+    image = (gt > 0) * 100.0 + rng.normal(10, 5, gt.shape)
+    pred = classical_instances_3d(image, spacing=(2.0, 1.0, 1.0))
+    assert pred.shape == gt.shape and pred.dtype == np.int32
+    for oid in (1, 2):
+        ids, counts = np.unique(pred[gt == oid], return_counts=True)
+        best = ids[np.argmax(counts)]
+        assert best > 0
+        iou = np.sum((pred == best) & (gt == oid)) / np.sum((pred == best) | (gt == oid))
+        assert iou > 0.8
+    # the two objects are two instances, not one
+    assert pred[8, 24, 14] != pred[8, 24, 45]
+    # without the spacing the watershed works in voxel units: still two here, and the
+    # result changes, which shows the spacing is used
+    assert not np.array_equal(classical_instances_3d(image), pred)
+
+
+def test_classical_instances_3d_rejects_bad_input():
+    with pytest.raises(ValueError, match="volume"):
+        classical_instances_3d(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="spacing"):
+        classical_instances_3d(np.zeros((4, 8, 8)), spacing=(1, 0, 1))
+    assert not classical_instances_3d(np.zeros((4, 8, 8))).any()
+
+
+def test_evaluate_classical_propagation_format_and_scores():
+    gt = _two_ellipsoids()
+    image = (gt > 0) * 100.0 + np.random.default_rng(1).normal(10, 5, gt.shape)
+    image[:, :, 30:] = 10.0  # object 2 made invisible: its click falls on background
+    result = evaluate_classical_propagation(image, gt, axis=0, spacing=(2.0, 1.0, 1.0))
+    json.dumps(result)
+    assert result["n_objects"] == 2
+    by_id = {o["id"]: o for o in result["per_object"]}
+    assert by_id[1]["iou_3d"] > 0.8 and by_id[2]["iou_3d"] == 0.0
+    assert by_id[2]["slices_pred"] is None
+    assert result["miou_3d"] == pytest.approx((by_id[1]["iou_3d"] + 0.0) / 2)
+    # the seeds are the propagation protocol's
+    seeds = propagation_seed_points(gt, [1, 2])
+    assert [(o["seed_slice"], tuple(o["seed_point"])) for o in result["per_object"]] == [
+        (index, tuple(point)) for _, index, point in seeds]
+    # along another axis the seeds move, the segmentation does not
+    other = evaluate_classical_propagation(image, gt, axis=2, spacing=(2.0, 1.0, 1.0))
+    assert other["protocol"]["axis"] == 2 and other["per_object"][0]["iou_3d"] == pytest.approx(
+        by_id[1]["iou_3d"])
+    with pytest.raises(ValueError, match="3D labels"):
+        evaluate_classical_propagation(image[0], gt[0], axis=None)
+    with pytest.raises(ValueError, match="no objects"):
+        evaluate_classical_propagation(image, np.zeros_like(gt), axis=0)

@@ -4,7 +4,8 @@
 threshold, distance-transform watershed to split touching nuclei).
 :func:`evaluate_classical_interactive` scores it with the same single-click protocol and result
 format as :func:`napari_sam.evaluation.evaluate_image`, so the two numbers can be put side by
-side.
+side; :func:`classical_instances_3d` and :func:`evaluate_classical_propagation` do the same in
+3D for :func:`napari_sam.propagation.evaluate_propagation`.
 :func:`instance_metrics` scores any automatic instance segmentation against ground truth with
 F1 at IoU 0.5 and the mean segmentation accuracy of the DSB 2018 / StarDist papers.
 
@@ -32,10 +33,18 @@ from .evaluation import (
     check_labels,
     farthest_point,
     ground_truth_objects,
+    propagation_seed_points,
+    score_object_3d,
     summarize,
 )
 
-__all__ = ["classical_instances", "evaluate_classical_interactive", "instance_metrics"]
+__all__ = [
+    "classical_instances",
+    "classical_instances_3d",
+    "evaluate_classical_interactive",
+    "evaluate_classical_propagation",
+    "instance_metrics",
+]
 
 #: Global thresholds :func:`classical_instances` can use.
 THRESHOLDS = {"li": threshold_li, "otsu": threshold_otsu}
@@ -105,18 +114,82 @@ def classical_instances(
         raise ValueError(f"threshold must be one of {sorted(THRESHOLDS)}, got {threshold!r}")
     gray = _to_gray(image)
     smooth = ndimage.gaussian_filter(gray, sigma) if sigma > 0 else gray
-    if dark_objects:
-        smooth = -smooth
-    out = np.zeros(gray.shape, dtype=np.int32)
+    return _threshold_watershed(-smooth if dark_objects else smooth, threshold, split_depth,
+                                min_size, (1.0, 1.0))
+
+
+def classical_instances_3d(
+    volume: npt.ArrayLike,
+    *,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    sigma: float = 1.0,
+    threshold: str = "li",
+    split_depth: float = 0.5,
+    min_size: int = 20,
+    dark_objects: bool = False,
+) -> npt.NDArray[np.int32]:
+    """:func:`classical_instances` in 3D: one threshold and one watershed for the whole stack.
+
+    The same four steps on a volume, with the voxel ``spacing`` respected: the smoothing is
+    ``sigma`` pixels of the in-plane (last) axis, as a physical length on every axis; the
+    distance transform is in physical units (``split_depth`` too, in in-plane pixels); holes
+    are filled slice by slice along the first axis and in 3D.
+
+    Parameters
+    ----------
+    volume : array-like, shape (Z, Y, X)
+        Any dtype, one channel. NaN/inf are replaced by the median.
+    spacing : (float, float, float)
+        Voxel size along (Z, Y, X), any unit (for example ``(2, 1, 1)``: z steps twice the
+        pixel size).
+    sigma, threshold, split_depth, min_size, dark_objects
+        As in :func:`classical_instances` (``min_size`` in voxels).
+
+    Returns
+    -------
+    numpy.ndarray, shape (Z, Y, X), int32
+        Instance labels 1..N, 0 is background.
+    """
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"threshold must be one of {sorted(THRESHOLDS)}, got {threshold!r}")
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"expected a volume (Z, Y, X), got shape {vol.shape}")
+    spacing_arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
+    if spacing_arr.size != 3 or not np.all(spacing_arr > 0):
+        raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
+    vol = vol.astype(np.float64)
+    finite = np.isfinite(vol)
+    if not finite.all():
+        vol = np.where(finite, vol, float(np.median(vol[finite])) if finite.any() else 0.0)
+    sigmas = sigma * spacing_arr[-1] / spacing_arr
+    smooth = ndimage.gaussian_filter(vol, sigmas) if sigma > 0 else vol
+    return _threshold_watershed(-smooth if dark_objects else smooth, threshold, split_depth,
+                                min_size, tuple(spacing_arr / spacing_arr[-1]))
+
+
+def _threshold_watershed(
+    smooth: npt.NDArray[np.float64],
+    threshold: str,
+    split_depth: float,
+    min_size: int,
+    spacing: tuple[float, ...],
+) -> npt.NDArray[np.int32]:
+    """Steps 2-4 of :func:`classical_instances` on a smoothed 2D or 3D array."""
+    out = np.zeros(smooth.shape, dtype=np.int32)
     if not smooth.max() > smooth.min():
         return out
-    foreground = ndimage.binary_fill_holes(smooth > THRESHOLDS[threshold](smooth))
+    foreground = smooth > THRESHOLDS[threshold](smooth)
+    if foreground.ndim == 3:
+        foreground = np.stack([ndimage.binary_fill_holes(p) for p in foreground])
+    foreground = ndimage.binary_fill_holes(foreground)
     components, n = ndimage.label(foreground)
     if n == 0:
         return out
-    dist = ndimage.distance_transform_edt(foreground)
+    dist = ndimage.distance_transform_edt(foreground, sampling=spacing)
     seeds = h_maxima(ndimage.gaussian_filter(dist, 1.0), split_depth).astype(bool) & foreground
-    markers, n_seeds = ndimage.label(seeds, structure=np.ones((3, 3), dtype=bool))
+    full = np.ones((3,) * smooth.ndim, dtype=bool)
+    markers, n_seeds = ndimage.label(seeds, structure=full)
     # A component without a seed (too thin to have a maximum after smoothing) is one object.
     seeded = np.zeros(n + 1, dtype=bool)
     seeded[components[seeds]] = True
@@ -339,3 +412,75 @@ def evaluate_classical_interactive(
         "oracle": "same_as_selection",
     }
     return summarize(per_object, protocol, CLASSICAL_NAME.format(threshold=threshold))
+
+
+def evaluate_classical_propagation(
+    image: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    *,
+    axis: int = 0,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    sigma: float = 1.0,
+    threshold: str = "li",
+    split_depth: float = 0.5,
+    min_size: int = 20,
+    min_area: int = 1,
+) -> dict[str, Any]:
+    """Score :func:`classical_instances_3d` with the protocol of ``evaluate_propagation``.
+
+    The stack is segmented once in 3D; each ground-truth object's seed click (the protocol's,
+    :func:`napari_sam.evaluation.propagation_seed_points`) selects the 3D instance under it (an
+    empty prediction, IoU 0, if it falls on background). The result has the format of
+    :func:`napari_sam.propagation.evaluate_propagation`, so the two can be put side by side.
+
+    Parameters
+    ----------
+    image : array-like, shape (Z, Y, X) or (Z, Y, X, 3)
+    labels : array-like of int, shape (Z, Y, X)
+    axis : int
+        The propagation axis (it decides the seed slices, not the segmentation).
+    spacing : (float, float, float)
+        Voxel size along the image's three axes.
+    sigma, threshold, split_depth, min_size
+        Passed to :func:`classical_instances_3d`.
+    min_area : int
+        Objects with fewer voxels are skipped.
+
+    Returns
+    -------
+    dict
+        ``miou_3d``, ``n_objects``, ``per_object``, ``protocol``, ``model``.
+    """
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
+    lab, axis = check_labels(labels, axis)
+    if lab.ndim != 3:
+        raise ValueError(f"propagation is evaluated on 3D labels, got shape {lab.shape}")
+    check_image_matches(image.shape, lab.shape)
+    vol = np.asarray(image)
+    if vol.ndim == 4:
+        vol = vol[..., :3].astype(np.float64).mean(axis=-1)
+    moved = np.moveaxis(lab, axis, 0)
+    ids, counts = np.unique(moved[moved > 0], return_counts=True)
+    ids = ids[counts >= min_area]
+    if ids.size == 0:
+        raise ValueError("the labels contain no objects (every voxel is 0 or below min_area)")
+    instances = np.moveaxis(
+        classical_instances_3d(vol, spacing=spacing, sigma=sigma, threshold=threshold,
+                               split_depth=split_depth, min_size=min_size), axis, 0)
+    per_object = []
+    for oid, index, point in propagation_seed_points(moved, ids):
+        hit = instances[index, point[0], point[1]]
+        pred = (instances == hit) if hit else np.zeros(moved.shape, dtype=bool)
+        per_object.append(score_object_3d(moved == oid, pred, oid, index, point))
+    return {
+        "miou_3d": float(np.mean([o["iou_3d"] for o in per_object])),
+        "n_objects": len(per_object),
+        "per_object": per_object,
+        "protocol": {
+            "seed": "the 3D classical instance under each object's protocol seed point",
+            "axis": int(axis),
+            "spacing": [float(v) for v in spacing],
+        },
+        "model": "classical 3D: " + CLASSICAL_NAME.format(threshold=threshold),
+    }

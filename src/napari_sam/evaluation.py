@@ -41,6 +41,8 @@ __all__ = [
     "ground_truth_objects",
     "mask_iou",
     "next_click",
+    "propagation_seed_points",
+    "score_object_3d",
 ]
 
 PROMPTS = ("point", "box")
@@ -535,3 +537,80 @@ def evaluate_image(
         "oracle": ORACLE,
     }
     return summarize(per_object, protocol, model_name)
+
+
+# -- propagation protocol --------------------------------------------------------------------
+
+
+def propagation_seed_points(
+    labels: npt.NDArray[np.integer], ids: npt.ArrayLike
+) -> list[tuple[int, int, tuple[int, int]]]:
+    """The one-click seeds of the propagation protocol, one per object.
+
+    For each object: the slice (along axis 0) where its area is largest, and on it the pixel of
+    its largest 2D piece farthest from the boundary (:func:`farthest_point`).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray of int, shape (Z, Y, X)
+        Ground truth with the propagation axis first.
+    ids : array-like of int
+        The objects to seed (each present in ``labels``).
+
+    Returns
+    -------
+    list of (id, slice index, (row, col))
+    """
+    windows = ndimage.find_objects(labels)
+    out = []
+    for oid in np.asarray(ids).reshape(-1):
+        window = windows[int(oid) - 1]
+        sub = labels[window] == oid
+        k = int(np.argmax(sub.sum(axis=(1, 2))))
+        plane = sub[k]
+        comp, n = ndimage.label(plane, structure=np.ones((3, 3), bool))
+        if n > 1:
+            plane = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
+        full = np.zeros(labels.shape[1:], bool)
+        full[window[1:]] = plane
+        out.append((int(oid), int(window[0].start) + k, farthest_point(full)))
+    return out
+
+
+def score_object_3d(
+    gt: npt.NDArray[np.bool_],
+    pred: npt.NDArray[np.bool_],
+    oid: int,
+    index: int,
+    point: tuple[int, int],
+) -> dict[str, Any]:
+    """One object's entry of a propagation result: 3D IoU and the slice ranges.
+
+    Parameters
+    ----------
+    gt, pred : numpy.ndarray of bool, shape (Z, Y, X)
+        The object's ground truth and prediction, propagation axis first.
+    oid, index, point
+        The object's id and its seed (slice index, ``(row, col)``).
+
+    Returns
+    -------
+    dict
+        ``id``, ``iou_3d``, ``seed_slice``, ``seed_point``, ``slices_true`` and ``slices_pred``
+        (first and last slice holding the object; None for an empty prediction).
+    """
+    inter = int(np.count_nonzero(gt & pred))
+    union = int(np.count_nonzero(gt | pred))
+
+    def extent(m: npt.NDArray[np.bool_]) -> list[int] | None:
+        z = np.flatnonzero(m.any(axis=(1, 2)))
+        return [int(z[0]), int(z[-1])] if z.size else None
+
+    return {
+        "id": int(oid),
+        "iou_3d": inter / union if union else 1.0,
+        "seed_slice": int(index),
+        "seed_point": [int(point[0]), int(point[1])],
+        "slices_true": extent(gt),
+        "slices_pred": extent(pred),
+    }

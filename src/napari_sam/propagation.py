@@ -1172,7 +1172,12 @@ def evaluate_propagation(
     """
     from dataclasses import asdict
 
-    from .evaluation import check_image_matches, check_labels, farthest_point
+    from .evaluation import (
+        check_image_matches,
+        check_labels,
+        propagation_seed_points,
+        score_object_3d,
+    )
 
     if not hasattr(image, "shape"):
         image = np.asarray(image)
@@ -1186,42 +1191,14 @@ def evaluate_propagation(
     ids = ids[counts >= min_area]
     if ids.size == 0:
         raise ValueError("the labels contain no objects (every voxel is 0 or below min_area)")
-    windows = ndimage.find_objects(moved)
-    seeds, info = [], []
-    for oid in ids:
-        window = windows[int(oid) - 1]
-        sub = moved[window] == oid
-        areas = sub.sum(axis=(1, 2))
-        k = int(np.argmax(areas))
-        plane = sub[k]
-        comp, n = ndimage.label(plane, structure=np.ones((3, 3), bool))
-        if n > 1:
-            plane = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
-        full = np.zeros(moved.shape[1:], bool)
-        full[window[1:]] = plane
-        point = farthest_point(full)
-        index = int(window[0].start) + k
-        seeds.append(Seed(int(oid), index, points=np.array([point], float), labels=np.array([1])))
-        info.append((int(oid), index, point))
+    info = propagation_seed_points(moved, ids)
+    seeds = [Seed(oid, index, points=np.array([point], float), labels=np.array([1]))
+             for oid, index, point in info]
     pred = propagate_volume(model, image, seeds, axis=axis, intensity_range=intensity_range,
                             params=params, progress=progress, zoom=zoom)
     pred_m = np.moveaxis(pred, axis, 0)
-    per_object = []
-    for oid, index, point in info:
-        gt = moved == oid
-        pr = pred_m == oid
-        inter = int(np.count_nonzero(gt & pr))
-        union = int(np.count_nonzero(gt | pr))
-        per_object.append({
-            "id": oid,
-            "iou_3d": inter / union if union else 1.0,
-            "seed_slice": index,
-            "seed_point": [int(point[0]), int(point[1])],
-            "slices_true": [int(v) for v in np.flatnonzero(gt.any(axis=(1, 2)))[[0, -1]]],
-            "slices_pred": (
-                [int(v) for v in np.flatnonzero(pr.any(axis=(1, 2)))[[0, -1]]] if pr.any() else None
-            ),
-        })
+    per_object = [score_object_3d(moved == oid, pred_m == oid, oid, index, point)
+                  for oid, index, point in info]
     p = asdict(params)
     p["prompt"] = list(params.prompt)
     return {
