@@ -226,6 +226,47 @@ def test_regrowth_after_shrinking_stops_a_front():
     assert _stop_reason(disc(10), rising, 0.9, 0.9, params) == ""  # growing toward the equator
 
 
+def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
+    from napari_sam.propagation import _near
+
+    prev = np.zeros((20, 20), bool)
+    prev[8:11, 8:11] = True
+    near = _near(np.ones((20, 20), bool), prev, 2.0)
+    dist = ndimage.distance_transform_edt(~prev)
+    assert np.array_equal(near, dist <= 2.0)
+    assert np.array_equal(_near(prev, np.zeros_like(prev), 2.0), prev)  # nothing to be near
+
+    with pytest.raises(ValueError, match="max_shift"):
+        PropagationParams(max_shift=0)
+
+    from napari_sam.propagation import _Front, _advance
+
+    model, image, labels, embed, _ = scene
+    predictor = SamPredictor(model)
+    predictor.set_embedding(embed(5))
+    yy, xx = np.mgrid[:S, :S]
+    small = (yy - C1) ** 2 + (xx - C1) ** 2 <= 4 ** 2  # far smaller than the nucleus (r 15)
+    logits = torch.from_numpy(predictor.mask_to_logits(small))
+
+    def step(params, shrunk):
+        front = _Front(1, +1, 5, N - 1, False, small, logits)
+        if shrunk:  # the front has passed its largest section
+            front.peak = 4 * front.trough
+        res = Propagation(masks={1: {}}, complete=True, scores={1: {}}, stopped={})
+        _advance(predictor, embed(6), [front], 6, PropagationParams(
+            max_growth=100.0, max_regrowth=None, max_shift=params), res)
+        return res.masks[1][6]
+
+    free = step(None, True)
+    assert free.sum() > 4 * small.sum()  # unconstrained: the whole cross-section
+    # past the widest section the new mask stays within max_shift of the previous one
+    held = step(1.5, True)
+    assert 0 < held.sum() < free.sum()
+    assert (ndimage.distance_transform_edt(~small)[held] <= 1.5).all()
+    # a front still growing towards the object's middle is not limited
+    assert np.array_equal(step(1.5, False), free)
+
+
 def test_contrast_test_stops_in_fading_light(scene):
     from napari_sam.propagation import _contrast
 
