@@ -41,6 +41,71 @@ def test_segment_stack_from_csv_and_box(tmp_path, stack, cli_model, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def _ellipsoids(n=12, size=128):
+    """Two blurred ellipsoids: object 1 on slices 1..10, object 2 on slices 3..8."""
+    from scipy import ndimage
+
+    z, y, x = np.mgrid[:n, :size, :size]
+    lab = np.zeros((n, size, size), np.int32)
+    lab[((z - 5.5) / 4.6) ** 2 + ((y - 40) / 14) ** 2 + ((x - 40) / 14) ** 2 <= 1] = 1
+    lab[((z - 5.5) / 2.6) ** 2 + ((y - 88) / 14) ** 2 + ((x - 88) / 14) ** 2 <= 1] = 2
+    rng = np.random.default_rng(0)
+    img = ndimage.gaussian_filter((lab > 0) * 1.0, (0, 1.5, 1.5)) + rng.normal(0, 0.05, lab.shape)
+    return (np.clip(img, 0, None) * 3000).astype(np.uint16), lab
+
+
+def test_segment_propagate_follows_each_object_through_the_stack(tmp_path, capsys):
+    image, truth = _ellipsoids()
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, image)
+    csv = tmp_path / "points.csv"
+    # object "a" has anchors on slices 2 and 8; the other is one point on slice 5
+    csv.write_text("axis-0,axis-1,axis-2,object\n2,40,40,a\n8,40,40,a\n5,88,88,b\n")
+    out = tmp_path / "labels.tif"
+    assert cli.main(["segment", str(path), "--points", str(csv), "--propagate", "0",
+                     "--out", str(out)]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == truth.shape
+    assert set(np.unique(labels)) == {0, 1, 2}  # two objects, anchors of "a" joined
+    for value, true_id in ((1, 1), (2, 2)):
+        pred, gt = labels == value, truth == true_id
+        assert np.count_nonzero(pred & gt) / np.count_nonzero(pred | gt) > 0.6
+        # propagated beyond the prompted planes, not to the ends of the stack
+        assert pred.any(axis=(1, 2)).sum() >= 4
+    assert not (labels == 2)[[0, 11]].any()
+    assert "propagating" in capsys.readouterr().err
+
+
+def test_segment_propagate_in_4d_runs_each_time_point(tmp_path, capsys):
+    image, truth = _ellipsoids()
+    path = tmp_path / "tzyx.tif"
+    tifffile.imwrite(path, np.stack([image, image]))
+    csv = tmp_path / "points.csv"
+    csv.write_text("axis-0,axis-1,axis-2,axis-3,object\n0,5,40,40,a\n1,5,88,88,b\n")
+    out = tmp_path / "labels.tif"
+    assert cli.main(["segment", str(path), "--points", str(csv), "--propagate", "1",
+                     "--out", str(out)]) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (2, *truth.shape)
+    # each time point holds only its own prompted object, followed along z
+    assert set(np.unique(labels[0])) == {0, 1} and set(np.unique(labels[1])) == {0, 2}
+    assert (labels[0] == 1).any(axis=(1, 2)).sum() >= 4
+
+
+def test_segment_propagate_bad_input(tmp_path, stack, cli_model, capsys):
+    out = tmp_path / "o.tif"
+    assert cli.main(["segment", str(stack), "--box", "0,0,0,5,5", "--propagate", "1",
+                     "--out", str(out)]) == 2
+    assert "leading axis" in capsys.readouterr().err
+    assert cli.main(["segment", str(stack), "--text", "nucleus", "--propagate", "0",
+                     "--out", str(out)]) == 2
+    assert "--text" in capsys.readouterr().err
+    assert cli.main(["segment", str(stack), "--box", "0,0,0,5,5", "--propagate", "0",
+                     "--max-slices", "-1", "--out", str(out)]) == 2
+    assert "max_slices" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
