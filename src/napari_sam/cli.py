@@ -261,7 +261,6 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
     except ValueError as e:
         raise InputError(str(e)) from None
     axis = args.propagate
-    nlead = len(objects[0].plane)
     ids: dict[tuple, int] = {}
     runs: dict[tuple, list] = {}  # the other leading indices -> seeds
     for k, (obj, name) in enumerate(zip(objects, names)):
@@ -276,14 +275,14 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
     for n, (rest, seeds) in enumerate(runs.items(), start=1):
         index: list = list(rest)
         index.insert(axis, slice(None))  # the sub-volume: (N, H, W) along the axis
-        sub = np.asarray(image[tuple(index[:nlead])])
+        sub = np.asarray(image[tuple(index)])
 
         def progress(done: int, of: int, n=n) -> None:
             if done == of or done % max(1, of // 10) == 0:
                 print(f"\rpropagating (run {n}/{total}): {done}/{of} slices", end="",
                       file=sys.stderr, flush=True)
 
-        labels[tuple(index[:nlead])] = propagate_volume(model, sub, seeds, axis=0,
+        labels[tuple(index)] = propagate_volume(model, sub, seeds, axis=0,
                                                         params=params, progress=progress)
     print(file=sys.stderr)
     return labels
