@@ -177,3 +177,22 @@ def test_synthetic_examples_use_the_chosen_training_ranges(monkeypatch):
     assert min(s.photons for s in new) < 30.0
     with pytest.raises(ValueError, match="ranges"):
         next(training.synthetic_examples(seed=0, ranges="v0.3"))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1])
+def test_other_outputs_weight_trains_all_three_outputs(weight):
+    torch.manual_seed(0)
+    model = build_sam(tiny_config())
+    yy, xx = np.mgrid[:64, :64]
+    mask = (yy - 30) ** 2 + (xx - 34) ** 2 <= 12 ** 2
+    pixels = torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float()
+    config = training.TrainConfig(box_probability=0.0, refine_rounds=0, maskonly_rounds=0,
+                                  focal_ramp_steps=0, other_outputs_weight=weight)
+    loss, _ = training.train_step(model, pixels, torch.from_numpy(mask)[None], config,
+                                  torch.Generator().manual_seed(0))
+    loss.backward()
+    # a lone point is ambiguous: the multimask outputs are the hypernetworks 1..3
+    trained = [any(p.grad is not None and p.grad.abs().sum() > 0 for p in mlp.parameters())
+               for mlp in model.mask_decoder.output_hypernetworks_mlps[1:]]
+    # the paper's loss trains only the best output; the extra term reaches the other two
+    assert sum(trained) == (3 if weight else 1)

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ranges", choices=("v0.5", "v0.4", "mixed"), default="v0.5",
                     help="with --synthetic: the generator's training ranges (v0.4: those the "
                          "shipped default model was trained on; mixed: v0.4 or v0.5 by image)")
+    tr.add_argument("--other-outputs-weight", type=float, default=0.0,
+                    help="one-point prompts: also train the two multimask outputs that are not "
+                         "the best, with this weight (0: the paper's best-only loss)")
     tr.add_argument("--stack-fraction", type=float, default=0.0,
                     help="with --synthetic: this fraction of the images are z slices of 3D "
                          "stacks (out-of-focus light of nuclei above and below)")
@@ -453,6 +456,7 @@ def _cmd_train(args) -> int:
         steps=args.steps, lr=args.lr, warmup_steps=args.warmup, focal_ramp_steps=args.focal_ramp,
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
+        other_outputs_weight=args.other_outputs_weight,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": model.img_size,
                "crop": crop, "size_range": args.size_range,
                "stack_fraction": args.stack_fraction, "size_log": args.size_log,

@@ -52,6 +52,10 @@ class TrainConfig:
     From random weights, the paper's 20:1 focal:dice ratio first drives every logit negative and
     training stalls there for hundreds of steps; the focal weight therefore ramps linearly from 1
     to ``focal_weight`` over ``focal_ramp_steps`` (0 disables the ramp).
+    For an ambiguous prompt only the best of the three outputs is trained, as in the paper;
+    ``other_outputs_weight`` > 0 adds that fraction of the mean loss of the other two, which
+    keeps them from dying (near-zero logits that the IoU head may still learn to pick; see
+    docs/default-model.md, phase 8).
     """
 
     steps: int = 1000
@@ -69,6 +73,7 @@ class TrainConfig:
     focal_ramp_steps: int = 300
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    other_outputs_weight: float = 0.0
     min_object_pixels: int = 4
     grad_clip: float = 1.0
     seed: int = 0
@@ -354,6 +359,10 @@ def _round(model, features, coords, labels, boxes, mask_input, use_box, target, 
     multi_best = per_mask[:, 1:].argmin(-1) + 1
     chosen = torch.where(ambiguous, multi_best, torch.zeros_like(multi_best))
     mask_term = per_mask[rows, chosen]
+    if config.other_outputs_weight:
+        others = (per_mask[:, 1:].sum(-1) - per_mask[rows, multi_best]) / 2
+        mask_term = mask_term + torch.where(
+            ambiguous, config.other_outputs_weight * others, torch.zeros_like(others))
     iou_term = torch.where(ambiguous, iou_loss[:, 1:].mean(-1), iou_loss[:, 0])
     round_loss = (mask_term + config.iou_weight * iou_term).mean()
     return round_loss, float(true_iou[rows, chosen].mean()), out_logits[rows, chosen].detach()
