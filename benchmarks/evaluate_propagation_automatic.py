@@ -37,16 +37,21 @@ from napari_sam.synthetic import make_nuclei_2d, make_nuclei_3d, random_settings
 SEED_3D, SEED_2D = 9204, 9106
 
 
+def stack_settings(rng: np.random.Generator, kind: str):
+    """Held-out generator settings of one stack: ``held-out`` (8-20 nuclei) or ``crowded``
+    (20-40, clustered and touching)."""
+    st = random_settings(rng, held_out=True)
+    if kind == "crowded":
+        return replace(st, n_objects=(20, 40), allow_touching=True, max_overlap=0.25,
+                       clustering=0.9, min_gap=0.0)
+    return replace(st, n_objects=(8, 20))
+
+
 def stacks(kind: str, n: int, shape, root: Path) -> list[tuple[Path, Path]]:
     rng = np.random.default_rng(SEED_3D + (kind == "crowded"))
     out = []
     for i in range(n):
-        st = random_settings(rng, held_out=True)
-        if kind == "crowded":
-            st = replace(st, n_objects=(20, 40), allow_touching=True, max_overlap=0.25,
-                         clustering=0.9, min_gap=0.0)
-        else:
-            st = replace(st, n_objects=(8, 20))
+        st = stack_settings(rng, kind)
         img, lab = make_nuclei_3d(shape, seed=20_000 + 100 * (kind == "crowded") + i,
                                   settings=st, z_anisotropy=2.0)
         paths = root / f"{kind}_{i}_image.tif", root / f"{kind}_{i}_labels.tif"

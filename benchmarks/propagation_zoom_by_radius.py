@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from evaluate_propagation_automatic import stack_settings  # the same held-out stack settings
 
 from napari_sam import build_model
 from napari_sam.propagation import evaluate_propagation
@@ -39,15 +40,9 @@ def tuning_stacks() -> list[tuple[str, np.ndarray, np.ndarray]]:
     for kind in ("held-out", "crowded"):
         rng = np.random.default_rng(9104 + (kind == "crowded"))
         for i in range(3):
-            st = random_settings(rng, held_out=True)
-            if kind == "crowded":
-                st = replace(st, n_objects=(20, 40), allow_touching=True, max_overlap=0.25,
-                             clustering=0.9, min_gap=0.0)
-            else:
-                st = replace(st, n_objects=(8, 20))
             data.append((kind, *make_nuclei_3d(
-                (24, 512, 512), seed=10_000 + 100 * (kind == "crowded") + i, settings=st,
-                z_anisotropy=2.0)))
+                (24, 512, 512), seed=10_000 + 100 * (kind == "crowded") + i,
+                settings=stack_settings(rng, kind), z_anisotropy=2.0)))
     return data
 
 

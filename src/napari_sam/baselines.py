@@ -33,6 +33,7 @@ from .evaluation import (
     check_labels,
     farthest_point,
     ground_truth_objects,
+    propagation_ground_truth,
     propagation_seed_points,
     score_object_3d,
     summarize,
@@ -451,20 +452,10 @@ def evaluate_classical_propagation(
     dict
         ``miou_3d``, ``n_objects``, ``per_object``, ``protocol``, ``model``.
     """
-    if not hasattr(image, "shape"):
-        image = np.asarray(image)
-    lab, axis = check_labels(labels, axis)
-    if lab.ndim != 3:
-        raise ValueError(f"propagation is evaluated on 3D labels, got shape {lab.shape}")
-    check_image_matches(image.shape, lab.shape)
     vol = np.asarray(image)
+    moved, ids, axis = propagation_ground_truth(vol.shape, labels, axis, min_area)
     if vol.ndim == 4:
         vol = vol[..., :3].astype(np.float64).mean(axis=-1)
-    moved = np.moveaxis(lab, axis, 0)
-    ids, counts = np.unique(moved[moved > 0], return_counts=True)
-    ids = ids[counts >= min_area]
-    if ids.size == 0:
-        raise ValueError("the labels contain no objects (every voxel is 0 or below min_area)")
     instances = np.moveaxis(
         classical_instances_3d(vol, spacing=spacing, sigma=sigma, threshold=threshold,
                                split_depth=split_depth, min_size=min_size), axis, 0)

@@ -41,6 +41,7 @@ __all__ = [
     "ground_truth_objects",
     "mask_iou",
     "next_click",
+    "propagation_ground_truth",
     "propagation_seed_points",
     "score_object_3d",
 ]
@@ -540,6 +541,47 @@ def evaluate_image(
 
 
 # -- propagation protocol --------------------------------------------------------------------
+
+
+def propagation_ground_truth(
+    image_shape: tuple[int, ...], labels: npt.ArrayLike, axis: int, min_area: int = 1
+) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer], int]:
+    """Check the ground truth of a propagation evaluation and list its objects.
+
+    Parameters
+    ----------
+    image_shape : tuple of int
+        ``(Z, Y, X)`` or ``(Z, Y, X, 3)``: must match the labels.
+    labels : array-like of int, shape (Z, Y, X)
+    axis : int
+        The propagation axis.
+    min_area : int
+        Objects with fewer voxels are left out.
+
+    Returns
+    -------
+    moved : numpy.ndarray, shape (N, H, W)
+        The labels with ``axis`` first.
+    ids : numpy.ndarray of int
+        The objects to score.
+    axis : int
+        Non-negative.
+
+    Raises
+    ------
+    ValueError
+        Labels that are not 3D, do not match the image or hold no object.
+    """
+    lab, axis = check_labels(labels, axis)
+    if lab.ndim != 3:
+        raise ValueError(f"propagation is evaluated on 3D labels, got shape {lab.shape}")
+    check_image_matches(tuple(image_shape), lab.shape)
+    moved = np.moveaxis(lab, axis, 0)
+    ids, counts = np.unique(moved[moved > 0], return_counts=True)
+    ids = ids[counts >= min_area]
+    if ids.size == 0:
+        raise ValueError("the labels contain no objects (every voxel is 0 or below min_area)")
+    return moved, ids, int(axis)
 
 
 def propagation_seed_points(

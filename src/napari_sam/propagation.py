@@ -1198,25 +1198,12 @@ def evaluate_propagation(
     """
     from dataclasses import asdict
 
-    from .evaluation import (
-        check_image_matches,
-        check_labels,
-        propagation_seed_points,
-        score_object_3d,
-    )
+    from .evaluation import propagation_ground_truth, propagation_seed_points, score_object_3d
 
     if not hasattr(image, "shape"):
         image = np.asarray(image)
-    lab, axis = check_labels(labels, axis)
-    if lab.ndim != 3:
-        raise ValueError(f"propagation is evaluated on 3D labels, got shape {lab.shape}")
-    check_image_matches(image.shape, lab.shape)
+    moved, ids, axis = propagation_ground_truth(image.shape, labels, axis, min_area)
     params = PropagationParams() if params is None else params
-    moved = np.moveaxis(lab, axis, 0)
-    ids, counts = np.unique(moved[moved > 0], return_counts=True)
-    ids = ids[counts >= min_area]
-    if ids.size == 0:
-        raise ValueError("the labels contain no objects (every voxel is 0 or below min_area)")
     info = propagation_seed_points(moved, ids)
     seeds = [Seed(oid, index, points=np.array([point], float), labels=np.array([1]))
              for oid, index, point in info]
