@@ -227,7 +227,7 @@ def test_regrowth_after_shrinking_stops_a_front():
 
 
 def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
-    from napari_sam.propagation import _near
+    from napari_sam.propagation import _advance, _Front, _near
 
     prev = np.zeros((20, 20), bool)
     prev[8:11, 8:11] = True
@@ -238,8 +238,6 @@ def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
 
     with pytest.raises(ValueError, match="max_shift"):
         PropagationParams(max_shift=0)
-
-    from napari_sam.propagation import _Front, _advance
 
     model, image, labels, embed, _ = scene
     predictor = SamPredictor(model)
