@@ -228,6 +228,9 @@ def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--synthetic", "--stack-fraction", "2",
                      "--out", str(tmp_path / "m.pt")]) == 2
     assert "--stack-fraction" in capsys.readouterr().err
+    assert cli.main(["train", "--synthetic", "--other-outputs-weight", "-1",
+                     "--out", str(tmp_path / "m.pt")]) == 2
+    assert "--other-outputs-weight" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's choices: usage line, exit 2
         cli.main(["train", "--synthetic", "--ranges", "v0.3", "--out", str(tmp_path / "m.pt")])
     assert exit_info.value.code == 2

@@ -428,6 +428,8 @@ def _cmd_train(args) -> int:
         raise InputError(f"output directory does not exist: {out.parent}")
     if not 0.0 <= args.stack_fraction <= 1.0:
         raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
+    if not args.other_outputs_weight >= 0:
+        raise InputError(f"--other-outputs-weight must be >= 0, got {args.other_outputs_weight}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.images:
