@@ -60,6 +60,11 @@ def _to_gray(image: npt.ArrayLike) -> npt.NDArray[np.float64]:
         arr = arr[..., :3].astype(np.float64).mean(axis=-1)
     if arr.ndim != 2:
         raise ValueError(f"expected a 2D slice (H, W) or (H, W, 3), got shape {arr.shape}")
+    return _finite(arr)
+
+
+def _finite(arr: npt.NDArray) -> npt.NDArray[np.float64]:
+    """``arr`` as float64 with NaN/inf replaced by the median of the finite values (0 if none)."""
     arr = arr.astype(np.float64)
     finite = np.isfinite(arr)
     if not finite.all():
@@ -159,10 +164,7 @@ def classical_instances_3d(
     spacing_arr = np.asarray(spacing, dtype=np.float64).reshape(-1)
     if spacing_arr.size != 3 or not np.all(spacing_arr > 0):
         raise ValueError(f"spacing must be three positive numbers, got {spacing!r}")
-    vol = vol.astype(np.float64)
-    finite = np.isfinite(vol)
-    if not finite.all():
-        vol = np.where(finite, vol, float(np.median(vol[finite])) if finite.any() else 0.0)
+    vol = _finite(vol)
     sigmas = sigma * spacing_arr[-1] / spacing_arr
     smooth = ndimage.gaussian_filter(vol, sigmas) if sigma > 0 else vol
     return _threshold_watershed(-smooth if dark_objects else smooth, threshold, split_depth,

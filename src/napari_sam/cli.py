@@ -285,8 +285,8 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
                 print(f"\rpropagating (run {n}/{total}): {done}/{of} slices", end="",
                       file=sys.stderr, flush=True)
 
-        labels[tuple(index)] = propagate_volume(model, sub, seeds, axis=0,
-                                                        params=params, progress=progress)
+        labels[tuple(index)] = propagate_volume(model, sub, seeds, axis=0, params=params,
+                                                progress=progress)
     print(file=sys.stderr)
     return labels
 
