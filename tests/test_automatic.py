@@ -10,6 +10,7 @@ from napari_sam.automatic import (
     AutomaticParams,
     _Candidate,
     _decode_points,
+    _drop_parts,
     _grid,
     _nms,
     _paint,
@@ -99,6 +100,42 @@ def test_nms_keeps_the_better_of_two_duplicates():
     c = _Candidate(30, 30, np.ones((5, 5), bool), 0.5)
     kept = _nms([a, b, c], 0.7)
     assert kept == [b, c]
+
+
+def _disc_mask(size, centre, r):
+    yy, xx = np.mgrid[:size, :size]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= r**2
+
+
+def _cand(mask, score):
+    """A candidate stored like segment_everything's: its tight box and the mask inside it."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return _Candidate(int(rows[0]), int(cols[0]),
+                      mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy(), score)
+
+
+def test_parts_of_a_convex_whole_give_way_to_it():
+    whole = _disc_mask(40, (20, 20), 15)
+    top, bottom = whole.copy(), whole.copy()
+    top[20:] = False
+    bottom[:20] = False
+    far = _disc_mask(40, (5, 35), 3)
+    cands = [_cand(whole, 0.80), _cand(top, 0.86), _cand(bottom, 0.84), _cand(far, 0.99)]
+    kept = _drop_parts(cands, 0.1)
+    assert [c.score for c in kept] == [0.80, 0.99]  # both halves dropped, the far disc kept
+    # a whole scoring further below its parts than the margin does not replace them
+    assert len(_drop_parts(cands, 0.05)) == 3  # the top half (0.86) stays, the bottom goes
+    assert _drop_parts(cands, None) == cands
+    labels = _paint(_nms(kept, 0.7), (40, 40), AutomaticParams())
+    assert len(np.unique(labels)) == 3  # background, the whole, the far disc
+    assert labels[10, 20] == labels[30, 20] != 0
+
+
+def test_two_touching_objects_are_not_taken_for_one_whole():
+    left, right = _disc_mask(60, (30, 18), 12), _disc_mask(60, (30, 42), 12)
+    pair = left | right  # touching at one point: a waist, solidity well below 0.9
+    cands = [_cand(pair, 0.9), _cand(left, 0.85), _cand(right, 0.85)]
+    assert _drop_parts(cands, 0.2) == cands
 
 
 def test_blob_points_one_point_per_blob_strongest_first():
@@ -246,7 +283,7 @@ def test_random_tiny_model_gives_valid_labels(tiny):
                                     dict(crop_overlap=1.0), dict(crop_n_layers=5),
                                     dict(min_area=-1), dict(points_per_batch=True),
                                     dict(point_source="random"), dict(blob_threshold=0),
-                                    dict(decode_window=-1)])
+                                    dict(decode_window=-1), dict(part_score_margin=-0.1)])
 def test_bad_params_are_rejected(kwargs):
     with pytest.raises(ValueError):
         AutomaticParams(**kwargs)
