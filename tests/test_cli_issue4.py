@@ -1,5 +1,6 @@
 """`napari-sam automatic` and `napari-sam evaluate --propagate / --automatic`."""
 
+import argparse
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tifffile
 
 from napari_sam import cli
+from napari_sam._cli_stack import _add_automatic_options, _automatic_params
 
 
 def _write(path, arr):
@@ -49,7 +51,8 @@ def test_automatic_stack_slices_and_axis(tmp_path, cli_model, volume):
     "extra, match",
     [([], "--axis"), (["--axis", "5"], "out of range"), (["--axis", "0", "--slices", "9:12"],
                                                          "no slice"),
-     (["--axis", "0", "--point-source", "random"], "point_source")],
+     (["--axis", "0", "--point-source", "random"], "point_source"),
+     (["--axis", "0", "--part-score-margin", "2"], "part_score_margin")],
 )
 def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, extra, match):
     out = tmp_path / "out.tif"
@@ -57,6 +60,19 @@ def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, ex
     err = capsys.readouterr().err
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_part_score_margin_option_number_or_off(capsys):
+    parser = argparse.ArgumentParser()
+    _add_automatic_options(parser)
+    assert _automatic_params(parser.parse_args([])).part_score_margin == 0.1  # the default
+    assert _automatic_params(parser.parse_args(["--part-score-margin", "0.3"])).part_score_margin \
+        == 0.3
+    assert _automatic_params(parser.parse_args(["--part-score-margin", "off"])).part_score_margin \
+        is None
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--part-score-margin", "some"])
+    assert e.value.code == 2 and "'off'" in capsys.readouterr().err
 
 
 def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):

@@ -16,6 +16,17 @@ import numpy as np
 
 from .io import InputError
 
+
+def _margin(text: str) -> float | str:
+    """``--part-score-margin``: a number, or "off" (parts are kept)."""
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
+
+
 #: AutomaticParams fields exposed as options: (field, type, help).
 _AUTOMATIC_OPTIONS = [
     ("point_source", str, "where the point prompts go: blobs, grid or blobs+grid"),
@@ -29,6 +40,8 @@ _AUTOMATIC_OPTIONS = [
     ("max_hole_area", int, "fill holes up to this many pixels"),
     ("crop_n_layers", int, "also segment 2x2 (4x4...) overlapping crops for small objects"),
     ("link_overlap", float, "stacks: overlap (of the smaller) linking masks of neighbour slices"),
+    ("part_score_margin", _margin, "drop masks that are parts of a larger convex mask scoring "
+                                   "at most this much lower; 'off' keeps parts"),
 ]
 
 
@@ -46,6 +59,8 @@ def _automatic_params(args):
         for name, _, _ in _AUTOMATIC_OPTIONS
         if getattr(args, name, None) is not None
     }
+    if kwargs.get("part_score_margin") == "off":
+        kwargs["part_score_margin"] = None
     try:
         return AutomaticParams(**kwargs)
     except ValueError as e:

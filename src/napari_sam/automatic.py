@@ -151,8 +151,8 @@ class AutomaticParams:
         area) inside a larger candidate (at least :data:`PART_GROWTH` times its area) that is
         convex (solidity :data:`WHOLE_SOLIDITY`) and scores at most this much below it is
         dropped before non-maximum suppression. Textured nuclei (bright chromocenters put
-        several blob points on one nucleus) otherwise come out in pieces. None: keep parts
-        (the paper's behaviour).
+        several blob points on one nucleus) otherwise come out in pieces (measured: held-out
+        F1@0.5 0.858 -> 0.892, docs/automatic.md). None: keep parts (the paper's behaviour).
     """
 
     points_per_side: int = 24
@@ -176,7 +176,7 @@ class AutomaticParams:
     skip_background: bool = True
     min_free_fraction: float = 0.6
     link_overlap: float = 0.5
-    part_score_margin: float | None = None
+    part_score_margin: float | None = 0.1
 
     def __post_init__(self) -> None:
         if self.point_source not in POINT_SOURCES:
