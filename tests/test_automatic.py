@@ -12,6 +12,7 @@ from napari_sam.automatic import (
     _decode_points,
     _drop_parts,
     _grid,
+    _merge_convex_pieces,
     _nms,
     _paint,
     blob_points,
@@ -136,6 +137,22 @@ def test_two_touching_objects_are_not_taken_for_one_whole():
     pair = left | right  # touching at one point: a waist, solidity well below 0.9
     cands = [_cand(pair, 0.9), _cand(left, 0.85), _cand(right, 0.85)]
     assert _drop_parts(cands, 0.2) == cands
+
+
+def test_pieces_with_a_convex_union_are_merged_touching_objects_are_not():
+    labels = np.zeros((60, 120), np.int32)
+    disc = _disc_mask(60, (30, 30), 14)
+    labels[:30, :60][disc[:30]] = 7  # one disc cut in three pieces
+    labels[30:, :60][disc[30:]] = 3
+    labels[30:, 30:60][labels[30:, 30:60] == 3] = 9
+    labels[:, 60:][_disc_mask(60, (30, 12), 11)] = 4  # two touching discs
+    labels[:, 60:][_disc_mask(60, (30, 34), 11)] = 5
+    out = _merge_convex_pieces(labels, 0.95)
+    assert len(np.unique(out[:, :60][disc])) == 1 and out[30, 30] != 0  # three pieces, one
+    assert out[30, 72] != out[30, 94] and 0 not in (out[30, 72], out[30, 94])
+    assert sorted(np.unique(out)) == [0, 1, 2, 3]  # labels stay 1..N
+    assert np.array_equal(out > 0, labels > 0)  # nothing painted or erased
+    assert np.array_equal(_merge_convex_pieces(labels, None), labels)
 
 
 def test_blob_points_one_point_per_blob_strongest_first():
@@ -283,7 +300,8 @@ def test_random_tiny_model_gives_valid_labels(tiny):
                                     dict(crop_overlap=1.0), dict(crop_n_layers=5),
                                     dict(min_area=-1), dict(points_per_batch=True),
                                     dict(point_source="random"), dict(blob_threshold=0),
-                                    dict(decode_window=-1), dict(part_score_margin=-0.1)])
+                                    dict(decode_window=-1), dict(part_score_margin=-0.1),
+                                    dict(merge_solidity=1.5)])
 def test_bad_params_are_rejected(kwargs):
     with pytest.raises(ValueError):
         AutomaticParams(**kwargs)

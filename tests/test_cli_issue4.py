@@ -52,7 +52,8 @@ def test_automatic_stack_slices_and_axis(tmp_path, cli_model, volume):
     [([], "--axis"), (["--axis", "5"], "out of range"), (["--axis", "0", "--slices", "9:12"],
                                                          "no slice"),
      (["--axis", "0", "--point-source", "random"], "point_source"),
-     (["--axis", "0", "--part-score-margin", "2"], "part_score_margin")],
+     (["--axis", "0", "--part-score-margin", "2"], "part_score_margin"),
+     (["--axis", "0", "--merge-solidity", "-1"], "merge_solidity")],
 )
 def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, extra, match):
     out = tmp_path / "out.tif"
@@ -62,14 +63,17 @@ def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, ex
     assert not out.exists()
 
 
-def test_part_score_margin_option_number_or_off(capsys):
+def test_part_and_merge_options_take_a_number_or_off(capsys):
     parser = argparse.ArgumentParser()
     _add_automatic_options(parser)
-    assert _automatic_params(parser.parse_args([])).part_score_margin == 0.1  # the default
-    assert _automatic_params(parser.parse_args(["--part-score-margin", "0.3"])).part_score_margin \
-        == 0.3
-    assert _automatic_params(parser.parse_args(["--part-score-margin", "off"])).part_score_margin \
-        is None
+    default = _automatic_params(parser.parse_args([]))
+    assert (default.part_score_margin, default.merge_solidity) == (0.1, 0.95)
+    p = _automatic_params(parser.parse_args(["--part-score-margin", "0.3",
+                                             "--merge-solidity", "off"]))
+    assert (p.part_score_margin, p.merge_solidity) == (0.3, None)
+    p = _automatic_params(parser.parse_args(["--part-score-margin", "OFF",
+                                             "--merge-solidity", "0.9"]))
+    assert (p.part_score_margin, p.merge_solidity) == (None, 0.9)
     with pytest.raises(SystemExit) as e:
         parser.parse_args(["--part-score-margin", "some"])
     assert e.value.code == 2 and "'off'" in capsys.readouterr().err

@@ -17,8 +17,8 @@ import numpy as np
 from .io import InputError
 
 
-def _margin(text: str) -> float | str:
-    """``--part-score-margin``: a number, or "off" (parts are kept)."""
+def _number_or_off(text: str) -> float | str:
+    """A number, or "off" (the step is skipped: the parameter becomes None)."""
     if text.strip().lower() == "off":
         return "off"
     try:
@@ -40,8 +40,10 @@ _AUTOMATIC_OPTIONS = [
     ("max_hole_area", int, "fill holes up to this many pixels"),
     ("crop_n_layers", int, "also segment 2x2 (4x4...) overlapping crops for small objects"),
     ("link_overlap", float, "stacks: overlap (of the smaller) linking masks of neighbour slices"),
-    ("part_score_margin", _margin, "drop masks that are parts of a larger convex mask scoring "
-                                   "at most this much lower; 'off' keeps parts"),
+    ("part_score_margin", _number_or_off, "drop masks that are parts of a larger convex mask "
+                                          "scoring at most this much lower; 'off' keeps parts"),
+    ("merge_solidity", _number_or_off, "merge touching objects whose union fills at least this "
+                                       "fraction of its convex hull; 'off' never merges"),
 ]
 
 
@@ -59,8 +61,7 @@ def _automatic_params(args):
         for name, _, _ in _AUTOMATIC_OPTIONS
         if getattr(args, name, None) is not None
     }
-    if kwargs.get("part_score_margin") == "off":
-        kwargs["part_score_margin"] = None
+    kwargs.update({name: None for name, value in kwargs.items() if value == "off"})
     try:
         return AutomaticParams(**kwargs)
     except ValueError as e:
