@@ -15,8 +15,12 @@ grid of 32 x 32 points is 1024 decodes) and for microscopy:
 - points are visited strongest blob first (grid: coarse to fine), and a point that falls on an
   object already found is not decoded (``skip_covered``); filtering happens on the
   low-resolution logits and only the survivors are upscaled;
+- a candidate that is a part of a larger, convex candidate scoring nearly as well is dropped
+  (``part_score_margin``): the blob points on the chromocenters of a textured nucleus are
+  ambiguous prompts, and their part masks often score higher than the nucleus;
 - the output is an instance label image without overlaps: masks are painted greedily by score,
-  each keeping only pixels no better mask took, and dropped if too little is left.
+  each keeping only pixels no better mask took, and dropped if too little is left; touching
+  objects whose union is convex are then merged (``merge_solidity``).
 
 Images are ``(H, W)`` or ``(H, W, 3)``; stacks ``(Z, Y, X)``. Nothing here imports Qt or napari.
 """
@@ -157,7 +161,8 @@ class AutomaticParams:
         After painting, two touching objects whose union is convex (its area at least this
         fraction of its convex hull's) are one object the model proposed only in pieces, and
         are merged (repeatedly, most convex union first). Two touching nuclei have a waist
-        where they meet (two touching discs: 0.88). None: no merging.
+        where they meet (two touching discs: 0.88). Measured with the part rule: held-out
+        F1@0.5 0.892 -> 0.8996 (docs/automatic.md). None: no merging.
     """
 
     points_per_side: int = 24
