@@ -32,6 +32,10 @@ VARIANTS = {
     "part 0.1, merge 0.95": dict(part_score_margin=0.1, merge_solidity=0.95),
     "part 0.1, merge 0.93": dict(part_score_margin=0.1, merge_solidity=0.93),
     "part 0.1, merge 0.9": dict(part_score_margin=0.1, merge_solidity=0.9),
+    # with both rules, the blob points' stability filter (0.75, unchanged: docs/automatic.md)
+    **{f"part 0.1, merge 0.95, stability {s}": dict(part_score_margin=0.1, merge_solidity=0.95,
+                                                    stability_score_thresh=s)
+       for s in (0.55, 0.6, 0.65, 0.7)},
 }
 
 
