@@ -30,19 +30,24 @@ SETS = (("held", 31337, True, 6, 40_000), ("train", 31338, False, 4, 40_000),
         ("heldB", 31339, True, 6, 42_000))
 
 
-def tuning_images(root: Path) -> list[tuple[str, Path, Path]]:
+def tuning_set(root: Path, name: str, seed: int, held_out: bool, n: int,
+               base: int) -> list[tuple[str, Path, Path]]:
+    """``n`` images ``{name}0..`` with settings drawn from ``seed``; written to ``root`` once."""
+    rng = np.random.default_rng(seed)
     out = []
-    for name, seed, held, n, base in SETS:
-        rng = np.random.default_rng(seed)
-        for i in range(n):
-            settings = random_settings(rng, held_out=held)
-            img_p, lab_p = root / f"{name}{i}_i.tif", root / f"{name}{i}_l.tif"
-            if not img_p.exists():
-                image, labels = make_nuclei_2d((512, 512), seed=base + i, settings=settings)
-                tifffile.imwrite(img_p, image)
-                tifffile.imwrite(lab_p, labels)
-            out.append((f"{name}{i}", img_p, lab_p))
+    for i in range(n):
+        settings = random_settings(rng, held_out=held_out)
+        img_p, lab_p = root / f"{name}{i}_i.tif", root / f"{name}{i}_l.tif"
+        if not img_p.exists():
+            image, labels = make_nuclei_2d((512, 512), seed=base + i, settings=settings)
+            tifffile.imwrite(img_p, image)
+            tifffile.imwrite(lab_p, labels)
+        out.append((f"{name}{i}", img_p, lab_p))
     return out
+
+
+def tuning_images(root: Path) -> list[tuple[str, Path, Path]]:
+    return [item for spec in SETS for item in tuning_set(root, *spec)]
 
 
 def score(model_name: str, items, root: Path) -> dict[str, dict[str, float]]:

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from select_model import tuning_images
+from select_model import tuning_images, tuning_set
 
 from napari_sam import build_model
 from napari_sam.automatic import AutomaticParams, segment_everything
 from napari_sam.baselines import instance_metrics
-from napari_sam.synthetic import make_nuclei_2d, random_settings
 
 VARIANTS = {
     "v0.6 (no part or merge rule)": dict(part_score_margin=None, merge_solidity=None),
@@ -39,18 +38,8 @@ VARIANTS = {
 }
 
 
-def set_c(root: Path, n: int = 16) -> list[tuple[str, Path, Path]]:
-    rng = np.random.default_rng(31340)
-    out = []
-    for i in range(n):
-        settings = random_settings(rng, held_out=True)
-        img_p, lab_p = root / f"heldC{i}_i.tif", root / f"heldC{i}_l.tif"
-        if not img_p.exists():
-            image, labels = make_nuclei_2d((512, 512), seed=43_000 + i, settings=settings)
-            tifffile.imwrite(img_p, image)
-            tifffile.imwrite(lab_p, labels)
-        out.append((f"heldC{i}", img_p, lab_p))
-    return out
+def set_c(root: Path) -> list[tuple[str, Path, Path]]:
+    return tuning_set(root, "heldC", 31340, True, 16, 43_000)
 
 
 def main() -> None:
