@@ -449,13 +449,18 @@ def _nms(cands: list[_Candidate], thresh: float) -> list[_Candidate]:
     return [c for c, k in zip(cands, keep) if k]
 
 
+def _solidity(mask: np.ndarray) -> float:
+    """Area of ``mask`` over the area of its convex hull (1 for a convex shape)."""
+    from skimage.morphology import convex_hull_image
+
+    return np.count_nonzero(mask) / np.count_nonzero(convex_hull_image(mask))
+
+
 def _drop_parts(cands: list[_Candidate], margin: float | None) -> list[_Candidate]:
     """Drop candidates that are parts of a larger, convex candidate scoring at most ``margin``
     less (``AutomaticParams.part_score_margin``)."""
     if margin is None or len(cands) < 2:
         return cands
-    from skimage.morphology import convex_hull_image
-
     boxes = np.array([c.box for c in cands], dtype=np.int64)
     area = np.array([c.area for c in cands], dtype=np.float64)
     score = np.array([c.score for c in cands], dtype=np.float64)
@@ -479,8 +484,7 @@ def _drop_parts(cands: list[_Candidate], margin: float | None) -> list[_Candidat
             if inside < PART_INSIDE * area[j]:
                 continue
             if i not in solid:
-                hull = np.count_nonzero(convex_hull_image(whole.mask))
-                solid[i] = area[i] >= WHOLE_SOLIDITY * hull
+                solid[i] = _solidity(whole.mask) >= WHOLE_SOLIDITY
             if solid[i]:
                 drop[j] = True
                 break
@@ -502,7 +506,6 @@ def _merge_convex_pieces(labels: np.ndarray, min_solidity: float | None) -> np.n
     labels stay ``1..N``."""
     if min_solidity is None:
         return labels
-    from skimage.morphology import convex_hull_image
     from skimage.segmentation import relabel_sequential
 
     labels = labels.copy()
@@ -512,8 +515,7 @@ def _merge_convex_pieces(labels: np.ndarray, min_solidity: float | None) -> np.n
         for a, b in _touching_pairs(labels):
             window = tuple(slice(min(p.start, q.start), max(p.stop, q.stop))
                            for p, q in zip(boxes[a - 1], boxes[b - 1]))
-            union = np.isin(labels[window], (a, b))
-            solidity = np.count_nonzero(union) / np.count_nonzero(convex_hull_image(union))
+            solidity = _solidity(np.isin(labels[window], (a, b)))
             if solidity >= min_solidity:
                 convex.append((solidity, int(a), int(b), window))
         merged: set[int] = set()
