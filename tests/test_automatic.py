@@ -359,3 +359,21 @@ def test_zooms_in_on_small_objects_not_on_textured_large_ones(default_model, emb
     segment_everything(default_model, _spotted(size, 4, 16),
                        params=AutomaticParams(zoom_below_radius=0))
     assert shapes == [(size, size)]
+
+
+def test_kept_masks_are_refined_unless_asked_not_to(default_model):
+    import copy
+
+    from napari_sam.refiner_training import attach_refiner
+
+    img, _ = _discs()
+    model = copy.deepcopy(default_model)
+    refiner = attach_refiner(model)
+    with torch.no_grad():
+        refiner.out.bias.fill_(-30.0)  # erases every mask
+    off = segment_everything(model, img, params=AutomaticParams(points_per_side=8, refine=False),
+                             intensity_range=(0.0, 1.0))
+    on = segment_everything(model, img, params=AutomaticParams(points_per_side=8),
+                            intensity_range=(0.0, 1.0))
+    assert off.max() >= 2
+    assert on.max() == 0

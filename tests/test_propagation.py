@@ -419,3 +419,21 @@ def test_in_crops_rejects_bad_zoom_and_mask_shapes(scene):
         propagate_in_crops(model, lambda i: image[i], N, [Seed(1, 5, points=_point(1))], zoom=0.5)
     with pytest.raises(ValueError, match="shape"):
         propagate_in_crops(model, lambda i: image[i], N, [Seed(1, 5, mask=np.ones((5, 5)))])
+
+
+def test_the_refiner_sees_each_slice_when_the_slices_are_given(scene):
+    import copy
+
+    from napari_sam.refiner_training import attach_refiner
+
+    model, image, _, embed, _ = scene
+    grown = copy.deepcopy(model)
+    refiner = attach_refiner(grown)
+    with torch.no_grad():
+        refiner.out.bias.fill_(30.0)  # every pixel of each mask's crop becomes foreground
+    seed = [Seed(1, 5, points=_point(1))]
+    params = PropagationParams(max_slices=1)
+    without = propagate(grown, embed, N, seed, params=params)  # no pixels: not refined
+    refined = propagate(grown, embed, N, seed, slice_image=lambda i: image[i],
+                        intensity_range=(0.0, 1.0), params=params)
+    assert refined.masks[1][5].sum() > 1.5 * without.masks[1][5].sum()  # the seed slice

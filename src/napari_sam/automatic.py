@@ -163,6 +163,9 @@ class AutomaticParams:
         are merged (repeatedly, most convex union first). Two touching nuclei have a waist
         where they meet (two touching discs: 0.88). Measured with the part rule: held-out
         F1@0.5 0.892 -> 0.8996 (docs/automatic.md). None: no merging.
+    refine : bool
+        Redraw the kept masks at the slice's resolution with the model's mask refiner, if it
+        has one (:class:`napari_sam.modeling.MaskRefiner`).
     """
 
     points_per_side: int = 24
@@ -188,6 +191,7 @@ class AutomaticParams:
     link_overlap: float = 0.5
     part_score_margin: float | None = 0.1
     merge_solidity: float | None = 0.95
+    refine: bool = True
 
     def __post_init__(self) -> None:
         if self.point_source not in POINT_SOURCES:
@@ -626,7 +630,7 @@ def _decode_crop(
                 covered |= bg_full.any(dim=0).cpu().numpy()
         idx = torch.nonzero(ok).flatten()
         if idx.numel():
-            full = (predictor._upscale(low_res[idx], geometry)[:, 0] > 0).cpu().numpy()
+            full = (predictor.full_logits(low_res[idx], geometry)[:, 0] > 0).cpu().numpy()
             for m, score in zip(full, iou[idx].tolist()):
                 if not m.any():
                     continue
@@ -726,7 +730,7 @@ def segment_everything(
         from .preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(image)
-    predictor = SamPredictor(model)
+    predictor = SamPredictor(model, refine=params.refine)
     crops = _crop_boxes(tuple(hw), params.crop_n_layers, params.crop_overlap)
     if _objects_too_small(image, intensity_range, model.img_size, params):
         # small objects in a large image: segment it in 2 x 2 overlapping crops, each seen by
@@ -753,7 +757,7 @@ def segment_everything(
             emb = embedding
         else:
             emb = predictor.compute_embedding(image[r0:r1, c0:c1], intensity_range)
-        predictor.set_embedding(emb)
+        predictor.set_embedding(emb, image[r0:r1, c0:c1], intensity_range)
         found, finished = _decode_crop(predictor, emb, (r0, c0), tuple(hw), pts, params,
                                        cancelled, tick)
         cands += found

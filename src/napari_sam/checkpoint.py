@@ -40,6 +40,9 @@ WRAPPER_KEYS = ("model", "model_state", "state_dict")
 STRIP_PREFIXES = ("module.", "model.", "sam.", "_orig_mod.")
 #: Entries some tools save that are constants of the model, not weights: ignored when loading.
 _IGNORED_KEYS = frozenset({"pixel_mean", "pixel_std"})
+#: Keys of the optional mask refiner (:class:`napari_sam.modeling.MaskRefiner`): not part of
+#: SAM's own weights (official checkpoints have none), so model types are told apart without them.
+REFINER_PREFIX = "mask_refiner."
 #: How many key names an error message lists per kind of problem.
 _MAX_LISTED = 4
 
@@ -279,7 +282,8 @@ def require_model_type(
 
 
 def _given_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state_dict.items() if k not in _IGNORED_KEYS}
+    return {k: tuple(v.shape) for k, v in state_dict.items()
+            if k not in _IGNORED_KEYS and not k.startswith(REFINER_PREFIX)}
 
 
 def describe_mismatch(
@@ -332,13 +336,20 @@ def load_weights(
     source : str or os.PathLike, optional
         Where the state dict came from, used in error messages.
 
+    A state dict with ``mask_refiner.*`` keys gives the model a
+    :class:`~napari_sam.modeling.MaskRefiner` with those weights (one without them keeps the
+    model's refiner, if any, as it is).
+
     Raises
     ------
     CheckpointError
         Keys are missing or unexpected, or shapes differ. The message names a few of each and
         the model type whose keys and shapes the checkpoint does fit, if there is one.
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    refiner_state = {k[len(REFINER_PREFIX):]: v for k, v in state_dict.items()
+                     if k.startswith(REFINER_PREFIX)}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                if not k.startswith(REFINER_PREFIX)}
     given = _given_shapes(state_dict)
     if expected != given:
         what = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"
@@ -355,6 +366,22 @@ def load_weights(
         raise CheckpointError(
             f"{what} does not fit a {name!r} model: {describe_mismatch(expected, given)}.{hint}"
         )
-    weights = {k: v for k, v in state_dict.items() if k not in _IGNORED_KEYS}
+    weights = {k: v for k, v in state_dict.items()
+               if k not in _IGNORED_KEYS and not k.startswith(REFINER_PREFIX)}
     with torch.no_grad():
-        model.load_state_dict(weights, strict=True)
+        if refiner_state:
+            _load_refiner(model, refiner_state, source)
+        model.load_state_dict({**model.state_dict(), **weights}, strict=True)
+
+
+def _load_refiner(model: nn.Module, state: Mapping[str, torch.Tensor], source) -> None:
+    from .modeling import MaskRefiner
+
+    refiner = MaskRefiner().to(next(model.parameters()).device)
+    expected = {k: tuple(v.shape) for k, v in refiner.state_dict().items()}
+    if expected != _given_shapes(state):
+        what = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"
+        raise CheckpointError(f"{what} holds a mask refiner of another configuration: "
+                              f"{describe_mismatch(expected, _given_shapes(state))}")
+    refiner.load_state_dict(dict(state), strict=True)
+    model.mask_refiner = refiner.eval()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _cli_stack
+from . import _cli_refiner, _cli_stack
 from ._text_cli import add_text_args, run_text_segment
 from .io import InputError
 
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     _cli_stack.add_evaluate_options(ev)
     _cli_stack.add_parsers(sub, _add_model_args)
+    _cli_refiner.add_parser(sub)
 
     tr = sub.add_parser(
         "train",
@@ -623,6 +624,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "automatic": lambda args: _cli_stack.cmd_automatic(args, _load_model),
     "embed": _cmd_embed,
+    "train-refiner": _cli_refiner.command,
 }
 
 

@@ -118,6 +118,11 @@ class SamPredictor:
         (AVX512-BF16, AMX) and ``"float16"`` on GPUs; both change the embedding by about 1e-2
         relative (measured in docs/performance.md). Embeddings are returned in float32 either
         way, and prompt decoding always runs in float32.
+    refine : bool
+        Redraw each mask's boundary at the slice's resolution with the model's mask refiner
+        (:class:`napari_sam.modeling.MaskRefiner`; the default model has one, official SAM
+        checkpoints have none). It needs the slice's pixels: given by :meth:`set_image`, or
+        with :meth:`set_embedding`'s ``image``; without them masks are SAM's upsampled ones.
 
     Examples
     --------
@@ -128,15 +133,19 @@ class SamPredictor:
     >>> best = masks[scores.argmax()]  # doctest: +SKIP
     """
 
-    def __init__(self, model: Sam, precision: str = "float32") -> None:
+    def __init__(self, model: Sam, precision: str = "float32", refine: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
             )
         self.model = model
         self.precision = precision
+        self.refine = bool(refine)
         self._embedding: ImageEmbedding | None = None
         self._dense_pe: torch.Tensor | None = None
+        # the slice's pixels (image, intensity range) for the refiner, and their gray cache
+        self._pixels: tuple[npt.ArrayLike, tuple[float, float] | None] | None = None
+        self._gray: torch.Tensor | None = None
 
     # -- image -------------------------------------------------------------------------------
 
@@ -243,9 +252,25 @@ class SamPredictor:
         See :meth:`compute_embedding` for the parameters.
         """
         self._embedding = self.compute_embedding(image, intensity_range)
+        self._set_pixels(image, intensity_range)
 
-    def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Use an embedding computed earlier (for example from a cache)."""
+    def set_embedding(
+        self,
+        embedding: ImageEmbedding,
+        image: npt.ArrayLike | None = None,
+        intensity_range: tuple[float, float] | None = None,
+    ) -> None:
+        """Use an embedding computed earlier (for example from a cache).
+
+        Parameters
+        ----------
+        embedding : ImageEmbedding
+        image : array-like, shape (H, W) or (H, W, 3), optional
+            The slice it was computed from, for the mask refiner (see ``refine``); without it
+            masks are not refined.
+        intensity_range : (float, float), optional
+            The range the embedding was computed with.
+        """
         if embedding.img_size != self.model.img_size:
             raise ValueError(
                 f"the embedding was computed for a model input of {embedding.img_size} px, "
@@ -256,7 +281,13 @@ class SamPredictor:
             embedding = ImageEmbedding(
                 features.to(self.device), embedding.original_size, embedding.img_size
             )
+        if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
+            raise ValueError(
+                f"image of shape {np.shape(image)[:2]} given for an embedding of a "
+                f"{tuple(embedding.original_size)} slice"
+            )
         self._embedding = embedding
+        self._set_pixels(image, intensity_range)
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image embedding, shape ``(1, C, h, w)``."""
@@ -264,6 +295,17 @@ class SamPredictor:
 
     def reset_image(self) -> None:
         self._embedding = None
+        self._set_pixels(None, None)
+
+    def _set_pixels(self, image, intensity_range) -> None:
+        self._pixels = None if image is None else (image, intensity_range)
+        self._gray = None
+
+    @property
+    def refines(self) -> bool:
+        """Whether masks decoded now are refined (``refine``, a refiner, the slice's pixels)."""
+        return (self.refine and getattr(self.model, "mask_refiner", None) is not None
+                and self._pixels is not None)
 
     def _require_embedding(self) -> ImageEmbedding:
         if self._embedding is None:
@@ -352,7 +394,7 @@ class SamPredictor:
             geometry, points, labels, box, mask_input
         )
         low_res, iou = self._decode(emb, point_prompts, boxes, masks, multimask)
-        full = self._upscale(low_res, geometry)
+        full = self.full_logits(low_res, geometry)
         with torch.inference_mode():
             out = full if return_logits else full > 0.0
         out_np = out.cpu().numpy()
@@ -407,7 +449,7 @@ class SamPredictor:
         best = int(np.argmax(scores))
         chosen = low_res[:1, best : best + 1]
         with torch.inference_mode():
-            mask = (self._upscale(chosen, geometry)[0, 0] > 0.0).cpu().numpy()
+            mask = (self.full_logits(chosen, geometry)[0, 0] > 0.0).cpu().numpy()
         mask = keep_prompted_pieces(mask, points, labels, box)
         return mask, float(scores[best]), chosen[0].float().cpu().numpy()
 
@@ -520,6 +562,23 @@ class SamPredictor:
                 pe = self.model.prompt_encoder.get_dense_pe()
             self._dense_pe = pe
         return pe
+
+    def full_logits(self, low_res: torch.Tensor, geometry: ResizeGeometry) -> torch.Tensor:
+        """Low-res logits ``(B, K, 4h, 4w)`` -> logits ``(B, K, H, W)`` of the current slice.
+
+        Upsampled as SAM does, then refined when :attr:`refines`.
+        """
+        full = self._upscale(low_res, geometry)
+        if not self.refines:
+            return full
+        from .refine import refine_logits, slice_gray
+
+        if self._gray is None:
+            image, intensity_range = self._pixels
+            self._gray = torch.from_numpy(slice_gray(image, intensity_range))
+        b, k, h, w = full.shape
+        refined = refine_logits(self.model.mask_refiner, self._gray, full.reshape(b * k, h, w))
+        return refined.reshape(b, k, h, w)
 
     def _upscale(self, low_res: torch.Tensor, geometry: ResizeGeometry) -> torch.Tensor:
         """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W).

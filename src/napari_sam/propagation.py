@@ -448,8 +448,9 @@ def stability_scores(low_res: torch.Tensor, offset: float) -> torch.Tensor:
 def upscale_masks(
     predictor: SamPredictor, low_res: torch.Tensor, embedding: ImageEmbedding
 ) -> npt.NDArray[np.bool_]:
-    """Low-resolution logits ``(B, K, 4h, 4w)`` -> ``(B, K, H, W)`` bool masks of the slice."""
-    return (predictor._upscale(low_res, embedding.geometry) > 0).cpu().numpy()
+    """Low-resolution logits ``(B, K, 4h, 4w)`` -> ``(B, K, H, W)`` bool masks of the slice
+    (refined when the predictor :attr:`~napari_sam.SamPredictor.refines`)."""
+    return (predictor.full_logits(low_res, embedding.geometry) > 0).cpu().numpy()
 
 
 def _box_of(mask: npt.NDArray[np.bool_], margin: float) -> npt.NDArray[np.float64]:
@@ -553,6 +554,7 @@ def propagate(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
     slice_image: Callable[[int], npt.NDArray] | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> Propagation:
     """Segment the seeded objects on every slice where they continue.
 
@@ -586,7 +588,10 @@ def propagate(
     slice_image : callable, optional
         ``slice_image(i)`` returns slice ``i`` itself, ``(H, W)`` or ``(H, W, 3)``. With it the
         contrast test of ``params.min_contrast`` applies (recommended for z-stacks: it stops
-        fronts in the out-of-focus light beyond an object's end).
+        fronts in the out-of-focus light beyond an object's end), and the model's mask refiner
+        (:class:`napari_sam.modeling.MaskRefiner`) redraws the masks at the slice's resolution.
+    intensity_range : (float, float), optional
+        The range the embeddings were computed with (for the refiner; default: each slice's).
 
     Returns
     -------
@@ -640,7 +645,7 @@ def propagate(
             return finish(False)
         emb = embed(i)
         shape_hw = _check_embedding(emb, shape_hw, i)
-        predictor.set_embedding(emb)
+        _use_slice(predictor, emb, i, slice_image, intensity_range)
         for oid, group in by_object.items():
             for s in group:
                 if int(s.index) == i:
@@ -673,7 +678,7 @@ def propagate(
                                  reason="end of stack" if bottom == 0 else "max_slices"))
 
     if not _sweep(predictor, embed, up, range(n_slices), plan_up, params, result, tick,
-                  is_cancelled, shape_hw, slice_image):
+                  is_cancelled, shape_hw, slice_image, intensity_range):
         return finish(False)
 
     down = list(down_outer)
@@ -683,7 +688,7 @@ def propagate(
             mask, logits = seed_state[(f_up.object_id, b)]
             down.append(_Front(f_up.object_id, -1, b, reached + 1, True, mask, logits))
     if not _sweep(predictor, embed, down, range(n_slices - 1, -1, -1), plan_down, params, result,
-                  tick, is_cancelled, shape_hw, slice_image):
+                  tick, is_cancelled, shape_hw, slice_image, intensity_range):
         return finish(False)
 
     for f in up + down:
@@ -703,8 +708,14 @@ def _check_embedding(emb: ImageEmbedding, shape_hw, i: int) -> tuple[int, int]:
     return hw
 
 
+def _use_slice(predictor, emb, i, slice_image, intensity_range) -> None:
+    """Decode against slice ``i``'s embedding (with its pixels for the refiner, if known)."""
+    predictor.set_embedding(emb, None if slice_image is None else slice_image(i),
+                            intensity_range)
+
+
 def _sweep(predictor, embed, fronts, order, planned, params, result, tick, is_cancelled,
-           shape_hw, slice_image=None) -> bool:
+           shape_hw, slice_image=None, intensity_range=None) -> bool:
     """Advance ``fronts`` slice by slice in ``order``; False if cancelled."""
     remaining = [i for i in order if i in planned]
     for pos, i in enumerate(remaining):
@@ -718,7 +729,7 @@ def _sweep(predictor, embed, fronts, order, planned, params, result, tick, is_ca
                 return False
             emb = embed(i)
             _check_embedding(emb, shape_hw, i)
-            predictor.set_embedding(emb)
+            _use_slice(predictor, emb, i, slice_image, intensity_range)
             _advance(predictor, emb, active, i, params, result, slice_image)
         tick()
     return True
@@ -1086,7 +1097,7 @@ def propagate_in_crops(
 
         local = group if origin is None else [_shift_seed(s, origin, crop) for s in group]
         part = propagate(model, embed, n_slices, local, params=params, progress=step,
-                         cancelled=cancelled, slice_image=get)
+                         cancelled=cancelled, slice_image=get, intensity_range=intensity_range)
         for oid, masks in part.masks.items():
             merged.masks[oid] = masks if origin is None else {
                 i: _paste(m, origin, hw) for i, m in masks.items()}

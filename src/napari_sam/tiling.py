@@ -320,7 +320,8 @@ class TiledPredictor:
                                         -_centre_distance(self.grid.bounds(t), extent)))
 
     def _embedding_for(self, tile):
-        self._predictor.set_embedding(self.embedder.get(tile))
+        self._predictor.set_embedding(self.embedder.get(tile), self.embedder.plane_image(tile),
+                                      self.embedder.intensity_range)
 
     def _local(self, tile, pts, labs, bx, dense):
         r0, c0, r1, c1 = self.grid.bounds(tile)

@@ -173,8 +173,8 @@ class ZoomPredictor:
         than the overlap is whole in at least one crop.
     max_crops : int
         Crop embeddings kept in memory (least recently used dropped).
-    precision : str
-        As for :class:`SamPredictor`.
+    precision, refine
+        As for :class:`SamPredictor` (the refiner sees the crop a prompt is decoded in).
 
     Attributes
     ----------
@@ -183,7 +183,7 @@ class ZoomPredictor:
     """
 
     def __init__(self, model: Sam, zoom: float | str = "auto", *, overlap: float = 0.5,
-                 max_crops: int = 64, precision: str = "float32") -> None:
+                 max_crops: int = 64, precision: str = "float32", refine: bool = True) -> None:
         if not (zoom == "auto" or (isinstance(zoom, (int, float)) and zoom >= 1)):
             raise ValueError(f"zoom must be 'auto' or a number >= 1, got {zoom!r}")
         if not 0 <= overlap < 1:
@@ -192,7 +192,7 @@ class ZoomPredictor:
         self.requested_zoom = zoom
         self.overlap = float(overlap)
         self.max_crops = int(max_crops)
-        self._predictor = SamPredictor(model, precision=precision)
+        self._predictor = SamPredictor(model, precision=precision, refine=refine)
         self._image: np.ndarray | None = None
         self._range: tuple[float, float] | None = None
         self._crops: OrderedDict[tuple[int, int], ImageEmbedding] = OrderedDict()
@@ -271,7 +271,8 @@ class ZoomPredictor:
             origin = self._crop_for(pts, labels, bx, mask_input)
         r0, c0 = origin
         ch, cw = self.crop_shape
-        self._predictor.set_embedding(self._embedding(origin))
+        self._predictor.set_embedding(self._embedding(origin),
+                                      self._image[r0:r0 + ch, c0:c0 + cw], self._range)
         local_pts = None if pts is None else pts - [r0, c0]
         local_box = None if bx is None else bx - [r0, c0, r0, c0]
         local_mask = mask_input

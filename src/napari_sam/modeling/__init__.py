@@ -7,6 +7,7 @@ they are. Coordinates inside the model are SAM's ``(x, y)`` in pixels of the mod
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
+from .mask_refiner import MaskRefiner
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
 from .sam import Sam
 from .tiny_vit import TinyViT
@@ -18,6 +19,7 @@ __all__ = [
     "LayerNorm2d",
     "MLPBlock",
     "MaskDecoder",
+    "MaskRefiner",
     "PositionEmbeddingRandom",
     "PromptEncoder",
     "Sam",

@@ -875,7 +875,7 @@ class SamWidget(Container):
             return False
 
         model = self.predictor.model
-        embed, _ = self._stack_embedder(image, plane, axis)
+        embed, embedder = self._stack_embedder(image, plane, axis)
         n = plane.spatial_shape[axis]
         data = image_level0(image)
         time_axis = _is_time_axis(image, axis)
@@ -888,6 +888,7 @@ class SamWidget(Container):
 
             # cells do not shrink towards the ends of a time-lapse as nuclei do in z
             params = PropagationParams(max_regrowth=None) if time_axis else PropagationParams()
+            embed(index)  # the seed slice first: it fixes the stack's intensity range
             return propagate(
                 model,
                 embed,
@@ -897,6 +898,7 @@ class SamWidget(Container):
                 progress=ctx.progress,
                 cancelled=ctx.cancelled,
                 slice_image=slice_image,
+                intensity_range=embedder.intensity_range,
             )
 
         seed_masks = {s.object_id: s.mask for s in seeds if s.index == index}
@@ -1517,7 +1519,9 @@ class SamWidget(Container):
             self._request_embedding(image, plane, key)
             return
         if self._embedding_key != key:
-            self.predictor.set_embedding(embedding)
+            # the plane's pixels too: the default model's refiner redraws masks from them
+            pixels = np.asarray(image_level0(image)[plane.indexer()])
+            self.predictor.set_embedding(embedding, pixels, self._ranges.get(image.unique_id))
             self._embedding_key = key
         self._decode(image, plane)
 

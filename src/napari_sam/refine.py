@@ -1,0 +1,143 @@
+"""Mask refinement at the slice's resolution (:class:`napari_sam.modeling.MaskRefiner`).
+
+The refiner works on one square crop per mask: the box of the mask's uncertain-or-inside region
+(logits above :data:`CROP_LOGIT`), widened by :data:`CROP_MARGIN` of its side (at least
+:data:`MIN_MARGIN` px) so that the boundary and some background are in view, resampled to the
+refiner's ``crop_size``. Its correction is resampled back to the crop and added to the logits;
+pixels outside the crop keep their logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+
+from .preprocess import to_rgb_uint8_range
+
+__all__ = ["CROP_LOGIT", "crop_features", "mask_crop_box", "refine_logits", "slice_gray"]
+
+#: Pixels with logits above this are inside or near the mask and are kept in the crop.
+CROP_LOGIT = -2.0
+#: The crop extends the mask's box by this fraction of its longer side on each side ...
+CROP_MARGIN = 0.3
+#: ... and by at least this many pixels.
+MIN_MARGIN = 4
+
+
+def slice_gray(image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None
+               ) -> npt.NDArray[np.float32]:
+    """The slice as the refiner sees it: gray values in [0, 1], shape ``(H, W)``.
+
+    Scaled exactly as the image encoder's input (:func:`napari_sam.preprocess.to_rgb_uint8_range`,
+    channels averaged).
+    """
+    return to_rgb_uint8_range(image, intensity_range).mean(axis=-1) / np.float32(255.0)
+
+
+def mask_crop_box(logits: npt.NDArray[np.float32] | torch.Tensor
+                  ) -> tuple[int, int, int, int] | None:
+    """``(row0, col0, row1, col1)`` (end exclusive) of the refiner's square crop around one
+    mask's logits ``(H, W)``, cut to the slice; None if no pixel is above :data:`CROP_LOGIT`."""
+    near = torch.as_tensor(logits) > CROP_LOGIT
+    rows = torch.nonzero(near.any(dim=1)).flatten()
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(near.any(dim=0)).flatten()
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    side = max(r1 - r0, c1 - c0)
+    half = side / 2 + max(MIN_MARGIN, round(CROP_MARGIN * side))
+    cr, cc = (r0 + r1) / 2, (c0 + c1) / 2
+    h, w = near.shape
+    return (max(int(np.floor(cr - half)), 0), max(int(np.floor(cc - half)), 0),
+            min(int(np.ceil(cr + half)), h), min(int(np.ceil(cc + half)), w))
+
+
+def _resample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, h, w) -> (C, size, size): area-averaged when shrinking, bilinear when enlarging."""
+    if x.shape[-2] >= size and x.shape[-1] >= size:
+        return F.interpolate(x[None], size=(size, size), mode="area")[0]
+    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+def crop_features(gray: torch.Tensor, logits: torch.Tensor, box: tuple[int, int, int, int],
+                  size: int) -> tuple[torch.Tensor, float]:
+    """The refiner's input for one mask.
+
+    Parameters
+    ----------
+    gray : torch.Tensor, shape (H, W)
+        :func:`slice_gray` of the slice.
+    logits : torch.Tensor, shape (H, W)
+        The mask's logits at the slice's resolution.
+    box : (int, int, int, int)
+        :func:`mask_crop_box`.
+    size : int
+        The refiner's ``crop_size``.
+
+    Returns
+    -------
+    crop : torch.Tensor, shape (3, size, size)
+        Gray by the slice's range, gray by the crop's 1-99 % range, logits / 10 in [-2, 2].
+    log_scale : float
+        ``log(side / size)`` with ``side`` the crop's longer side.
+    """
+    r0, c0, r1, c1 = box
+    g = gray[r0:r1, c0:c1].float()
+    lo, hi = torch.quantile(g.flatten(), torch.tensor([0.01, 0.99], dtype=g.dtype))
+    local = ((g - lo) / (hi - lo).clamp(min=1e-3)).clamp(0.0, 1.0)
+    lg = (logits[r0:r1, c0:c1].float() / 10.0).clamp(-2.0, 2.0)
+    image = _resample(torch.stack([g, local]), size)
+    lg = F.interpolate(lg[None, None], size=(size, size), mode="bilinear",
+                       align_corners=False)[0]
+    return torch.cat([image, lg]), float(np.log(max(r1 - r0, c1 - c0) / size))
+
+
+def refine_logits(refiner: torch.nn.Module, gray: npt.ArrayLike | torch.Tensor,
+                  logits: torch.Tensor) -> torch.Tensor:
+    """Refined logits of masks of one slice.
+
+    Parameters
+    ----------
+    refiner : MaskRefiner
+    gray : array-like or torch.Tensor, shape (H, W)
+        :func:`slice_gray` of the slice the masks belong to.
+    logits : torch.Tensor, shape (N, H, W)
+        Mask logits at the slice's resolution (for example :meth:`SamPredictor.predict`'s with
+        ``return_logits``).
+
+    Returns
+    -------
+    torch.Tensor, shape (N, H, W), float32
+        The logits with the refiner's correction added inside each mask's crop; masks with no
+        pixel above :data:`CROP_LOGIT` are returned unchanged.
+    """
+    logits = logits.float()
+    gray_t = torch.as_tensor(np.asarray(gray, dtype=np.float32) if not isinstance(
+        gray, torch.Tensor) else gray).to(logits.device)
+    if tuple(gray_t.shape) != tuple(logits.shape[-2:]):
+        raise ValueError(f"gray image {tuple(gray_t.shape)} and logits "
+                         f"{tuple(logits.shape[-2:])} differ in shape")
+    size = refiner.crop_size
+    boxes, crops, scales = [], [], []
+    for i, lg in enumerate(logits):
+        box = mask_crop_box(lg)
+        if box is None:
+            continue
+        crop, log_scale = crop_features(gray_t, lg, box, size)
+        boxes.append((i, box))
+        crops.append(crop)
+        scales.append(log_scale)
+    out = logits.clone()
+    if not crops:
+        return out
+    param = next(refiner.parameters())
+    with torch.inference_mode():
+        delta = refiner(torch.stack(crops).to(param), torch.tensor(scales).to(param)).float()
+    for (i, (r0, c0, r1, c1)), d in zip(boxes, delta, strict=True):
+        d = F.interpolate(d[None], size=(r1 - r0, c1 - c0), mode="bilinear",
+                          align_corners=False)[0, 0]
+        out[i, r0:r1, c0:c1] += d.to(out.device)
+    return out
