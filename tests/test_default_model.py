@@ -31,6 +31,8 @@ def test_loads_offline_without_network(monkeypatch, tmp_path):
     model = build_model("default")
     assert model.img_size == 512
     assert next(model.parameters()).dtype == torch.float32
+    assert model.mask_refiner is not None  # its masks are redrawn at the image's resolution
+    assert next(model.mask_refiner.parameters()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -352,7 +352,7 @@ def test_in_crops_each_object_follows_its_own_crop(scene, embedded_shapes):
     # object 1 (centre 0.3 S) is decoded in the top-left crop, object 2 (0.7 S) bottom-right
     assert not out[:, S // 2:, :][out[:, S // 2:, :] == 1].any()
     assert not out[:, :S // 2, :][out[:, :S // 2, :] == 2].any()
-    zoomed = ZoomPredictor(model, zoom=2)
+    zoomed = ZoomPredictor(model, zoom=2, refine=False)  # propagation does not refine
     zoomed.set_image(image[5], (0.0, 1.0))
     for oid in (1, 2):
         assert all(m.shape == (S, S) for m in res.masks[oid].values())
@@ -432,8 +432,11 @@ def test_the_refiner_sees_each_slice_when_the_slices_are_given(scene):
     with torch.no_grad():
         refiner.out.bias.fill_(30.0)  # every pixel of each mask's crop becomes foreground
     seed = [Seed(1, 5, points=_point(1))]
-    params = PropagationParams(max_slices=1)
+    params = PropagationParams(max_slices=1, refine=True)
     without = propagate(grown, embed, N, seed, params=params)  # no pixels: not refined
     refined = propagate(grown, embed, N, seed, slice_image=lambda i: image[i],
                         intensity_range=(0.0, 1.0), params=params)
     assert refined.masks[1][5].sum() > 1.5 * without.masks[1][5].sum()  # the seed slice
+    off = propagate(grown, embed, N, seed, slice_image=lambda i: image[i],
+                    intensity_range=(0.0, 1.0), params=PropagationParams(max_slices=1))
+    np.testing.assert_array_equal(off.masks[1][5], without.masks[1][5])  # off by default

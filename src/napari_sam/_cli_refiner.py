@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
                          "those of the default model)")
     tr.add_argument("--crop", type=int, default=1024,
                     help="with --images: largest training crop side (default: %(default)s)")
+    tr.add_argument("--width", type=int, default=32,
+                    help="channels of the refiner's hidden layers (default: %(default)s)")
     tr.add_argument("--epochs", type=int, default=8)
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--batch-size", type=int, default=64)
@@ -61,7 +63,7 @@ def command(args) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise InputError(f"output directory does not exist: {out.parent}")
-    for name in ("n_images", "epochs", "batch_size", "objects_per_image"):
+    for name in ("n_images", "epochs", "batch_size", "objects_per_image", "width"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0.0 <= args.stack_fraction <= 1.0:
@@ -100,7 +102,10 @@ def command(args) -> int:
         data.save(examples_path)
         print(f"{len(data)} examples (the model's mean IoU {data.base_iou.mean():.3f}), "
               f"kept in {examples_path}")
-    refiner = rt.attach_refiner(model)
+    from .modeling import MaskRefiner
+
+    torch.manual_seed(args.seed)
+    refiner = rt.attach_refiner(model, MaskRefiner(width=args.width))
 
     def report(epoch: int, total: int, entry: dict) -> None:
         print(f"epoch {epoch}/{total} loss {entry['loss']:.4f} held-out crop IoU "

@@ -40,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 from .predictor import ImageEmbedding, SamPredictor
 from .preprocess import pixel_noise
 from .propagation import decode_low_res_windowed, stability_scores
+from .refine import mask_crop_box, refine_crops, slice_gray
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling import Sam
@@ -237,6 +238,9 @@ class _Candidate:
     c0: int
     mask: npt.NDArray[np.bool_]
     score: float
+    #: With refinement: the full-resolution logits in the refiner's crop box, and its corner.
+    logits: torch.Tensor | None = None
+    logits_origin: tuple[int, int] = (0, 0)
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -566,8 +570,10 @@ def _decode_crop(
     params: AutomaticParams,
     cancelled: Callable[[], bool] | None,
     tick: Callable[[], None],
+    keep_logits: bool = False,
 ) -> tuple[list[_Candidate], bool]:
-    """The filtered candidates of one crop in global coordinates; False if cancelled."""
+    """The filtered candidates of one crop in global coordinates; False if cancelled. With
+    ``keep_logits`` each keeps its logits around it, for the refiner."""
     hw = tuple(emb.original_size)
     geometry = emb.geometry
     covered = np.zeros(hw, dtype=bool)
@@ -630,8 +636,9 @@ def _decode_crop(
                 covered |= bg_full.any(dim=0).cpu().numpy()
         idx = torch.nonzero(ok).flatten()
         if idx.numel():
-            full = (predictor.full_logits(low_res[idx], geometry)[:, 0] > 0).cpu().numpy()
-            for m, score in zip(full, iou[idx].tolist()):
+            logits = predictor._upscale(low_res[idx], geometry)[:, 0]
+            full = (logits > 0).cpu().numpy()
+            for j, (m, score) in enumerate(zip(full, iou[idx].tolist())):
                 if not m.any():
                     continue
                 rows = np.flatnonzero(m.any(axis=1))
@@ -644,9 +651,37 @@ def _decode_crop(
                 sub = m[r0:r1, c0:c1]
                 if params.skip_covered:
                     covered[r0:r1, c0:c1] |= sub
-                cands.append(_Candidate(int(r0) + r_off, int(c0) + c_off, sub.copy(), score))
+                cand = _Candidate(int(r0) + r_off, int(c0) + c_off, sub.copy(), score)
+                if keep_logits:
+                    lr0, lc0, lr1, lc1 = mask_crop_box(logits[j])
+                    cand.logits = logits[j, lr0:lr1, lc0:lc1].to(torch.float16).cpu()
+                    cand.logits_origin = (lr0 + r_off, lc0 + c_off)
+                cands.append(cand)
         tick()
     return cands, True
+
+
+def _refined(cands: list[_Candidate], refiner, gray: npt.NDArray[np.float32]
+             ) -> list[_Candidate]:
+    """The candidates' masks redrawn by the mask refiner (only those left after NMS: one
+    refiner call per object, not per prompt); masks the refiner empties are dropped."""
+    gray_t = torch.from_numpy(gray)
+    grays = []
+    for c in cands:
+        r0, c0 = c.logits_origin
+        grays.append(gray_t[r0:r0 + c.logits.shape[0], c0:c0 + c.logits.shape[1]])
+    out = []
+    for c, logits in zip(cands, refine_crops(refiner, grays, [c.logits for c in cands]),
+                         strict=True):
+        m = (logits > 0).numpy()
+        if not m.any():
+            continue
+        rows = np.flatnonzero(m.any(axis=1))
+        cols = np.flatnonzero(m.any(axis=0))
+        r0, c0 = c.logits_origin
+        out.append(_Candidate(r0 + int(rows[0]), c0 + int(cols[0]),
+                              m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], c.score))
+    return out
 
 
 def _paint(cands: list[_Candidate], hw: tuple[int, int], params: AutomaticParams) -> np.ndarray:
@@ -730,7 +765,8 @@ def segment_everything(
         from .preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(image)
-    predictor = SamPredictor(model, refine=params.refine)
+    predictor = SamPredictor(model)
+    refiner = getattr(model, "mask_refiner", None) if params.refine else None
     crops = _crop_boxes(tuple(hw), params.crop_n_layers, params.crop_overlap)
     if _objects_too_small(image, intensity_range, model.img_size, params):
         # small objects in a large image: segment it in 2 x 2 overlapping crops, each seen by
@@ -757,16 +793,18 @@ def segment_everything(
             emb = embedding
         else:
             emb = predictor.compute_embedding(image[r0:r1, c0:c1], intensity_range)
-        predictor.set_embedding(emb, image[r0:r1, c0:c1], intensity_range)
+        predictor.set_embedding(emb)
         found, finished = _decode_crop(predictor, emb, (r0, c0), tuple(hw), pts, params,
-                                       cancelled, tick)
+                                       cancelled, tick, keep_logits=refiner is not None)
         cands += found
         if not finished:
             break
     if progress is not None:
         progress(total, total)
-    cands = _drop_parts(cands, params.part_score_margin)
-    labels = _paint(_nms(cands, params.box_nms_thresh), tuple(hw), params)
+    cands = _nms(_drop_parts(cands, params.part_score_margin), params.box_nms_thresh)
+    if refiner is not None:
+        cands = _refined(cands, refiner, slice_gray(image, intensity_range))
+    labels = _paint(cands, tuple(hw), params)
     return _merge_convex_pieces(labels, params.merge_solidity)
 
 

@@ -377,7 +377,9 @@ def load_weights(
 def _load_refiner(model: nn.Module, state: Mapping[str, torch.Tensor], source) -> None:
     from .modeling import MaskRefiner
 
-    refiner = MaskRefiner().to(next(model.parameters()).device)
+    width = state.get("inp.weight")
+    refiner = MaskRefiner(width=32 if width is None else int(width.shape[0]))
+    refiner = refiner.to(next(model.parameters()).device)
     expected = {k: tuple(v.shape) for k, v in refiner.state_dict().items()}
     if expected != _given_shapes(state):
         what = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"

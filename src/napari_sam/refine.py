@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from .preprocess import to_rgb_uint8_range
 
-__all__ = ["CROP_LOGIT", "crop_features", "mask_crop_box", "refine_logits", "slice_gray"]
+__all__ = ["CROP_LOGIT", "crop_features", "mask_crop_box", "refine_crops", "refine_logits",
+           "slice_gray"]
 
 #: Pixels with logits above this are inside or near the mask and are kept in the crop.
 CROP_LOGIT = -2.0
@@ -62,18 +63,16 @@ def _resample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
-def crop_features(gray: torch.Tensor, logits: torch.Tensor, box: tuple[int, int, int, int],
-                  size: int) -> tuple[torch.Tensor, float]:
+def crop_features(gray: torch.Tensor, logits: torch.Tensor, size: int
+                  ) -> tuple[torch.Tensor, float]:
     """The refiner's input for one mask.
 
     Parameters
     ----------
-    gray : torch.Tensor, shape (H, W)
-        :func:`slice_gray` of the slice.
-    logits : torch.Tensor, shape (H, W)
-        The mask's logits at the slice's resolution.
-    box : (int, int, int, int)
-        :func:`mask_crop_box`.
+    gray : torch.Tensor, shape (h, w)
+        :func:`slice_gray` of the slice, cut to the mask's :func:`mask_crop_box`.
+    logits : torch.Tensor, shape (h, w)
+        The mask's logits at the slice's resolution, cut to the same box.
     size : int
         The refiner's ``crop_size``.
 
@@ -84,15 +83,33 @@ def crop_features(gray: torch.Tensor, logits: torch.Tensor, box: tuple[int, int,
     log_scale : float
         ``log(side / size)`` with ``side`` the crop's longer side.
     """
-    r0, c0, r1, c1 = box
-    g = gray[r0:r1, c0:c1].float()
+    g = gray.float()
     lo, hi = torch.quantile(g.flatten(), torch.tensor([0.01, 0.99], dtype=g.dtype))
     local = ((g - lo) / (hi - lo).clamp(min=1e-3)).clamp(0.0, 1.0)
-    lg = (logits[r0:r1, c0:c1].float() / 10.0).clamp(-2.0, 2.0)
+    lg = (logits.float() / 10.0).clamp(-2.0, 2.0)
     image = _resample(torch.stack([g, local]), size)
     lg = F.interpolate(lg[None, None], size=(size, size), mode="bilinear",
                        align_corners=False)[0]
-    return torch.cat([image, lg]), float(np.log(max(r1 - r0, c1 - c0) / size))
+    return torch.cat([image, lg]), float(np.log(max(g.shape) / size))
+
+
+def refine_crops(refiner: torch.nn.Module, grays: list[torch.Tensor],
+                 logits: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Refined logits of masks given as crops (each gray crop with its logits crop, any sizes),
+    in one batched call of the refiner."""
+    if not logits:
+        return []
+    size = refiner.crop_size
+    feats = [crop_features(g, lg, size) for g, lg in zip(grays, logits, strict=True)]
+    param = next(refiner.parameters())
+    with torch.inference_mode():
+        delta = refiner(torch.stack([f for f, _ in feats]).to(param),
+                        torch.tensor([s for _, s in feats]).to(param)).float()
+    out = []
+    for lg, d in zip(logits, delta, strict=True):
+        d = F.interpolate(d[None], size=tuple(lg.shape), mode="bilinear", align_corners=False)
+        out.append(lg.float() + d[0, 0].to(lg.device))
+    return out
 
 
 def refine_logits(refiner: torch.nn.Module, gray: npt.ArrayLike | torch.Tensor,
@@ -120,24 +137,12 @@ def refine_logits(refiner: torch.nn.Module, gray: npt.ArrayLike | torch.Tensor,
     if tuple(gray_t.shape) != tuple(logits.shape[-2:]):
         raise ValueError(f"gray image {tuple(gray_t.shape)} and logits "
                          f"{tuple(logits.shape[-2:])} differ in shape")
-    size = refiner.crop_size
-    boxes, crops, scales = [], [], []
-    for i, lg in enumerate(logits):
-        box = mask_crop_box(lg)
-        if box is None:
-            continue
-        crop, log_scale = crop_features(gray_t, lg, box, size)
-        boxes.append((i, box))
-        crops.append(crop)
-        scales.append(log_scale)
     out = logits.clone()
-    if not crops:
-        return out
-    param = next(refiner.parameters())
-    with torch.inference_mode():
-        delta = refiner(torch.stack(crops).to(param), torch.tensor(scales).to(param)).float()
-    for (i, (r0, c0, r1, c1)), d in zip(boxes, delta, strict=True):
-        d = F.interpolate(d[None], size=(r1 - r0, c1 - c0), mode="bilinear",
-                          align_corners=False)[0, 0]
-        out[i, r0:r1, c0:c1] += d.to(out.device)
+    boxes = [(i, box) for i, box in enumerate(mask_crop_box(lg) for lg in logits)
+             if box is not None]
+    refined = refine_crops(
+        refiner, [gray_t[r0:r1, c0:c1] for _, (r0, c0, r1, c1) in boxes],
+        [logits[i, r0:r1, c0:c1] for i, (r0, c0, r1, c1) in boxes])
+    for (i, (r0, c0, r1, c1)), lg in zip(boxes, refined, strict=True):
+        out[i, r0:r1, c0:c1] = lg
     return out

@@ -126,8 +126,9 @@ def simulate_refiner_examples(
             box = mask_crop_box(logits)
             if box is None:
                 continue
-            crop, log_scale = crop_features(gray, torch.from_numpy(logits), box, crop_size)
             r0, c0, r1, c1 = box
+            crop, log_scale = crop_features(gray[r0:r1, c0:c1],
+                                            torch.from_numpy(logits[r0:r1, c0:c1]), crop_size)
             target = torch.from_numpy(gt[r0:r1, c0:c1].astype(np.float32))[None]
             mode = "area" if min(r1 - r0, c1 - c0) >= crop_size else "bilinear"
             kw = {} if mode == "area" else {"align_corners": False}
