@@ -653,9 +653,14 @@ def _decode_crop(
                     covered[r0:r1, c0:c1] |= sub
                 cand = _Candidate(int(r0) + r_off, int(c0) + c_off, sub.copy(), score)
                 if keep_logits:
-                    lr0, lc0, lr1, lc1 = mask_crop_box(logits[j])
-                    cand.logits = logits[j, lr0:lr1, lc0:lc1].to(torch.float16).cpu()
-                    cand.logits_origin = (lr0 + r_off, lc0 + c_off)
+                    # the refiner's crop, looked for in a window around the mask (a scan of
+                    # the whole slice per candidate cost more than the refiner itself)
+                    pad = max(8, int(max(r1 - r0, c1 - c0)))
+                    wr, wc = max(int(r0) - pad, 0), max(int(c0) - pad, 0)
+                    window = logits[j, wr:int(r1) + pad, wc:int(c1) + pad]
+                    lr0, lc0, lr1, lc1 = mask_crop_box(window)
+                    cand.logits = window[lr0:lr1, lc0:lc1].to(torch.float16).cpu()
+                    cand.logits_origin = (wr + lr0 + r_off, wc + lc0 + c_off)
                 cands.append(cand)
         tick()
     return cands, True
