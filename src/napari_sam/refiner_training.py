@@ -113,7 +113,9 @@ def simulate_refiner_examples(
     crops, scales, targets, base = [], [], [], []
     for done in range(n_images):
         image, labels = next(examples)
-        intensity_range = estimate_intensity_range(image)
+        # scaled as the predictors scale it: uint8 RGB as it is, anything else by its range
+        rgb8 = image.ndim == 3 and image.dtype == np.uint8
+        intensity_range = None if rgb8 else estimate_intensity_range(image)
         gray = torch.from_numpy(slice_gray(image, intensity_range))
         predictor.set_image(image, intensity_range)
         ids = np.unique(labels)

@@ -58,6 +58,7 @@ def test_two_objects_propagate_in_one_undoable_run(stack_widget, qtbot, notes):
         widget.shapes_layer.add_rectangles(box_of(gt[z] == obj, z))
     wait_idle(qtbot, widget, 20_000)
     assert widget.preview is not None and len(widget.preview.masks) == 2
+    assert widget.predictor.refines  # the preview's masks were redrawn from the plane's pixels
 
     target = viewer.add_labels(np.zeros(gt.shape, dtype=np.int32), name="mine")
     target.data[0, :5, :5] = 9  # the user's own object: must survive
