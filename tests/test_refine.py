@@ -215,3 +215,13 @@ def test_cli_trains_a_refiner_and_reports_bad_input(tmp_path, tiny, monkeypatch,
     assert "--images needs --labels" in capsys.readouterr().err
     assert main([*args, "--epochs", "0"]) == 2
     assert "--epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_no_refine_loads_the_model_without_its_refiner():
+    from napari_sam.cli import _load_model, build_parser
+
+    parser = build_parser()
+    for command in (["evaluate", "a.tif", "b.tif"], ["automatic", "a.tif", "--out", "b.tif"],
+                    ["segment", "a.tif", "--out", "b.tif"]):
+        assert _load_model(parser.parse_args(command)).mask_refiner is not None
+        assert _load_model(parser.parse_args([*command, "--no-refine"])).mask_refiner is None

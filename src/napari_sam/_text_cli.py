@@ -135,9 +135,9 @@ def run_text_segment(args) -> int:
 
 
 def _load_model(args):
-    from . import build_model
+    from .cli import _load_model as load
 
-    return build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    return load(args)
 
 
 def _write_scores_csv(path, rows, nlead: int) -> None:

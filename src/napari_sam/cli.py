@@ -42,6 +42,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint", help="weights file for --model (overrides the registry's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="keep SAM's upsampled masks: do not redraw them with the model's mask "
+                        "refiner (the default model has one; see docs/default-model.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_model(args):
     from . import build_model
 
-    return build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    if getattr(args, "no_refine", False):
+        model.mask_refiner = None
+    return model
 
 
 def _cmd_segment(args) -> int:
