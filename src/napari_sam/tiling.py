@@ -172,6 +172,8 @@ class TiledPredictor:
         At most this many tiles are decoded for one prompt (large objects).
     precision : {"float32", "bfloat16", "float16"}
         Arithmetic of the image encoder.
+    refine : bool
+        Redraw masks with the model's mask refiner (as :class:`~napari_sam.SamPredictor`).
 
     Examples
     --------
@@ -193,6 +195,7 @@ class TiledPredictor:
         memory_mb: float = 256,
         max_tiles: int = 16,
         precision: str = "float32",
+        refine: bool = True,
     ) -> None:
         from .predictor import SamPredictor
 
@@ -212,7 +215,7 @@ class TiledPredictor:
             model, image, self.grid, axes=(0, 1), rgb=rgb, intensity_range=intensity_range,
             store=store, model_name=model_name, memory_mb=memory_mb, precision=precision,
         )
-        self._predictor = SamPredictor(model)
+        self._predictor = SamPredictor(model, refine=refine)
         self.last_tiles: list[tuple[int, int]] = []
 
     def precompute(

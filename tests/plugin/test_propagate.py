@@ -59,6 +59,14 @@ def test_two_objects_propagate_in_one_undoable_run(stack_widget, qtbot, notes):
     wait_idle(qtbot, widget, 20_000)
     assert widget.preview is not None and len(widget.preview.masks) == 2
     assert widget.predictor.refines  # the preview's masks were redrawn from the plane's pixels
+    refined = [m.copy() for m in widget.preview.masks]
+    widget.refine_masks.value = False  # the user switches the refiner off: decoded again
+    wait_idle(qtbot, widget, 20_000)
+    assert not widget.predictor.refines and len(widget.preview.masks) == 2
+    assert any((a != b).any() for a, b in zip(refined, widget.preview.masks))
+    widget.refine_masks.value = True
+    wait_idle(qtbot, widget, 20_000)
+    assert all((a == b).all() for a, b in zip(refined, widget.preview.masks))
 
     target = viewer.add_labels(np.zeros(gt.shape, dtype=np.int32), name="mine")
     target.data[0, :5, :5] = 9  # the user's own object: must survive

@@ -366,6 +366,13 @@ class SamWidget(Container):
                     "its input), decode prompts in magnified crops of the slice (each crop "
                     "embedded once, when a prompt first needs it)",
         )
+        self.refine_masks = CheckBox(
+            text="refine mask edges",
+            value=True,
+            tooltip="Redraw each mask at the image's resolution with the model's mask refiner "
+                    "(the default model has one; SAM's own masks come out at a quarter of its "
+                    "input size). Used for previews and segment everything",
+        )
         self.disk_cache = CheckBox(text="keep embeddings on disk", value=True)
         self.precompute_button = PushButton(text="Precompute stack")
         self.commit_button = PushButton(text=f"Commit ({KEY_COMMIT})")
@@ -411,6 +418,7 @@ class SamWidget(Container):
                 self.point_mode,
                 self.overwrite_checkbox,
                 self.zoom_small,
+                self.refine_masks,
                 self._actions,
                 self.axis_combo,
                 self.auto_scope,
@@ -438,6 +446,7 @@ class SamWidget(Container):
         self.precompute_button.changed.connect(self._on_precompute_clicked)
         self.disk_cache.changed.connect(self._on_disk_cache_changed)
         self.zoom_small.changed.connect(lambda _: self._schedule("prompts"))
+        self.refine_masks.changed.connect(self._on_refine_changed)
         self.point_mode.changed.connect(self._on_point_mode)
         self.image_combo.changed.connect(self._on_image_changed)
         self.mask_combo.changed.connect(self._on_mask_source_changed)
@@ -516,7 +525,7 @@ class SamWidget(Container):
         """
         from ..predictor import SamPredictor
 
-        self.predictor = SamPredictor(model)
+        self.predictor = SamPredictor(model, refine=bool(self.refine_masks.value))
         self.model_name = name
         self._model_token += 1
         self._embedding_key = None
@@ -990,7 +999,8 @@ class SamWidget(Container):
         embed, embedder = self._stack_embedder(image, plane, axis)
         from ..automatic import AutomaticParams
 
-        params = AutomaticParams(point_source=AUTO_PROMPTS[self.auto_prompts.value])
+        params = AutomaticParams(point_source=AUTO_PROMPTS[self.auto_prompts.value],
+                                 refine=bool(self.refine_masks.value))
         if scope == "all slices":
 
             def body(ctx):
@@ -1399,6 +1409,13 @@ class SamWidget(Container):
         self._schedule("view")
 
     @_guarded
+    def _on_refine_changed(self, value=None) -> None:
+        """The preview is decoded again with or without the mask refiner."""
+        if self.predictor is not None:
+            self.predictor.refine = bool(self.refine_masks.value)
+        self._schedule("prompts")
+
+    @_guarded
     def _on_point_mode(self, value=None) -> None:
         positive = self.point_mode.value == "positive"
         if self._points is not None:
@@ -1512,7 +1529,8 @@ class SamWidget(Container):
             self._set_status("The embedding of this slice failed (see the notification).")
             return
         if self._is_large(plane) or self.zoom_small.value:
-            self._decode_tiled(image, plane, (*key, bool(self.zoom_small.value)))
+            self._decode_tiled(image, plane, (*key, bool(self.zoom_small.value),
+                                              bool(self.refine_masks.value)))
             return
         embedding = self.cache.get(key)
         if embedding is None:
@@ -1694,6 +1712,7 @@ class SamWidget(Container):
                 intensity_range=self._ranges.get(image.unique_id),
                 store="auto" if self.disk_cache.value else None,
                 model_name=self.model_name,
+                refine=bool(self.refine_masks.value),
             )
         self._set_busy(True)
         if self._is_large(plane):
