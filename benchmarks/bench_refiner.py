@@ -9,22 +9,13 @@ model's embedding of one 1024 x 1024 slice; one process, alternating, medians of
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from bench_propagation_automatic import median_time  # the same timing, one copy
 
 from napari_sam import SamPredictor, build_model
 from napari_sam.modeling import MaskRefiner
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def main() -> None:

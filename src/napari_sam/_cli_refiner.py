@@ -8,8 +8,8 @@ from pathlib import Path
 from .io import InputError
 
 
-def add_parser(sub) -> None:
-    """Add the ``train-refiner`` command."""
+def add_parser(sub, add_training_data_args) -> None:
+    """Add the ``train-refiner`` command (``add_training_data_args``: the CLI's data options)."""
     tr = sub.add_parser(
         "train-refiner",
         help="train the mask refiner of a model (the model itself stays frozen)",
@@ -22,10 +22,7 @@ def add_parser(sub) -> None:
             "training state in <out>.state.pt; rerun the same command to continue."
         ),
     )
-    src = tr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--synthetic", action="store_true", help="train on generated nuclei images")
-    src.add_argument("--images", help="folder of images (.tif) with label images in --labels")
-    tr.add_argument("--labels", help="folder of label images with the same file names")
+    add_training_data_args(tr, "folder of images (.tif) with label images in --labels")
     tr.add_argument("--init", default="default",
                     help="model whose refiner is trained: registry name or checkpoint "
                          "(default: %(default)s)")

@@ -47,6 +47,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "refiner (the default model has one; see docs/default-model.md)")
 
 
+def add_training_data_args(p: argparse.ArgumentParser, images_help: str) -> None:
+    """``--synthetic`` or ``--images DIR`` (with ``--labels DIR``): what a training command
+    learns from."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", action="store_true", help="train on generated nuclei images")
+    src.add_argument("--images", help=images_help)
+    p.add_argument("--labels", help="folder of label images with the same file names")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -120,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     _cli_stack.add_evaluate_options(ev)
     _cli_stack.add_parsers(sub, _add_model_args)
-    _cli_refiner.add_parser(sub)
+    _cli_refiner.add_parser(sub, add_training_data_args)
 
     tr = sub.add_parser(
         "train",
@@ -133,10 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
             "same command to continue from <out>.state.pt."
         ),
     )
-    src = tr.add_mutually_exclusive_group(required=True)
-    src.add_argument("--synthetic", action="store_true", help="train on generated nuclei images")
-    src.add_argument("--images", help="folder of images (.tif) to fine-tune on")
-    tr.add_argument("--labels", help="folder of label images with the same file names")
+    add_training_data_args(tr, "folder of images (.tif) to fine-tune on")
     tr.add_argument("--init", default="default",
                     help="model to start from: registry name or checkpoint (default: %(default)s)")
     tr.add_argument("--from-scratch", action="store_true",

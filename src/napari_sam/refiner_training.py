@@ -25,7 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .evaluation import farthest_point, next_click
 from .modeling import MaskRefiner, Sam
+from .refine import _resample, crop_features, mask_crop_box, slice_gray
+from .training import dice_loss
 
 __all__ = ["RefinerExamples", "attach_refiner", "simulate_refiner_examples", "train_refiner"]
 
@@ -103,9 +106,7 @@ def simulate_refiner_examples(
     progress : callable, optional
         ``progress(done, n_images)`` after each image.
     """
-    from .evaluation import farthest_point, next_click
     from .preprocess import estimate_intensity_range
-    from .refine import crop_features, mask_crop_box, slice_gray
     from .zoom import ZoomPredictor
 
     rng = np.random.default_rng(seed)
@@ -124,22 +125,20 @@ def simulate_refiner_examples(
             gt = labels == oid
             if np.count_nonzero(gt) < 6:
                 continue
-            logits = _simulated_logits(predictor, gt, rng, farthest_point, next_click)
+            logits = _simulated_logits(predictor, gt, rng)
             box = mask_crop_box(logits)
             if box is None:
                 continue
             r0, c0, r1, c1 = box
             crop, log_scale = crop_features(gray[r0:r1, c0:c1],
                                             torch.from_numpy(logits[r0:r1, c0:c1]), crop_size)
-            target = torch.from_numpy(gt[r0:r1, c0:c1].astype(np.float32))[None]
-            mode = "area" if min(r1 - r0, c1 - c0) >= crop_size else "bilinear"
-            kw = {} if mode == "area" else {"align_corners": False}
-            target = F.interpolate(target[None], size=(crop_size, crop_size), mode=mode, **kw)
+            target = _resample(torch.from_numpy(gt[r0:r1, c0:c1].astype(np.float32))[None],
+                               crop_size)
             pred = logits > 0
             inter = np.count_nonzero(pred & gt)
             crops.append(crop.numpy().astype(np.float16))
             scales.append(log_scale)
-            targets.append(target[0, 0].numpy().astype(np.float16))
+            targets.append(target[0].numpy().astype(np.float16))
             base.append(inter / max(np.count_nonzero(pred | gt), 1))
         if progress is not None:
             progress(done + 1, n_images)
@@ -152,7 +151,7 @@ def simulate_refiner_examples(
     )
 
 
-def _simulated_logits(predictor, gt, rng, farthest_point, next_click) -> np.ndarray:
+def _simulated_logits(predictor, gt, rng) -> np.ndarray:
     """Logits ``(H, W)`` of one object from a prompt of a random :data:`PROMPT_KINDS` kind."""
     kind = PROMPT_KINDS[int(rng.integers(len(PROMPT_KINDS)))]
     rows, cols = np.nonzero(gt)
@@ -184,11 +183,7 @@ def _simulated_logits(predictor, gt, rng, farthest_point, next_click) -> np.ndar
 
 def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy + dice, ``(B, 1, S, S)`` logits against area-fraction targets."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits).flatten(1)
-    t = target.flatten(1)
-    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-    return bce + dice.mean()
+    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(logits, target).mean()
 
 
 def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
