@@ -322,9 +322,12 @@ def test_objects_are_connected_components_per_label():
     labels[labels == 3] = 1  # label 1 now has two separate pieces
     objects = ground_truth_objects(labels)
     assert [o.id for o in objects] == [1, 1, 2]
-    result = evaluate_image(GroundTruthPredictorForTests(labels), labels.astype(float), labels)
-    # the predictor returns the whole label id (both pieces), so each piece scores < 1
-    assert result["n_objects"] == 3 and result["miou"][0] < 1.0
+    fake = GroundTruthPredictorForTests(labels)
+    raw = evaluate_image(fake, labels.astype(float), labels, raw=True)
+    # the predictor returns the whole label id (both pieces), so each piece scores < 1 ...
+    assert raw["n_objects"] == 3 and raw["miou"][0] < 1.0
+    # ... unless, as in the viewer, only the clicked piece is kept
+    assert evaluate_image(fake, labels.astype(float), labels)["miou"][0] == 1.0
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1])
@@ -364,3 +367,26 @@ def test_evaluate_image_validates_its_inputs(predictor):
         evaluate_image(predictor, image, labels, prompt="scribble")
     with pytest.raises(ValueError, match="clicks"):
         evaluate_image(predictor, image, labels, clicks=0)
+
+
+class StrayPiecePredictorForTests(GroundTruthPredictorForTests):
+    """The right object plus a stray piece far from it (as SAM's masks sometimes have)."""
+
+    def predict(self, points=None, labels=None, box=None, mask_input=None, multimask=True,
+                return_logits=False):
+        masks, scores, logits = super().predict(points, labels, box, mask_input, multimask)
+        masks = masks.copy()
+        masks[:, -4:, -4:] = True
+        return masks, scores, logits
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+def test_masks_are_scored_as_the_viewer_shows_them_unless_raw(prompt):
+    labels = _three_disks()
+    image = (labels > 0).astype(np.float32)
+    fake = StrayPiecePredictorForTests(labels)
+    shown = evaluate_image(fake, image, labels, prompt=prompt, clicks=2)
+    raw = evaluate_image(fake, image, labels, prompt=prompt, clicks=2, raw=True)
+    assert shown["miou"] == [1.0, 1.0]  # the stray piece holds no click / lies outside the box
+    assert raw["miou"][0] < 1.0
+    assert shown["protocol"]["masks"] == "prompted_pieces" and raw["protocol"]["masks"] == "raw"

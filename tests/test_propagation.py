@@ -265,6 +265,29 @@ def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
     assert np.array_equal(step(1.5, False), free)
 
 
+def test_stray_pieces_of_a_propagated_mask_are_dropped(scene, monkeypatch):
+    import napari_sam.propagation as propagation
+
+    model, image, labels, embed, _ = scene
+    original = propagation.upscale_masks
+
+    def with_a_stray_piece(predictor, low_res, emb):
+        masks = original(predictor, low_res, emb).copy()
+        masks[..., -6:, -6:] = True  # far from both objects
+        return masks
+
+    monkeypatch.setattr(propagation, "upscale_masks", with_a_stray_piece)
+    seeds = [Seed(1, 5, points=_point(1))]
+    kept = propagate(model, embed, N, seeds)
+    raw = propagate(model, embed, N, seeds, params=PropagationParams(prompted_pieces=False))
+    others = [i for i in kept.slices(1) if i != 5]  # the seed slice goes through segment()
+    assert others and set(raw.slices(1)) >= set(others)
+    for i in others:
+        assert not kept.masks[1][i][-6:, -6:].any()
+        assert kept.masks[1][i][int(C1), int(C1)]
+    assert any(raw.masks[1][i][-6:, -6:].all() for i in raw.slices(1) if i != 5)
+
+
 def test_contrast_test_stops_in_fading_light(scene):
     from napari_sam.propagation import _contrast
 

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decode small objects in magnified crops: 'auto' (from the objects' "
                          "size per slice), 'off', or a magnification >= 1 (default: auto for "
                          "clicks and boxes, off for --propagate)")
+    ev.add_argument("--raw-masks", action="store_true",
+                    help="score the model's masks as decoded; by default each is cut to what "
+                         "the prompt asked for (the box, the clicked pieces), as in the viewer")
     _add_model_args(ev)
     _cli_stack.add_evaluate_options(ev)
     _cli_stack.add_parsers(sub, _add_model_args)
@@ -384,6 +387,7 @@ def _cmd_evaluate(args) -> int:
         result = evaluate_image(
             ZoomPredictor(model, zoom=zoom), image, labels, prompt=args.prompt,
             clicks=args.clicks, axis=args.axis, model_name=str(args.checkpoint or args.model),
+            raw=args.raw_masks,
         )
         result["protocol"]["zoom"] = zoom
     miou = ", ".join(f"{v:.3f}" for v in result["miou"])

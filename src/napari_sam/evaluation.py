@@ -12,6 +12,10 @@ recorded after every click:
    decoded together with all the clicks so far (and the box), with the previous low-resolution
    logits as the mask prompt, by the single-output head.
 
+Each mask is scored as the viewer shows it: cut to the box and kept to the prompted connected
+pieces (:func:`napari_sam.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
+returns); ``raw=True`` scores the model's masks unchanged.
+
 This follows RITM (Sofiiuk et al., 2022) as adopted by SAM (Kirillov et al., 2023, sec. 7.1). The
 code is model-agnostic: anything with SamPredictor's ``set_image`` and ``predict`` can be
 evaluated, which is how the tests check the metric against predictors that are right or wrong by
@@ -28,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
+
+from .postprocess import keep_prompted_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
     from .predictor import SamPredictor
@@ -54,6 +60,7 @@ FIRST_CLICK = "farthest_from_boundary"
 NEXT_CLICK = "center_of_larger_error_region"
 SELECTION = "highest_predicted_iou"
 ORACLE = "best_true_iou_of_candidates"
+MASKS = {False: "prompted_pieces", True: "raw"}
 
 
 # -- clicks ----------------------------------------------------------------------------------
@@ -210,6 +217,7 @@ def evaluate_object(
     gt_mask: npt.ArrayLike,
     prompt: str = "point",
     clicks: int = 1,
+    raw: bool = False,
 ) -> ObjectEvaluation:
     """Run the click protocol on one object of the slice currently set in ``predictor``.
 
@@ -224,6 +232,10 @@ def evaluate_object(
     clicks : int
         Number of interactions. In box mode the box is the first and ``clicks - 1`` corrective
         points follow (the box stays in every call).
+    raw : bool
+        Score the model's masks as decoded. By default each mask is first cut to what the
+        prompt asked for (:func:`~napari_sam.postprocess.keep_prompted_pieces`), as the viewer
+        does; the next click is placed on that mask too.
 
     Returns
     -------
@@ -272,6 +284,8 @@ def evaluate_object(
         pts = np.asarray(points, dtype=np.float64) if points else None
         labs = np.asarray(point_labels, dtype=np.int64) if points else None
         multi, scores, multi_logits = predictor.predict(pts, labs, box, mask_input, multimask=True)
+        if not raw:
+            multi = [keep_prompted_pieces(m, pts, labs, box) for m in multi]
         if k == 0 and prompt == "point":  # a single point is ambiguous: trust SAM's IoU head
             best = int(np.argmax(scores))
             pred, logits = multi[best], multi_logits[best]
@@ -280,6 +294,8 @@ def evaluate_object(
                 pts, labs, box, mask_input, multimask=False
             )
             pred, logits = single[0], single_logits[0]
+            if not raw:
+                pred = keep_prompted_pieces(pred, pts, labs, box)
         ious.append(iou(pred))
         oracle.append(max([ious[-1], *(iou(m) for m in multi)]))
         mask_input = np.asarray(logits)[None]
@@ -461,6 +477,7 @@ def evaluate_image(
     model_name: str | None = None,
     min_area: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a predictor with the click protocol on every ground-truth object of an image.
 
@@ -487,6 +504,9 @@ def evaluate_image(
         Skip ground-truth components smaller than this many pixels.
     progress : callable, optional
         Called as ``progress(done, total)`` after each object.
+    raw : bool
+        Score the model's masks unchanged instead of what the prompt asked for of them (see
+        :func:`evaluate_object`).
 
     Returns
     -------
@@ -522,7 +542,7 @@ def evaluate_image(
             plane = _plane(image, axis, obj.slice)
             predictor.set_image(plane, intensity_range)
             plane_shape = plane.shape[:2]
-        result = evaluate_object(predictor, obj.mask(plane_shape), prompt, clicks)
+        result = evaluate_object(predictor, obj.mask(plane_shape), prompt, clicks, raw)
         per_object.append(
             {"id": obj.id, "slice": obj.slice, "iou": result.iou, "iou_oracle": result.iou_oracle}
         )
@@ -536,6 +556,7 @@ def evaluate_image(
         "next_click": NEXT_CLICK,
         "selection": SELECTION,
         "oracle": ORACLE,
+        "masks": MASKS[bool(raw)],
     }
     return summarize(per_object, protocol, model_name)
 

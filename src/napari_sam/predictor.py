@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .modeling import Sam
+from .postprocess import clip_to_box, keep_prompted_pieces
 from .preprocess import ResizeGeometry, denoise_input, to_rgb_uint8_range
 
-__all__ = ["ImageEmbedding", "SamPredictor", "keep_prompted_pieces"]
+__all__ = ["ImageEmbedding", "SamPredictor", "clip_to_box", "keep_prompted_pieces"]
 
 #: Magnitude of the logits a binary mask prompt is turned into (SAM's own logits are of this order).
 MASK_PROMPT_LOGIT = 10.0
@@ -53,53 +54,6 @@ class ImageEmbedding:
     @property
     def nbytes(self) -> int:
         return self.features.element_size() * self.features.nelement()
-
-
-def keep_prompted_pieces(
-    mask: npt.NDArray[np.bool_],
-    points: npt.ArrayLike | None = None,
-    labels: npt.ArrayLike | None = None,
-    box: npt.ArrayLike | None = None,
-) -> npt.NDArray[np.bool_]:
-    """The connected pieces (8-connected) of ``mask`` that the prompt asked for.
-
-    With positive points: the pieces that hold one (a mask that holds none is returned as is).
-    With a box and no positive point: the pieces that overlap the box. Otherwise ``mask``.
-
-    Parameters
-    ----------
-    mask : numpy.ndarray, shape (H, W), bool
-    points : array-like, shape (N, 2), optional
-        ``(row, col)``.
-    labels : array-like, shape (N,), optional
-        1 positive, 0 negative (default all positive).
-    box : array-like, shape (4,), optional
-        ``(row0, col0, row1, col1)``.
-    """
-    from scipy import ndimage
-
-    pieces, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n <= 1:
-        return mask
-    h, w = mask.shape
-    keep = np.zeros(n + 1, dtype=bool)
-    if points is not None and np.size(points):
-        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        labs = np.ones(len(pts)) if labels is None else np.asarray(labels).reshape(-1)
-        for r, c in pts[labs == 1]:
-            ri, ci = int(round(r)), int(round(c))
-            if 0 <= ri < h and 0 <= ci < w:
-                keep[pieces[ri, ci]] = True
-    elif box is not None and np.size(box):
-        r0, c0, r1, c1 = (int(round(v)) for v in np.asarray(box, dtype=np.float64).reshape(4))
-        window = pieces[max(r0, 0):max(r1 + 1, 0), max(c0, 0):max(c1 + 1, 0)]
-        keep[np.unique(window)] = True
-    else:
-        return mask
-    keep[0] = False
-    if not keep.any():
-        return mask
-    return keep[pieces]
 
 
 class SamPredictor:
@@ -415,8 +369,9 @@ class SamPredictor:
 
         A single point is ambiguous (part, object or group): the three candidates are decoded
         and the one with the highest predicted IoU is kept. Any richer prompt (several points, a
-        box, a mask) uses the single-output head. Pieces of the mask that hold no positive point
-        (or, for a box without points, lie outside the box) are dropped
+        box, a mask) uses the single-output head. With a box, what lies beyond the box (grown
+        by :data:`~napari_sam.postprocess.BOX_MARGIN`) is cut off; pieces of the mask that hold
+        no positive point (or, for a box without points, lie outside the box) are dropped
         (:func:`keep_prompted_pieces`): one object is asked for. :meth:`predict` returns the
         model's masks unchanged.
 
