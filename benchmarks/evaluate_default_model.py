@@ -58,12 +58,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6, help="images per set")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS),
+                        help="which sets to score (each has its own seeds; run them in parallel)")
+    parser.add_argument("--raw-masks", action="store_true",
+                        help="score the model's masks as decoded (evaluate --raw-masks)")
     args = parser.parse_args()
     root = Path(args.out)
     (root / "data").mkdir(parents=True, exist_ok=True)
     model_args = ["--model", args.model] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    model_args += ["--raw-masks"] if args.raw_masks else []
     rows = {}
-    for name in SETS:
+    for name in args.sets:
         pairs = make_set(name, args.n, args.size, root / "data")
         acc = {"point": [], "point_oracle": [], "box": [], "classical_point": [],
                "classical_box": [], "objects": 0}
