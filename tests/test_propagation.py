@@ -265,6 +265,32 @@ def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
     assert np.array_equal(step(1.5, False), free)
 
 
+@pytest.mark.parametrize("shape", [(256, 256), (300, 200), (77, 131), (700, 1000)])
+def test_windowed_upscaling_gives_the_masks_of_whole_slice_upscaling(shape):
+    from napari_sam.build import build_sam, tiny_config
+    from napari_sam.predictor import ImageEmbedding
+    from napari_sam.preprocess import ResizeGeometry
+    from napari_sam.propagation import upscale_masks
+
+    torch.manual_seed(0)
+    predictor = SamPredictor(build_sam(tiny_config()).eval(), refine=False)
+    geometry = ResizeGeometry(shape, predictor.model.image_encoder.img_size)
+    emb = ImageEmbedding(torch.zeros(1), shape, geometry.img_size)
+    low_n = predictor.model.prompt_encoder.mask_input_size[0]
+    low = torch.randn(5, 3, low_n, low_n) * 3 - 2  # noise: positive pixels everywhere
+    low[0] = -5.0  # nothing
+    low[1] = -5.0
+    low[1, :, 10:13, 7:9] = 4.0  # one small object
+    low[2] = -5.0
+    low[2, :, -3:, -3:] = 4.0  # only in the padding (or pixels the resize skips)
+    masks = upscale_masks(predictor, low, emb)
+    logits = predictor.full_logits(low, geometry).numpy()
+    assert masks.shape == (5, 3, *shape)
+    differ = masks != (logits > 0)
+    assert np.abs(logits[differ]).max(initial=0.0) < 1e-3  # float rounding only
+    assert not masks[0].any() and masks[1].any() and masks[3:].any()
+
+
 def test_stray_pieces_of_a_propagated_mask_are_dropped(scene, monkeypatch):
     import napari_sam.propagation as propagation
 
