@@ -25,6 +25,8 @@ CROP_LOGIT = -2.0
 CROP_MARGIN = 0.3
 #: ... and by at least this many pixels.
 MIN_MARGIN = 4
+#: Crops per refiner call (the result does not depend on it; measured fastest on a CPU).
+REFINE_CHUNK = 16
 
 
 def slice_gray(image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None
@@ -102,9 +104,13 @@ def refine_crops(refiner: torch.nn.Module, grays: list[torch.Tensor],
     size = refiner.crop_size
     feats = [crop_features(g, lg, size) for g, lg in zip(grays, logits, strict=True)]
     param = next(refiner.parameters())
+    crops = torch.stack([f for f, _ in feats]).to(param)
+    scales = torch.tensor([s for _, s in feats]).to(param)
     with torch.inference_mode():
-        delta = refiner(torch.stack([f for f, _ in feats]).to(param),
-                        torch.tensor([s for _, s in feats]).to(param)).float()
+        # in chunks: the activations of a few hundred crops at once (16 x 64 x 64 floats each)
+        # leave the CPU caches, and one call took 3-4x as long as the same work in chunks
+        delta = torch.cat([refiner(crops[i:i + REFINE_CHUNK], scales[i:i + REFINE_CHUNK])
+                           for i in range(0, len(crops), REFINE_CHUNK)]).float()
     out = []
     for lg, d in zip(logits, delta, strict=True):
         d = F.interpolate(d[None], size=tuple(lg.shape), mode="bilinear", align_corners=False)
