@@ -20,7 +20,14 @@ from .modeling import Sam
 from .postprocess import clip_to_box, keep_prompted_pieces
 from .preprocess import ResizeGeometry, denoise_input, to_rgb_uint8_range
 
-__all__ = ["ImageEmbedding", "SamPredictor", "clip_to_box", "keep_prompted_pieces"]
+__all__ = [
+    "ImageEmbedding",
+    "SamPredictor",
+    "clip_to_box",
+    "keep_prompted_pieces",
+    "positive_window",
+    "upsample_weights",
+]
 
 #: Magnitude of the logits a binary mask prompt is turned into (SAM's own logits are of this order).
 MASK_PROMPT_LOGIT = 10.0
@@ -54,6 +61,107 @@ class ImageEmbedding:
     @property
     def nbytes(self) -> int:
         return self.features.element_size() * self.features.nelement()
+
+
+_WEIGHTS: dict[tuple, tuple] = {}
+
+
+def upsample_weights(geometry: ResizeGeometry, low_n: int, axis: int) -> tuple:
+    """SAM's mask upsampling along one axis, as a matrix.
+
+    What :meth:`SamPredictor.full_logits` does without the refiner: bilinear from the low-res
+    frame to the model input, the padding cropped, bilinear to the slice (``align_corners=
+    False``, as ``torch.nn.functional.interpolate``). Both steps are linear and separable, so
+    a window of the slice's logits is ``w_rows[window] @ low_res @ w_cols[window].T``.
+
+    Parameters
+    ----------
+    geometry : ResizeGeometry
+        Of the slice.
+    low_n : int
+        Low-res side (256 for the official models).
+    axis : {0, 1}
+        Rows or columns.
+
+    Returns
+    -------
+    w : torch.Tensor, shape (N, n), float32
+        Weights from the first ``n`` low-res pixels (those that show the slice) to the ``N``
+        slice pixels; cached per geometry.
+    lo, hi : numpy.ndarray, shape (N,)
+        Slice pixel ``o`` reads low-res pixels ``lo[o]:hi[o]``.
+    out_lo, out_hi : numpy.ndarray, shape (n,)
+        Low-res pixel ``l`` reaches slice pixels ``out_lo[l]:out_hi[l]`` (the empty ``N:0``
+        for a pixel no slice pixel reads).
+    """
+    n_in = geometry.input_size[axis]
+    n_out = geometry.original_size[axis]
+    key = (n_in, n_out, geometry.img_size, low_n)
+    if key not in _WEIGHTS:
+        scale = geometry.img_size // low_n
+        n = min(low_n, -(-n_in // scale) + 1)
+
+        def linear(n_src: int, n_dst: int, ratio: float) -> np.ndarray:
+            src = np.maximum((np.arange(n_dst) + 0.5) * ratio - 0.5, 0.0)
+            i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
+            i1 = np.minimum(i0 + 1, n_src - 1)
+            lam = src - i0
+            m = np.zeros((n_dst, n_src))
+            np.add.at(m, (np.arange(n_dst), i0), 1.0 - lam)
+            np.add.at(m, (np.arange(n_dst), i1), lam)
+            return m
+
+        w = linear(n, n * scale, 1.0 / scale)[:n_in]
+        if n_out != n_in:
+            w = linear(n_in, n_out, n_in / n_out) @ w
+        nz = w > 0
+        lo, hi = nz.argmax(axis=1), n - nz[:, ::-1].argmax(axis=1)
+        reached = nz.any(axis=0)
+        out_lo = np.where(reached, nz.argmax(axis=0), n_out)
+        out_hi = np.where(reached, n_out - nz[::-1].argmax(axis=0), 0)
+        _WEIGHTS[key] = (torch.from_numpy(w.astype(np.float32)), lo, hi, out_lo, out_hi)
+        while len(_WEIGHTS) > 8:
+            _WEIGHTS.pop(next(iter(_WEIGHTS)))
+    return _WEIGHTS[key]
+
+
+def positive_window(
+    low_res: torch.Tensor, geometry: ResizeGeometry, threshold: float = 0.0
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The slice window where SAM's upsampled logits of one mask can exceed ``threshold``.
+
+    Bilinear weights are non-negative and sum to one, so outside the slice pixels that
+    low-res pixels above ``threshold`` reach, every upsampled logit is ``<= threshold``.
+
+    Parameters
+    ----------
+    low_res : torch.Tensor, shape (K, h, w) or (h, w)
+        Low-resolution logits of one object (``K`` candidates: the window covers them all).
+    geometry : ResizeGeometry
+        Of the slice the logits belong to.
+    threshold : float
+
+    Returns
+    -------
+    ((int, int), (int, int)) or None
+        ``((row0, row1), (col0, col1))``, end-exclusive slice pixels; None if nothing can exceed
+        ``threshold`` in the slice.
+    """
+    low_h, low_w = low_res.shape[-2:]
+    wr, _, _, r_lo, r_hi = upsample_weights(geometry, low_h, 0)
+    wc, _, _, c_lo, c_hi = upsample_weights(geometry, low_w, 1)
+    above = low_res[..., : wr.shape[1], : wc.shape[1]] > threshold
+    if above.ndim == 3:
+        above = above.any(dim=0)
+    rows = torch.nonzero(above.any(dim=1)).flatten().numpy()
+    if rows.size == 0:
+        return None
+    cols = torch.nonzero(above.any(dim=0)).flatten().numpy()
+    o0, o1 = int(r_lo[rows].min()), int(r_hi[rows].max())
+    p0, p1 = int(c_lo[cols].min()), int(c_hi[cols].max())
+    if o1 <= o0 or p1 <= p0:  # only padding, or pixels the resize skips
+        return None
+    return (o0, o1), (p0, p1)
 
 
 class SamPredictor:
@@ -534,6 +642,40 @@ class SamPredictor:
         b, k, h, w = full.shape
         refined = refine_logits(self.model.mask_refiner, self._gray, full.reshape(b * k, h, w))
         return refined.reshape(b, k, h, w)
+
+    def upscale_window(
+        self,
+        low_res: torch.Tensor,
+        geometry: ResizeGeometry,
+        window: tuple[tuple[int, int], tuple[int, int]],
+    ) -> torch.Tensor:
+        """Upsampled logits of a window of the slice, not refined.
+
+        The values of :meth:`full_logits` without the refiner in ``window`` (up to float
+        rounding), computed from the low-res pixels the window reads only: for a small object
+        on a large slice, a small fraction of upsampling the whole slice.
+
+        Parameters
+        ----------
+        low_res : torch.Tensor, shape (..., h, w)
+            Low-resolution logits.
+        geometry : ResizeGeometry
+        window : ((int, int), (int, int))
+            ``((row0, row1), (col0, col1))``, end-exclusive slice pixels (e.g.
+            :func:`positive_window`).
+
+        Returns
+        -------
+        torch.Tensor, shape (..., row1 - row0, col1 - col0), float32
+        """
+        (o0, o1), (p0, p1) = window
+        wr, r_lo, r_hi, _, _ = upsample_weights(geometry, low_res.shape[-2], 0)
+        wc, c_lo, c_hi, _, _ = upsample_weights(geometry, low_res.shape[-1], 1)
+        l0, l1 = int(r_lo[o0:o1].min()), int(r_hi[o0:o1].max())  # the low-res pixels read
+        m0, m1 = int(c_lo[p0:p1].min()), int(c_hi[p0:p1].max())
+        with torch.inference_mode():
+            x = low_res.float()[..., l0:l1, m0:m1]
+            return wr[o0:o1, l0:l1].to(x.device) @ x @ wc[p0:p1, m0:m1].T.to(x.device)
 
     def _upscale(self, low_res: torch.Tensor, geometry: ResizeGeometry) -> torch.Tensor:
         """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W).

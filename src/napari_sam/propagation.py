@@ -23,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from .postprocess import keep_prompted_pieces
-from .predictor import ImageEmbedding, SamPredictor
+from .predictor import ImageEmbedding, SamPredictor, positive_window
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling import Sam
@@ -464,80 +464,25 @@ def upscale_masks(
     (refined when the predictor :attr:`~napari_sam.SamPredictor.refines`).
 
     Without the refiner only the window of each object's positive logits is upsampled
-    (:func:`_upsample_weights`): the same masks as upsampling the whole slice, at a cost that
+    (:func:`~napari_sam.predictor.positive_window`,
+    :meth:`~napari_sam.SamPredictor.upscale_window`): the same masks as upsampling the whole slice, at a cost that
     follows the objects' size rather than the slice's (on a 1024 px slice, 16 nuclei with three
     candidates each were 48 full-slice upsamplings per decoded slice).
     """
     if predictor.refines:
         return (predictor.full_logits(low_res, embedding.geometry) > 0).cpu().numpy()
     geometry = embedding.geometry
-    big_h, big_w = geometry.original_size
-    b, k, low_h, low_w = low_res.shape
-    out = np.zeros((b, k, big_h, big_w), dtype=bool)
-    wr, r_lo, r_hi, o_lo_r, o_hi_r = _upsample_weights(geometry, low_h, axis=0)
-    wc, c_lo, c_hi, o_lo_c, o_hi_c = _upsample_weights(geometry, low_w, axis=1)
+    b, k = low_res.shape[:2]
+    out = np.zeros((b, k, *geometry.original_size), dtype=bool)
     with torch.inference_mode():
-        x = low_res.float()[..., : wr.shape[1], : wc.shape[1]]
-        positive = (x > 0).any(dim=1)  # (B, rows, cols)
         for i in range(b):
-            rows = torch.nonzero(positive[i].any(dim=1)).flatten().numpy()
-            cols = torch.nonzero(positive[i].any(dim=0)).flatten().numpy()
-            if rows.size == 0:
+            window = positive_window(low_res[i], geometry)
+            if window is None:
                 continue
-            # the slice pixels that positive low-res pixels reach; elsewhere every bilinear
-            # neighbour is <= 0, so the upsampled logit is too
-            o0, o1 = int(o_lo_r[rows].min()), int(o_hi_r[rows].max())
-            p0, p1 = int(o_lo_c[cols].min()), int(o_hi_c[cols].max())
-            if o1 <= o0 or p1 <= p0:  # only padding or pixels the resize skips
-                continue
-            l0, l1 = int(r_lo[o0]), int(r_hi[o1 - 1])  # low-res pixels those outputs read
-            m0, m1 = int(c_lo[p0]), int(c_hi[p1 - 1])
-            window = wr[o0:o1, l0:l1] @ x[i, :, l0:l1, m0:m1] @ wc[p0:p1, m0:m1].T
-            out[i, :, o0:o1, p0:p1] = (window > 0).cpu().numpy()
+            (o0, o1), (p0, p1) = window
+            out[i, :, o0:o1, p0:p1] = (
+                predictor.upscale_window(low_res[i], geometry, window) > 0).cpu().numpy()
     return out
-
-
-_WEIGHTS: dict[tuple, tuple] = {}
-
-
-def _upsample_weights(geometry, low_n: int, axis: int):
-    """Along one axis, SAM's mask upsampling (:meth:`SamPredictor._upscale`) as a matrix.
-
-    Returns ``(w, lo, hi, out_lo, out_hi)``: ``w`` ``(N, n)`` maps the first ``n`` low-res
-    pixels to the ``N`` slice pixels (bilinear to the model input, crop the padding, bilinear
-    to the slice, ``align_corners=False`` as ``torch.nn.functional.interpolate``); slice pixel
-    ``o`` reads low-res pixels ``lo[o]:hi[o]``; low-res pixel ``l`` reaches slice pixels
-    ``out_lo[l]:out_hi[l]`` (an empty ``N:0`` for a pixel no slice pixel reads).
-    """
-    n_in = geometry.input_size[axis]
-    n_out = geometry.original_size[axis]
-    key = (n_in, n_out, geometry.img_size, low_n)
-    if key not in _WEIGHTS:
-        scale = geometry.img_size // low_n
-        n = min(low_n, -(-n_in // scale) + 1)
-
-        def linear(n_src: int, n_dst: int, ratio: float) -> np.ndarray:
-            src = np.maximum((np.arange(n_dst) + 0.5) * ratio - 0.5, 0.0)
-            i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
-            i1 = np.minimum(i0 + 1, n_src - 1)
-            lam = src - i0
-            m = np.zeros((n_dst, n_src))
-            np.add.at(m, (np.arange(n_dst), i0), 1.0 - lam)
-            np.add.at(m, (np.arange(n_dst), i1), lam)
-            return m
-
-        w = linear(n, n * scale, 1.0 / scale)[:n_in]
-        if n_out != n_in:
-            w = linear(n_in, n_out, n_in / n_out) @ w
-        nz = w > 0
-        lo, hi = nz.argmax(axis=1), n - nz[:, ::-1].argmax(axis=1)
-        reached = nz.any(axis=0)
-        out_lo = np.where(reached, nz.argmax(axis=0), n_out)
-        out_hi = np.where(reached, n_out - nz[::-1].argmax(axis=0), 0)
-        _WEIGHTS[key] = (torch.from_numpy(w.astype(np.float32)), lo, hi, out_lo, out_hi)
-        while len(_WEIGHTS) > 8:
-            _WEIGHTS.pop(next(iter(_WEIGHTS)))
-    return _WEIGHTS[key]
 
 
 def _box_of(mask: npt.NDArray[np.bool_], margin: float) -> npt.NDArray[np.float64]:
