@@ -101,3 +101,25 @@ def test_rough_labels_layer_as_mask_prompt(sam, idle):
     idle(widget)
     assert widget.preview is not None
     assert viewer.layers[LABELS_NAME].data[4].sum() == 0
+
+
+def test_a_box_preview_stays_in_its_box(sam, idle):
+    import torch
+
+    image, _ = nuclei_2d()
+    viewer, widget, _ = sam(image)
+    predictor = widget.predictor
+    upscale = predictor.full_logits
+
+    def spilling(low_res, geometry):  # a model whose masks cover the whole slice
+        return torch.full_like(upscale(low_res, geometry), 5.0)
+
+    predictor.full_logits = spilling
+    widget.shapes_layer.add_rectangles(np.array([[20, 10], [39, 49]], dtype=float))
+    idle(widget)
+    (mask,) = widget.preview.masks
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    # the box (rows 20..39, cols 10..49) grown by 10 % of its side plus one pixel
+    assert (rows[0], rows[-1]) == (17, 42) and (cols[0], cols[-1]) == (5, 54)
+    widget.commit()
+    assert np.count_nonzero(viewer.layers[LABELS_NAME].data) == mask.sum() < mask.size
