@@ -8,6 +8,7 @@ Coordinates are napari data order throughout: points ``(row, col)``, boxes
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,9 +64,6 @@ class ImageEmbedding:
         return self.features.element_size() * self.features.nelement()
 
 
-_WEIGHTS: dict[tuple, tuple] = {}
-
-
 def upsample_weights(geometry: ResizeGeometry, low_n: int, axis: int) -> tuple:
     """SAM's mask upsampling along one axis, as a matrix.
 
@@ -94,35 +92,35 @@ def upsample_weights(geometry: ResizeGeometry, low_n: int, axis: int) -> tuple:
         Low-res pixel ``l`` reaches slice pixels ``out_lo[l]:out_hi[l]`` (the empty ``N:0``
         for a pixel no slice pixel reads).
     """
-    n_in = geometry.input_size[axis]
-    n_out = geometry.original_size[axis]
-    key = (n_in, n_out, geometry.img_size, low_n)
-    if key not in _WEIGHTS:
-        scale = geometry.img_size // low_n
-        n = min(low_n, -(-n_in // scale) + 1)
+    return _upsample_weights(
+        geometry.input_size[axis], geometry.original_size[axis], geometry.img_size, low_n)
 
-        def linear(n_src: int, n_dst: int, ratio: float) -> np.ndarray:
-            src = np.maximum((np.arange(n_dst) + 0.5) * ratio - 0.5, 0.0)
-            i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
-            i1 = np.minimum(i0 + 1, n_src - 1)
-            lam = src - i0
-            m = np.zeros((n_dst, n_src))
-            np.add.at(m, (np.arange(n_dst), i0), 1.0 - lam)
-            np.add.at(m, (np.arange(n_dst), i1), lam)
-            return m
 
-        w = linear(n, n * scale, 1.0 / scale)[:n_in]
-        if n_out != n_in:
-            w = linear(n_in, n_out, n_in / n_out) @ w
-        nz = w > 0
-        lo, hi = nz.argmax(axis=1), n - nz[:, ::-1].argmax(axis=1)
-        reached = nz.any(axis=0)
-        out_lo = np.where(reached, nz.argmax(axis=0), n_out)
-        out_hi = np.where(reached, n_out - nz[::-1].argmax(axis=0), 0)
-        _WEIGHTS[key] = (torch.from_numpy(w.astype(np.float32)), lo, hi, out_lo, out_hi)
-        while len(_WEIGHTS) > 8:
-            _WEIGHTS.pop(next(iter(_WEIGHTS)))
-    return _WEIGHTS[key]
+@functools.lru_cache(maxsize=16)  # thread-safe; a few kB to a few MB per slice shape
+def _upsample_weights(n_in: int, n_out: int, img_size: int, low_n: int) -> tuple:
+    scale = img_size // low_n
+    n = min(low_n, -(-n_in // scale) + 1)
+
+    def linear(n_src: int, n_dst: int, ratio: float) -> np.ndarray:
+        # torch's bilinear, align_corners=False: source = (dst + 0.5) * ratio - 0.5, >= 0
+        src = np.maximum((np.arange(n_dst) + 0.5) * ratio - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
+        i1 = np.minimum(i0 + 1, n_src - 1)
+        lam = src - i0
+        m = np.zeros((n_dst, n_src))
+        np.add.at(m, (np.arange(n_dst), i0), 1.0 - lam)
+        np.add.at(m, (np.arange(n_dst), i1), lam)
+        return m
+
+    w = linear(n, n * scale, 1.0 / scale)[:n_in]
+    if n_out != n_in:
+        w = linear(n_in, n_out, n_in / n_out) @ w
+    nz = w > 0
+    lo, hi = nz.argmax(axis=1), n - nz[:, ::-1].argmax(axis=1)
+    reached = nz.any(axis=0)
+    out_lo = np.where(reached, nz.argmax(axis=0), n_out)
+    out_hi = np.where(reached, n_out - nz[::-1].argmax(axis=0), 0)
+    return torch.from_numpy(w.astype(np.float32)), lo, hi, out_lo, out_hi
 
 
 def positive_window(
@@ -153,10 +151,10 @@ def positive_window(
     above = low_res[..., : wr.shape[1], : wc.shape[1]] > threshold
     if above.ndim == 3:
         above = above.any(dim=0)
-    rows = torch.nonzero(above.any(dim=1)).flatten().numpy()
+    rows = torch.nonzero(above.any(dim=1)).flatten().cpu().numpy()
     if rows.size == 0:
         return None
-    cols = torch.nonzero(above.any(dim=0)).flatten().numpy()
+    cols = torch.nonzero(above.any(dim=0)).flatten().cpu().numpy()
     o0, o1 = int(r_lo[rows].min()), int(r_hi[rows].max())
     p0, p1 = int(c_lo[cols].min()), int(c_hi[cols].max())
     if o1 <= o0 or p1 <= p0:  # only padding, or pixels the resize skips

@@ -150,8 +150,9 @@ class PropagationParams:
         evaluation stacks agreed, docs/propagation.md), although it improves 2D masks.
     prompted_pieces : bool
         Keep only the connected pieces of each new mask that hold the object's positive point
-        (with a box prompt: cut to the box, as :func:`~napari_sam.postprocess.keep_prompted_pieces`
-        does in the viewer): stray pieces on other objects are dropped.
+        (with a box prompt: cut to the box first), as the viewer does
+        (:func:`~napari_sam.postprocess.keep_prompted_pieces`): stray pieces on other objects
+        are dropped.
     """
 
     prompt: tuple[str, ...] = ("points",)
@@ -465,9 +466,9 @@ def upscale_masks(
 
     Without the refiner only the window of each object's positive logits is upsampled
     (:func:`~napari_sam.predictor.positive_window`,
-    :meth:`~napari_sam.SamPredictor.upscale_window`): the same masks as upsampling the whole slice, at a cost that
-    follows the objects' size rather than the slice's (on a 1024 px slice, 16 nuclei with three
-    candidates each were 48 full-slice upsamplings per decoded slice).
+    :meth:`~napari_sam.SamPredictor.upscale_window`): the same masks as upsampling the whole
+    slice, at a cost that follows the objects' size rather than the slice's (on a 1024 px
+    slice, 16 nuclei with three candidates each were 48 full-slice upsamplings per slice).
     """
     if predictor.refines:
         return (predictor.full_logits(low_res, embedding.geometry) > 0).cpu().numpy()
