@@ -152,6 +152,55 @@ def test_to_labels_has_no_overlap_and_the_better_score_wins():
     assert set(np.unique(out)) == {0, 3, 4}
 
 
+def test_mask_stack_keeps_bounding_boxes_and_gives_back_whole_masks():
+    from napari_sam.propagation import MaskStack
+
+    a = np.zeros((300, 400), bool)
+    a[100:110, 200:215] = True
+    a[105, 230] = True  # a second piece widens the box
+    empty = np.zeros((300, 400), bool)
+    stack = MaskStack({4: a})
+    stack[5] = empty
+    a[0, 0] = True  # stored masks are copies
+    assert sorted(stack) == [4, 5] and len(stack) == 2
+    r0, c0, crop = stack.crop(4)
+    assert (r0, c0, crop.shape) == (100, 200, (10, 31))
+    got = stack[4]
+    assert got.shape == (300, 400) and not got[0, 0] and got[105, 230] and got.sum() == 151
+    assert not stack[5].any() and stack[5].shape == (300, 400)
+    assert stack.nbytes == 310  # not 2 x 120 000
+    copy = stack.copy()
+    del copy[4]
+    assert 4 in stack and 4 not in copy
+    with pytest.raises(ValueError, match="2D"):
+        stack[6] = np.zeros((2, 3, 4), bool)
+
+
+def test_to_labels_is_the_same_from_mask_stacks_and_whole_masks():
+    from napari_sam.propagation import MaskStack
+
+    rng = np.random.default_rng(0)
+    masks = {oid: {i: ndimage.binary_opening(rng.random((40, 50)) < 0.5) for i in range(3)}
+             for oid in (1, 2, 3)}
+    scores = {oid: {i: float(rng.random()) for i in range(3)} for oid in masks}
+    whole = Propagation(masks, True, scores=scores).to_labels(4, (40, 50))
+    stacked = Propagation({k: MaskStack(v) for k, v in masks.items()}, True,
+                          scores=scores).to_labels(4, (40, 50))
+    np.testing.assert_array_equal(stacked, whole)
+    assert set(np.unique(whole)) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="does not fit"):
+        Propagation({1: MaskStack({0: np.ones((5, 5), bool)})}, True).to_labels(1, (40, 50))
+
+
+def test_propagation_keeps_bounding_boxes(scene):
+    model, image, labels, embed, _ = scene
+    res = propagate(model, embed, N, [Seed(1, 5, points=_point(1))])
+    from napari_sam.propagation import MaskStack
+
+    assert isinstance(res.masks[1], MaskStack) and len(res.masks[1]) > 3
+    assert res.masks[1].nbytes < 0.1 * len(res.masks[1]) * S * S  # nuclei of 30 px on 256 px
+
+
 def test_propagate_volume_along_another_axis(scene):
     model, image, labels, embed, _ = scene
     sub = image[2:9]

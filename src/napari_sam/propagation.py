@@ -13,7 +13,7 @@ Slices are ``(H, W)`` (or ``(H, W, 3)``); coordinates are napari's ``(row, col)`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "PROMPT_PARTS",
+    "MaskStack",
     "Propagation",
     "PropagationParams",
     "Seed",
@@ -201,6 +202,64 @@ class PropagationParams:
             raise ValueError(f"max_shift must be > 0 or None, got {self.max_shift!r}")
 
 
+class MaskStack(MutableMapping):
+    """``slice index -> (H, W) bool mask`` of one object, kept as bounding-box crops.
+
+    A propagated nucleus covers a few hundred pixels of a slice of millions: storing whole
+    masks cost ``H x W`` bytes per object and slice (16 objects through 100 slices of 2048 px:
+    6.7 GB). Here each mask is stored as its bounding box; reading ``stack[i]`` rebuilds the
+    whole mask, so this behaves as the ``dict`` of masks it replaces.
+    """
+
+    def __init__(self, masks: Mapping[int, npt.ArrayLike] | None = None) -> None:
+        self._crops: dict[int, tuple[tuple[int, int], int, int, np.ndarray]] = {}
+        for i, mask in (masks or {}).items():
+            self[i] = mask
+
+    def __setitem__(self, index: int, mask: npt.ArrayLike) -> None:
+        m = np.asarray(mask, dtype=bool)
+        if m.ndim != 2:
+            raise ValueError(f"a mask must be 2D (H, W), got shape {m.shape}")
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if rows.size == 0:
+            entry = (m.shape, 0, 0, np.zeros((0, 0), dtype=bool))
+        else:
+            crop = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].copy()
+            entry = (m.shape, int(rows[0]), int(cols[0]), crop)
+        self._crops[int(index)] = entry
+
+    def __getitem__(self, index: int) -> npt.NDArray[np.bool_]:
+        shape, r0, c0, crop = self._crops[index]
+        out = np.zeros(shape, dtype=bool)
+        out[r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]] = crop
+        return out
+
+    def __delitem__(self, index: int) -> None:
+        del self._crops[index]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._crops)
+
+    def __len__(self) -> int:
+        return len(self._crops)
+
+    def crop(self, index: int) -> tuple[int, int, npt.NDArray[np.bool_]]:
+        """``(row0, col0, mask inside its bounding box)`` of slice ``index`` (no copy)."""
+        _, r0, c0, crop = self._crops[index]
+        return r0, c0, crop
+
+    def copy(self) -> MaskStack:
+        """A new stack with the same masks (the crops are shared, never written in place)."""
+        out = MaskStack()
+        out._crops = dict(self._crops)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the masks."""
+        return sum(c.nbytes for *_, c in self._crops.values())
+
+
 @dataclass
 class Propagation:
     """The result of :func:`propagate`.
@@ -208,8 +267,9 @@ class Propagation:
     Attributes
     ----------
     masks : dict
-        ``object_id -> slice index -> (H, W) bool mask``; only slices where the object was found.
-        Masks of different objects may overlap here; :meth:`to_labels` resolves that.
+        ``object_id -> slice index -> (H, W) bool mask`` (a :class:`MaskStack` per object, which
+        keeps each mask as its bounding box); only slices where the object was found. Masks of
+        different objects may overlap here; :meth:`to_labels` resolves that.
     complete : bool
         False if the run was cancelled (``masks`` holds what was done until then).
     scores : dict
@@ -222,7 +282,7 @@ class Propagation:
         ``"cancelled"``).
     """
 
-    masks: dict[int, dict[int, npt.NDArray[np.bool_]]]
+    masks: dict[int, MutableMapping[int, npt.NDArray[np.bool_]]]
     complete: bool
     scores: dict[int, dict[int, float]] = field(default_factory=dict)
     stopped: dict[int, dict[str, str]] = field(default_factory=dict)
@@ -259,15 +319,23 @@ class Propagation:
         best = np.full(shape, -np.inf, dtype=np.float32)
         for oid in sorted(self.masks):
             value = int(oid if ids is None else ids[oid])
-            for i, mask in self.masks[oid].items():
+            stack = self.masks[oid]
+            for i in stack:
                 if not 0 <= i < shape[0]:
                     raise ValueError(f"object {oid} has a mask on slice {i}, outside {n_slices}")
-                if mask.shape != shape[1:]:
-                    raise ValueError(f"mask of shape {mask.shape} does not fit slices {shape[1:]}")
+                if isinstance(stack, MaskStack):  # paint the bounding box only
+                    mask_shape = stack._crops[i][0]
+                    r0, c0, mask = stack.crop(i)
+                else:
+                    mask = np.asarray(stack[i], dtype=bool)
+                    mask_shape, r0, c0 = mask.shape, 0, 0
+                if tuple(mask_shape) != shape[1:]:
+                    raise ValueError(f"mask of shape {mask_shape} does not fit slices {shape[1:]}")
+                window = (i, slice(r0, r0 + mask.shape[0]), slice(c0, c0 + mask.shape[1]))
                 score = np.float32(self.scores.get(oid, {}).get(i, 0.0))
-                win = mask & (score > best[i])
-                out[i][win] = value
-                best[i][win] = score
+                win = mask & (score > best[window])
+                out[window][win] = value
+                best[window][win] = score
         return out
 
 
@@ -634,7 +702,7 @@ def propagate(
     n_slices = int(n_slices)
     by_object = _check_seeds(seeds, n_slices)
     predictor = SamPredictor(model, refine=params.refine)
-    result = Propagation(masks={oid: {} for oid in by_object}, complete=False,
+    result = Propagation(masks={oid: MaskStack() for oid in by_object}, complete=False,
                          scores={oid: {} for oid in by_object},
                          stopped={oid: {} for oid in by_object})
 
@@ -836,14 +904,16 @@ def _advance(predictor, emb, fronts: list[_Front], i: int, params: PropagationPa
     low_res = torch.cat([lr for lr, _ in chunks])
     iou = torch.cat([q for _, q in chunks])
     stab = stability_scores(low_res, params.stability_offset)
-    full = upscale_masks(predictor, low_res, emb)  # (B, K, H, W)
     image = None
     for b, f in enumerate(fronts):
+        if b % DECODE_CHUNK == 0:  # whole-slice masks of a few fronts at a time (memory)
+            full = upscale_masks(predictor, low_res[b:b + DECODE_CHUNK], emb)  # (B', K, H, W)
+        candidates = full[b % DECODE_CHUNK]
         if multimask:  # the candidate that best continues the previous mask
-            k = int(np.argmax([_overlap_iou(full[b, k], f.mask) for k in range(full.shape[1])]))
+            k = int(np.argmax([_overlap_iou(m, f.mask) for m in candidates]))
         else:
             k = 0
-        mask = full[b, k]
+        mask = candidates[k]
         if params.prompted_pieces:
             mask = keep_prompted_pieces(
                 mask, None if points is None else points[b], None if labels is None else labels[b],
@@ -1136,14 +1206,18 @@ def propagate_in_crops(
         part = propagate(model, embed, n_slices, local, params=params, progress=step,
                          cancelled=cancelled, slice_image=get, intensity_range=intensity_range)
         for oid, masks in part.masks.items():
-            merged.masks[oid] = masks if origin is None else {
-                i: _paste(m, origin, hw) for i, m in masks.items()}
+            if origin is not None:  # into the slice's frame, one mask at a time
+                pasted = MaskStack()
+                for i, m in masks.items():
+                    pasted[i] = _paste(m, origin, hw)
+                masks = pasted
+            merged.masks[oid] = masks
         merged.scores.update(part.scores)
         merged.stopped.update(part.stopped)
         if not part.complete:
             merged.complete = False
             for oid in by_object:
-                merged.masks.setdefault(oid, {})
+                merged.masks.setdefault(oid, MaskStack())
                 merged.scores.setdefault(oid, {})
                 merged.stopped.setdefault(oid, {"up": "cancelled", "down": "cancelled"})
             break

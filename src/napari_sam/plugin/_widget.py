@@ -929,10 +929,15 @@ class SamWidget(Container):
         if image not in self.viewer.layers:
             show_warning("The image was removed during propagation: nothing was written.")
             return
-        masks = {k: dict(v) for k, v in result.masks.items()}
+        from ..propagation import MaskStack
+
+        # copies that keep each mask as its bounding box (MaskStack): whole masks of every
+        # object and slice may not fit in memory
+        masks = {k: MaskStack(v) if not isinstance(v, MaskStack) else v.copy()
+                 for k, v in result.masks.items()}
         if mode == "preview":
             for k, mask in seed_masks.items():  # the slice the user saw keeps the preview
-                masks.setdefault(k, {})[plane.index[axis]] = mask
+                masks.setdefault(k, MaskStack())[plane.index[axis]] = mask
         masks = {k: v for k, v in masks.items() if any(m.any() for m in v.values())}
         if not masks:
             show_warning("Propagation found nothing to write.")
