@@ -320,15 +320,12 @@ class Propagation:
         for oid in sorted(self.masks):
             value = int(oid if ids is None else ids[oid])
             stack = self.masks[oid]
+            if not isinstance(stack, MaskStack):  # a plain mapping of whole masks
+                stack = MaskStack(stack)
             for i in stack:
                 if not 0 <= i < shape[0]:
                     raise ValueError(f"object {oid} has a mask on slice {i}, outside {n_slices}")
-                if isinstance(stack, MaskStack):  # paint the bounding box only
-                    mask_shape = stack._crops[i][0]
-                    r0, c0, mask = stack.crop(i)
-                else:
-                    mask = np.asarray(stack[i], dtype=bool)
-                    mask_shape, r0, c0 = mask.shape, 0, 0
+                mask_shape, r0, c0, mask = stack._crops[i]  # paint the bounding box only
                 if tuple(mask_shape) != shape[1:]:
                     raise ValueError(f"mask of shape {mask_shape} does not fit slices {shape[1:]}")
                 window = (i, slice(r0, r0 + mask.shape[0]), slice(c0, c0 + mask.shape[1]))
