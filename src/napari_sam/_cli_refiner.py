@@ -67,25 +67,27 @@ def command(args) -> int:
         raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.images:
-        from .cli import _read_pairs
+    from .cli import _read_pairs, check_training_data_args, training_examples
 
-        images, labels = _read_pairs(args.images, args.labels)
+    check_training_data_args(args)
+    images = labels = None
+    if args.images:
+        images, labels = _read_pairs(args.images, args.labels, args.holdout_every)
     model = build_model(args.init, device=args.device)
     examples_path = out.with_name(out.name + ".examples.npz")
     if examples_path.exists():
         data = rt.RefinerExamples.load(examples_path)
         print(f"{len(data)} examples from {examples_path}")
     else:
-        if args.synthetic:
-            lo, hi = args.size_range
-            if not 8 <= lo <= hi:
-                raise InputError(f"--size-range must be 8 <= MIN <= MAX, got {lo} {hi}")
-            stream = training.synthetic_examples(args.seed, size_range=(lo, hi), size_log=True,
-                                                 stack_fraction=args.stack_fraction,
-                                                 ranges=args.ranges)
-        else:
-            stream = training.folder_examples(images, labels, args.crop, args.seed)
+        lo, hi = args.size_range
+        if args.synthetic and not 8 <= lo <= hi:
+            raise InputError(f"--size-range must be 8 <= MIN <= MAX, got {lo} {hi}")
+        stream = training_examples(
+            args, images, labels,
+            lambda: training.synthetic_examples(args.seed, size_range=(lo, hi), size_log=True,
+                                                stack_fraction=args.stack_fraction,
+                                                ranges=args.ranges),
+            args.crop)
 
         def simulated(done: int, total: int) -> None:
             if done % 20 == 0 or done == total:

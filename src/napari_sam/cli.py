@@ -50,10 +50,43 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def add_training_data_args(p: argparse.ArgumentParser, images_help: str) -> None:
     """``--synthetic`` or ``--images DIR`` (with ``--labels DIR``): what a training command
     learns from."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--synthetic", action="store_true", help="train on generated nuclei images")
-    src.add_argument("--images", help=images_help)
+    p.add_argument("--synthetic", action="store_true",
+                   help="train on generated nuclei images (with --images: mixed with them)")
+    p.add_argument("--images", help=images_help)
     p.add_argument("--labels", help="folder of label images with the same file names")
+    p.add_argument("--real-fraction", type=float, default=0.5, metavar="F",
+                   help="with --images and --synthetic: the fraction of training images drawn "
+                        "from --images (default 0.5)")
+    p.add_argument("--holdout-every", type=int, default=0, metavar="N",
+                   help="leave out every N-th image of --images by sorted name (the 1st, the "
+                        "N+1-th, ...): the validation split that `benchmarks/evaluate_real.py` "
+                        "scores (0: train on all)")
+
+
+def check_training_data_args(args) -> None:
+    """One clear error for a training command's data options (see add_training_data_args)."""
+    if not (args.synthetic or args.images):
+        raise InputError("give --synthetic, --images DIR --labels DIR, or both")
+    if args.images and not args.labels:
+        raise InputError("--images needs --labels")
+    if not 0.0 <= args.real_fraction <= 1.0:
+        raise InputError(f"--real-fraction must be in [0, 1], got {args.real_fraction}")
+    if args.holdout_every < 0 or args.holdout_every == 1:
+        raise InputError(f"--holdout-every must be 0 or >= 2, got {args.holdout_every}")
+
+
+def training_examples(args, images, labels, synthetic_stream, crop: int):
+    """The training stream a command's data options ask for: the folder's crops, the generator,
+    or both mixed at ``--real-fraction``."""
+    from . import training
+
+    if not args.images:
+        return synthetic_stream()
+    real = training.folder_examples(images, labels, crop, args.seed)
+    if not args.synthetic:
+        return real
+    return training.mixed_examples([real, synthetic_stream()],
+                                   [args.real_fraction, 1.0 - args.real_fraction], args.seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,10 +432,11 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _read_pairs(images_dir: str, labels_dir: str | None):
+def _read_pairs(images_dir: str, labels_dir: str | None, holdout_every: int = 0):
     from pathlib import Path
 
     from .io import read_image
+    from .training import holdout_split
 
     if not labels_dir:
         raise InputError("--images needs --labels")
@@ -413,6 +447,8 @@ def _read_pairs(images_dir: str, labels_dir: str | None):
     files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".npy"))
     if not files:
         raise InputError(f"no .tif or .npy images in {img_dir}")
+    train_idx, _ = holdout_split([f.name for f in files], holdout_every)
+    files = [files[i] for i in train_idx]
     images, labels = [], []
     for f in files:
         lab_path = lab_dir / f.name
@@ -449,8 +485,10 @@ def _cmd_train(args) -> int:
         raise InputError(f"--other-outputs-weight must be >= 0, got {args.other_outputs_weight}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_training_data_args(args)
+    images = labels = None
     if args.images:
-        images, labels = _read_pairs(args.images, args.labels)
+        images, labels = _read_pairs(args.images, args.labels, args.holdout_every)
     if args.from_scratch:
         config = MODEL_CONFIGS[resolve_model_name(args.init)]
         model = build_sam(config)
@@ -464,13 +502,13 @@ def _cmd_train(args) -> int:
     if args.img_size and args.img_size != final_size:
         model = training.with_input_size(model, config, args.img_size)
     crop = args.crop or model.img_size
-    if args.synthetic:
-        size_range = tuple(args.size_range) if args.size_range else None
-        examples = training.synthetic_examples(args.seed, (crop, crop), size_range=size_range,
-                                               stack_fraction=args.stack_fraction,
-                                               size_log=args.size_log, ranges=args.ranges)
-    else:
-        examples = training.folder_examples(images, labels, crop, args.seed)
+    size_range = tuple(args.size_range) if args.size_range else None
+    examples = training_examples(
+        args, images, labels,
+        lambda: training.synthetic_examples(args.seed, (crop, crop), size_range=size_range,
+                                            stack_fraction=args.stack_fraction,
+                                            size_log=args.size_log, ranges=args.ranges),
+        crop)
     cfg = training.TrainConfig(
         steps=args.steps, lr=args.lr, warmup_steps=args.warmup, focal_ramp_steps=args.focal_ramp,
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
@@ -480,7 +518,9 @@ def _cmd_train(args) -> int:
                "crop": crop, "size_range": args.size_range,
                "stack_fraction": args.stack_fraction, "size_log": args.size_log,
                "ranges": args.ranges,
-               "data": "synthetic" if args.synthetic else str(args.images)},
+               "synthetic": args.synthetic, "images": args.images,
+               "real_fraction": args.real_fraction if args.images and args.synthetic else None,
+               "holdout_every": args.holdout_every},
     )
     clock = {"t": time.monotonic()}
 

@@ -611,6 +611,49 @@ def folder_examples(
         yield img[r0 : r0 + crop, c0 : c0 + crop], sub
 
 
+def holdout_split(names: list[str], every: int) -> tuple[list[int], list[int]]:
+    """Split images into training and validation parts by sorted name, reproducibly.
+
+    Parameters
+    ----------
+    names : list of str
+        File names (any order).
+    every : int
+        Every ``every``-th name in sorted order (the 1st, the ``every + 1``-th, ...) is held out
+        for validation; 0 holds out nothing.
+
+    Returns
+    -------
+    train, validation : list of int
+        Indices into ``names``.
+    """
+    if every < 0:
+        raise ValueError(f"every must be >= 0, got {every}")
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    held = {i for rank, i in enumerate(order) if every and rank % every == 0}
+    return [i for i in order if i not in held], [i for i in order if i in held]
+
+
+def mixed_examples(
+    sources: list[Iterator[tuple[np.ndarray, np.ndarray]]],
+    weights: list[float],
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Draw each example from one of ``sources``, chosen at random with probability ``weights``.
+
+    Used to train on a user's (or a public) annotated folder mixed with the synthetic generator:
+    the real images teach the look of real nuclei, the generator keeps 3D slices, time-lapse
+    looks and object sizes one real set does not have.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if len(sources) != len(w) or len(w) == 0 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"need one non-negative weight per source, got {weights}")
+    rng = np.random.default_rng(seed)
+    p = w / w.sum()
+    while True:
+        yield next(sources[int(rng.choice(len(sources), p=p))])
+
+
 def with_input_size(model: Sam, config, img_size: int) -> Sam:
     """A copy of ``model`` for another input size (same weights, position embedding resampled).
 
