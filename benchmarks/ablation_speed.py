@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam.build import MODEL_CONFIGS, build_sam
+from napari_sam.models.build import MODEL_CONFIGS, build_sam
 from napari_sam.modeling import MaskDecoder, MLPBlock, image_encoder
 from napari_sam.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 from napari_sam.modeling.image_encoder import PatchEmbed
-from napari_sam.predictor import ImageEmbedding, SamPredictor
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
 
 
 def _plain_patch_embed(self, x):

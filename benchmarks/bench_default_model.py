@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from napari_sam.build import MODEL_CONFIGS, build_model, build_sam
-from napari_sam.predictor import SamPredictor
+from napari_sam.models.build import MODEL_CONFIGS, build_model, build_sam
+from napari_sam.engine.predictor import SamPredictor
 
 
 def _time(fn, repeats):

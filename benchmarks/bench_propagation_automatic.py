@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.automatic import AutomaticParams, segment_everything
-from napari_sam.baselines import instance_metrics
-from napari_sam.propagation import PropagationParams, _advance, _Front, Propagation
-from napari_sam.synthetic import SyntheticSettings, make_nuclei_2d
+from napari_sam.workflows.automatic import AutomaticParams, segment_everything
+from napari_sam.evaluation.baselines import instance_metrics
+from napari_sam.workflows.propagation import PropagationParams, _advance, _Front, Propagation
+from napari_sam.data.synthetic import SyntheticSettings, make_nuclei_2d
 
 
 def _result(ids) -> Propagation:

@@ -32,8 +32,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from napari_sam.synthetic import make_nuclei_2d
-    from napari_sam.text import (
+    from napari_sam.data.synthetic import make_nuclei_2d
+    from napari_sam.workflows.text import (
         ClipScorer,
         embed_objects,
         extract_crops,

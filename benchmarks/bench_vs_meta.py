@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_sam.build import MODEL_CONFIGS, build_sam
-from napari_sam.predictor import ImageEmbedding, SamPredictor
-from napari_sam.preprocess import estimate_intensity_range, to_rgb_uint8_range
-from napari_sam.synthetic import make_nuclei_2d
+from napari_sam.models.build import MODEL_CONFIGS, build_sam
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
+from napari_sam.engine.preprocess import estimate_intensity_range, to_rgb_uint8_range
+from napari_sam.data.synthetic import make_nuclei_2d
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -23,7 +23,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from napari_sam.evaluation import farthest_point, ground_truth_objects
+from napari_sam.evaluation.interactive import farthest_point, ground_truth_objects
 
 BINS = ((0, 6), (6, 10), (10, 20), (20, np.inf))
 

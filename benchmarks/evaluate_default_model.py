@@ -21,7 +21,7 @@ import numpy as np
 import tifffile
 
 from napari_sam.cli import main as cli
-from napari_sam.synthetic import make_nuclei_2d, random_settings
+from napari_sam.data.synthetic import make_nuclei_2d, random_settings
 
 SETS = {
     "train-like": dict(held_out=False),

@@ -31,7 +31,7 @@ import tifffile
 import torch
 
 from napari_sam.cli import main as cli
-from napari_sam.synthetic import make_nuclei_2d, make_nuclei_3d, random_settings
+from napari_sam.data.synthetic import make_nuclei_2d, make_nuclei_3d, random_settings
 
 # 9104 (stacks) and 31337 (2D) drew the data the defaults were tuned on; these are fresh
 SEED_3D, SEED_2D = 9204, 9106
@@ -98,7 +98,7 @@ def main() -> None:
     summary: dict = {}
 
     if args.skip != "propagation":
-        from napari_sam.baselines import evaluate_classical_propagation
+        from napari_sam.evaluation.baselines import evaluate_classical_propagation
 
         print("| set | stacks | objects | miou_3d | classical 3D miou_3d | s per stack |")
         print("|---|---|---|---|---|---|")
@@ -120,7 +120,7 @@ def main() -> None:
                   f"{np.mean(classical):.3f} | {np.mean(secs):.0f} |", flush=True)
         if args.prompts:
             from napari_sam import build_model
-            from napari_sam.propagation import PropagationParams, evaluate_propagation
+            from napari_sam.workflows.propagation import PropagationParams, evaluate_propagation
 
             model = build_model(args.model)
             combos = [("box", "mask"), ("mask",), ("box",), ("points",), ("box", "points"),

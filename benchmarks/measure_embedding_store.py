@@ -7,7 +7,7 @@ innermost pixel) and with its box, decoded against both embeddings, and the two 
 
 tiling: on a larger image, nuclei that the first tile holding their centre sees only partly
 (<= 85 %) are segmented (a) in that tile, clipped, as tools without tile merging do, and (b) with
-:class:`napari_sam.tiling.TiledPredictor`; IoU with the ground truth is compared.
+:class:`napari_sam.engine.tiling.TiledPredictor`; IoU with the ground truth is compared.
 
 Usage::
 
@@ -47,9 +47,9 @@ def _objects(labels, min_area=50):
 
 def measure_fp16(model_name: str, random: bool, n_images: int, size: int) -> dict:
     from napari_sam import SamPredictor, build_model
-    from napari_sam.predictor import ImageEmbedding
-    from napari_sam.preprocess import estimate_intensity_range
-    from napari_sam.synthetic import make_nuclei_2d, random_settings
+    from napari_sam.engine.predictor import ImageEmbedding
+    from napari_sam.engine.preprocess import estimate_intensity_range
+    from napari_sam.data.synthetic import make_nuclei_2d, random_settings
 
     torch.manual_seed(0)
     model = build_model(model_name, pretrained=not random)
@@ -93,8 +93,8 @@ def measure_fp16(model_name: str, random: bool, n_images: int, size: int) -> dic
 
 def measure_tiling(n_images: int, size: int, tile: int, overlap: int, held_out: bool) -> dict:
     from napari_sam import build_model
-    from napari_sam.synthetic import make_nuclei_2d, random_settings
-    from napari_sam.tiling import TiledPredictor
+    from napari_sam.data.synthetic import make_nuclei_2d, random_settings
+    from napari_sam.engine.tiling import TiledPredictor
 
     model = build_model("default")
     naive, tiled, tiles_used = [], [], []

@@ -20,10 +20,10 @@ import tifffile
 import torch
 
 from napari_sam import build_model
-from napari_sam.automatic import segment_everything
-from napari_sam.baselines import instance_metrics
+from napari_sam.workflows.automatic import segment_everything
+from napari_sam.evaluation.baselines import instance_metrics
 from napari_sam.cli import main as cli
-from napari_sam.synthetic import make_nuclei_2d, random_settings
+from napari_sam.data.synthetic import make_nuclei_2d, random_settings
 
 #: (name, rng seed, held-out, images, first image seed)
 SETS = (("held", 31337, True, 6, 40_000), ("train", 31338, False, 4, 40_000),

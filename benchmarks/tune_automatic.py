@@ -19,8 +19,8 @@ import torch
 from select_model import tuning_images, tuning_set
 
 from napari_sam import build_model
-from napari_sam.automatic import AutomaticParams, segment_everything
-from napari_sam.baselines import instance_metrics
+from napari_sam.workflows.automatic import AutomaticParams, segment_everything
+from napari_sam.evaluation.baselines import instance_metrics
 
 VARIANTS = {
     "v0.6 (no part or merge rule)": dict(part_score_margin=None, merge_solidity=None),

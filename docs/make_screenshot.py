@@ -76,7 +76,7 @@ def _load_model(name: str, device: str | None):
     if name == "tiny":
         import torch
 
-        from napari_sam.build import build_sam, tiny_config
+        from napari_sam.models.build import build_sam, tiny_config
 
         torch.manual_seed(0)
         print("warning: --model tiny has random weights; the masks are noise", file=sys.stderr)
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
 
     from napari_sam.plugin import launch
     from napari_sam.plugin._sample_data import Z_ANISOTROPY
-    from napari_sam.synthetic import make_nuclei_3d
+    from napari_sam.data.synthetic import make_nuclei_3d
 
     _ensure_plugin()
     viewer = launch(sample="nuclei_3d", show=True)

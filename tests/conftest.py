@@ -28,7 +28,7 @@ def cli_model(monkeypatch):
     import torch
 
     from napari_sam import cli
-    from napari_sam.build import build_sam, tiny_config
+    from napari_sam.models.build import build_sam, tiny_config
 
     torch.manual_seed(0)
     model = build_sam(tiny_config())

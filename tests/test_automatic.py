@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.automatic import (
+from napari_sam.workflows.automatic import (
     AutomaticParams,
     _Candidate,
     _decode_points,
@@ -20,8 +20,8 @@ from napari_sam.automatic import (
     segment_everything,
     segment_everything_nd,
 )
-from napari_sam.baselines import instance_metrics
-from napari_sam.build import build_sam, tiny_config
+from napari_sam.evaluation.baselines import instance_metrics
+from napari_sam.models.build import build_sam, tiny_config
 
 # on the centres of an 8 x 8 grid's cells, so that a coarse grid (fast) hits every disc
 CENTRES = [(48, 48), (48, 144), (144, 48), (144, 176), (208, 208), (80, 208)]
@@ -188,7 +188,7 @@ def test_blob_points_one_point_per_blob_strongest_first():
 
 
 def test_blobs_decode_fewer_prompts_than_the_grid(default_model, monkeypatch):
-    import napari_sam.automatic as automatic
+    import napari_sam.workflows.automatic as automatic
 
     img, lab = _discs()
     calls = []
@@ -364,7 +364,7 @@ def test_zooms_in_on_small_objects_not_on_textured_large_ones(default_model, emb
 def test_kept_masks_are_refined_unless_asked_not_to(default_model):
     import copy
 
-    from napari_sam.refiner_training import attach_refiner
+    from napari_sam.training.refiner import attach_refiner
 
     img, _ = _discs()
     model = copy.deepcopy(default_model)

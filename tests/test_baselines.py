@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_sam.baselines import (
+from napari_sam.evaluation.baselines import (
     classical_instances,
     classical_instances_3d,
     evaluate_classical_interactive,
     evaluate_classical_propagation,
     instance_metrics,
 )
-from napari_sam.evaluation import propagation_seed_points
-from napari_sam.synthetic import make_nuclei_2d, make_nuclei_3d
+from napari_sam.evaluation.interactive import propagation_seed_points
+from napari_sam.data.synthetic import make_nuclei_2d, make_nuclei_3d
 
 
 def _squares():

@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from napari_sam import build, device
-from napari_sam.build import (
+from napari_sam.models import build
+from napari_sam.models import device
+from napari_sam.models.build import (
     MODEL_ALIASES,
     MODEL_CONFIGS,
     SamConfig,
@@ -16,7 +17,7 @@ from napari_sam.build import (
     resolve_model_name,
     tiny_config,
 )
-from napari_sam.checkpoint import CheckpointError
+from napari_sam.models.checkpoint import CheckpointError
 from napari_sam.modeling import Sam
 
 # -- configurations ----------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def test_build_model_unknown_checkpoint(tmp_path):
 
 def test_build_model_fetches_official_weights(monkeypatch, toy_checkpoint):
     path, reference = toy_checkpoint
-    from napari_sam import weights
+    from napari_sam.models import weights
 
     asked = []
 
@@ -222,7 +223,7 @@ def test_build_model_fetches_official_weights(monkeypatch, toy_checkpoint):
 
 
 def test_build_model_alias_fetches_its_target(monkeypatch):
-    from napari_sam import weights
+    from napari_sam.models import weights
 
     monkeypatch.setitem(MODEL_ALIASES, "fast", "vit_b")
 
@@ -238,7 +239,7 @@ def test_build_model_alias_fetches_its_target(monkeypatch):
 
 
 def test_build_model_without_registered_weights(monkeypatch, tiny_registry):
-    from napari_sam import weights
+    from napari_sam.models import weights
 
     def fake_fetch(name, **kwargs):
         raise ValueError(f"unknown model {name!r}")

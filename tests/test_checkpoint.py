@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from napari_sam.build import MODEL_CONFIGS, build_sam, tiny_config
-from napari_sam.checkpoint import (
+from napari_sam.models.build import MODEL_CONFIGS, build_sam, tiny_config
+from napari_sam.models.checkpoint import (
     CheckpointError,
     infer_model_type,
     load_state_dict,

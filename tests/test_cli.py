@@ -9,7 +9,7 @@ import tifffile
 import torch
 
 from napari_sam import cli
-from napari_sam.build import build_sam, tiny_config
+from napari_sam.models.build import build_sam, tiny_config
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_unknown_model_is_a_clean_error(stack, tmp_path, capsys):
 def test_evaluate_writes_the_documented_json(tmp_path, cli_model, capsys):
     import json
 
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     image, labels = make_nuclei_2d((64, 64), seed=2)
     tifffile.imwrite(tmp_path / "img.tif", image)
@@ -170,7 +170,7 @@ def test_evaluate_writes_the_documented_json(tmp_path, cli_model, capsys):
 def test_evaluate_classical_baseline(tmp_path, capsys):
     import json
 
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     image, labels = make_nuclei_2d((96, 96), seed=1)
     tifffile.imwrite(tmp_path / "img.tif", image)
@@ -215,8 +215,8 @@ def test_evaluate_bad_input(tmp_path, cli_model, capsys, case, message):
 
 
 def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
-    from napari_sam.build import MODEL_CONFIGS
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.models.build import MODEL_CONFIGS
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     (tmp_path / "im").mkdir()
     (tmp_path / "lab").mkdir()

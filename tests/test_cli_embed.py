@@ -6,10 +6,10 @@ import tifffile
 import torch
 import zarr
 
-from napari_sam.build import build_model
+from napari_sam.models.build import build_model
 from napari_sam.cli import main
-from napari_sam.cluster import EmbedJob, make_embedder, precompute_distributed
-from napari_sam.embedding_store import StackEmbedder
+from napari_sam.engine.cluster import EmbedJob, make_embedder, precompute_distributed
+from napari_sam.engine.embedding_store import StackEmbedder
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_distributed_precompute_on_a_local_cluster(checkpoint, stack_tif, tmp_pa
 
 
 def test_worker_refuses_a_store_of_other_weights(checkpoint, stack_tif, tmp_path):
-    from napari_sam.cluster import embed_planes
-    from napari_sam.embedding_store import StaleStoreError
+    from napari_sam.engine.cluster import embed_planes
+    from napari_sam.engine.embedding_store import StaleStoreError
 
     out = tmp_path / "e.zarr"
     torch.manual_seed(5)

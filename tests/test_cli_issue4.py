@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_sam import cli
-from napari_sam._cli_stack import _add_automatic_options, _automatic_params
+from napari_sam.cli.stack import _add_automatic_options, _automatic_params
 
 
 def _write(path, arr):
@@ -91,7 +91,7 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
 
 
 def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, monkeypatch):
-    import napari_sam.propagation as propagation
+    import napari_sam.workflows.propagation as propagation
 
     zooms = []
     original = propagation.propagate_in_crops

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.build import DEFAULT_WEIGHTS
-from napari_sam.evaluation import farthest_point, mask_iou
-from napari_sam.synthetic import make_nuclei_2d
+from napari_sam.models.build import DEFAULT_WEIGHTS
+from napari_sam.evaluation.interactive import farthest_point, mask_iou
+from napari_sam.data.synthetic import make_nuclei_2d
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_weights_are_packaged_small_and_float16():
 
 def test_loads_offline_without_network(monkeypatch, tmp_path):
     # no download code may run: the weights module is not even consulted
-    import napari_sam.weights as weights
+    import napari_sam.models.weights as weights
 
     monkeypatch.setattr(weights, "fetch_weights", lambda *a, **k: pytest.fail("download"))
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))

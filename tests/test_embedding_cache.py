@@ -3,8 +3,8 @@ import threading
 import pytest
 import torch
 
-from napari_sam.embedding_cache import EmbeddingCache
-from napari_sam.predictor import ImageEmbedding
+from napari_sam.engine.embedding_cache import EmbeddingCache
+from napari_sam.engine.predictor import ImageEmbedding
 
 
 def _emb(n_floats):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.build import build_sam, tiny_config
-from napari_sam.embedding_store import (
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.engine.embedding_store import (
     EmbeddingStore,
     StackEmbedder,
     StaleStoreError,
@@ -14,7 +14,7 @@ from napari_sam.embedding_store import (
     image_fingerprint,
     model_fingerprint,
 )
-from napari_sam.predictor import SamPredictor
+from napari_sam.engine.predictor import SamPredictor
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +275,7 @@ def test_store_rejects_bad_writes(tmp_path):
 def test_prune_removes_least_recently_used_stores_only(model, tmp_path):
     import os
 
-    from napari_sam.embedding_store import prune_store_dir
+    from napari_sam.engine.embedding_store import prune_store_dir
 
     folder = tmp_path / "embeddings"
     paths = []

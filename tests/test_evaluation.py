@@ -5,8 +5,8 @@ import pytest
 import torch
 from skimage.draw import disk
 
-from napari_sam.build import build_sam, tiny_config
-from napari_sam.evaluation import (
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.evaluation.interactive import (
     evaluate_image,
     evaluate_object,
     farthest_point,
@@ -14,8 +14,8 @@ from napari_sam.evaluation import (
     mask_iou,
     next_click,
 )
-from napari_sam.predictor import SamPredictor
-from napari_sam.synthetic import make_nuclei_2d, make_nuclei_3d
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.data.synthetic import make_nuclei_2d, make_nuclei_3d
 
 # -- test-only predictors whose answers are right or wrong by construction ---------------------
 

@@ -13,10 +13,10 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     import napari_sam
-    import napari_sam.predictor, napari_sam.embedding_cache, napari_sam.preprocess
-    import napari_sam.segment, napari_sam.build, napari_sam.cli, napari_sam.synthetic
-    import napari_sam.embedding_store, napari_sam.tiling, napari_sam.cluster
-    import napari_sam.propagation, napari_sam.automatic, napari_sam.text
+    import napari_sam.engine.predictor, napari_sam.engine.embedding_cache, napari_sam.engine.preprocess
+    import napari_sam.workflows.segment, napari_sam.models.build, napari_sam.cli, napari_sam.data.synthetic
+    import napari_sam.engine.embedding_store, napari_sam.engine.tiling, napari_sam.engine.cluster
+    import napari_sam.workflows.propagation, napari_sam.workflows.automatic, napari_sam.workflows.text
     from napari_sam import SamPredictor, build_model, list_models
     list_models()
     forbidden = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui",

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from napari_sam.postprocess import BOX_MARGIN, clip_to_box, keep_prompted_pieces
+from napari_sam.engine.postprocess import BOX_MARGIN, clip_to_box, keep_prompted_pieces
 
 
 def _spilling_mask():

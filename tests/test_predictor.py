@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.build import build_sam, tiny_config
-from napari_sam.predictor import ImageEmbedding, SamPredictor
-from napari_sam.preprocess import ResizeGeometry
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor
+from napari_sam.engine.preprocess import ResizeGeometry
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_matches_meta_predictor_in_napari_coordinates(model):
 
 
 def test_keep_prompted_pieces():
-    from napari_sam.predictor import keep_prompted_pieces
+    from napari_sam.engine.predictor import keep_prompted_pieces
 
     mask = np.zeros((40, 40), bool)
     mask[2:10, 2:10] = True  # piece A
@@ -193,8 +193,8 @@ def test_keep_prompted_pieces():
 
 def test_segment_returns_the_prompted_piece_of_the_best_mask():
     from napari_sam import build_model
-    from napari_sam.predictor import keep_prompted_pieces
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.engine.predictor import keep_prompted_pieces
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     image, labels = make_nuclei_2d((128, 128), seed=5)
     predictor = SamPredictor(build_model("default"))

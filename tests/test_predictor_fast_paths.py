@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.build import build_sam, tiny_config
+from napari_sam.models.build import build_sam, tiny_config
 from napari_sam.modeling import MLPBlock
-from napari_sam.predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
-from napari_sam.preprocess import ResizeGeometry
+from napari_sam.engine.predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
+from napari_sam.engine.preprocess import ResizeGeometry
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.build import DEFAULT_CONFIG, build_sam, tiny_config
-from napari_sam.preprocess import denoise_input, input_noise
+from napari_sam.models.build import DEFAULT_CONFIG, build_sam, tiny_config
+from napari_sam.engine.preprocess import denoise_input, input_noise
 
 
 def _image(noise: float, seed: int = 0) -> torch.Tensor:

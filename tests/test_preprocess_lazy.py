@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_sam.preprocess import estimate_intensity_range
+from napari_sam.engine.preprocess import estimate_intensity_range
 
 
 class LazyStack:

@@ -6,8 +6,8 @@ import torch
 from scipy import ndimage
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.zoom import ZoomPredictor
-from napari_sam.propagation import (
+from napari_sam.engine.zoom import ZoomPredictor
+from napari_sam.workflows.propagation import (
     Propagation,
     PropagationParams,
     Seed,
@@ -74,7 +74,7 @@ def test_stops_when_the_object_ends(scene):
 
 def test_two_objects_propagate_together_in_one_batch(scene, monkeypatch):
     model, image, labels, embed, calls = scene
-    import napari_sam.propagation as propagation
+    import napari_sam.workflows.propagation as propagation
 
     sizes = []
     original = propagation.decode_low_res_windowed
@@ -153,7 +153,7 @@ def test_to_labels_has_no_overlap_and_the_better_score_wins():
 
 
 def test_mask_stack_keeps_bounding_boxes_and_gives_back_whole_masks():
-    from napari_sam.propagation import MaskStack
+    from napari_sam.workflows.propagation import MaskStack
 
     a = np.zeros((300, 400), bool)
     a[100:110, 200:215] = True
@@ -177,7 +177,7 @@ def test_mask_stack_keeps_bounding_boxes_and_gives_back_whole_masks():
 
 
 def test_to_labels_is_the_same_from_mask_stacks_and_whole_masks():
-    from napari_sam.propagation import MaskStack
+    from napari_sam.workflows.propagation import MaskStack
 
     rng = np.random.default_rng(0)
     masks = {oid: {i: ndimage.binary_opening(rng.random((40, 50)) < 0.5) for i in range(3)}
@@ -195,7 +195,7 @@ def test_to_labels_is_the_same_from_mask_stacks_and_whole_masks():
 def test_propagation_keeps_bounding_boxes(scene):
     model, image, labels, embed, _ = scene
     res = propagate(model, embed, N, [Seed(1, 5, points=_point(1))])
-    from napari_sam.propagation import MaskStack
+    from napari_sam.workflows.propagation import MaskStack
 
     assert isinstance(res.masks[1], MaskStack) and len(res.masks[1]) > 3
     assert res.masks[1].nbytes < 0.1 * len(res.masks[1]) * S * S  # nuclei of 30 px on 256 px
@@ -258,7 +258,7 @@ def test_propagate_volume_rejects_a_2d_image(scene):
 
 
 def test_regrowth_after_shrinking_stops_a_front():
-    from napari_sam.propagation import _Front, _stop_reason
+    from napari_sam.workflows.propagation import _Front, _stop_reason
 
     def disc(r):
         yy, xx = np.mgrid[:64, :64]
@@ -276,7 +276,7 @@ def test_regrowth_after_shrinking_stops_a_front():
 
 
 def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
-    from napari_sam.propagation import _advance, _Front, _near
+    from napari_sam.workflows.propagation import _advance, _Front, _near
 
     prev = np.zeros((20, 20), bool)
     prev[8:11, 8:11] = True
@@ -316,10 +316,10 @@ def test_max_shift_keeps_each_mask_near_the_previous_one(scene):
 
 @pytest.mark.parametrize("shape", [(256, 256), (300, 200), (77, 131), (700, 1000)])
 def test_windowed_upscaling_gives_the_masks_of_whole_slice_upscaling(shape):
-    from napari_sam.build import build_sam, tiny_config
-    from napari_sam.predictor import ImageEmbedding
-    from napari_sam.preprocess import ResizeGeometry
-    from napari_sam.propagation import upscale_masks
+    from napari_sam.models.build import build_sam, tiny_config
+    from napari_sam.engine.predictor import ImageEmbedding
+    from napari_sam.engine.preprocess import ResizeGeometry
+    from napari_sam.workflows.propagation import upscale_masks
 
     torch.manual_seed(0)
     predictor = SamPredictor(build_sam(tiny_config()).eval(), refine=False)
@@ -341,7 +341,7 @@ def test_windowed_upscaling_gives_the_masks_of_whole_slice_upscaling(shape):
 
 
 def test_stray_pieces_of_a_propagated_mask_are_dropped(scene, monkeypatch):
-    import napari_sam.propagation as propagation
+    import napari_sam.workflows.propagation as propagation
 
     model, image, labels, embed, _ = scene
     original = propagation.upscale_masks
@@ -364,7 +364,7 @@ def test_stray_pieces_of_a_propagated_mask_are_dropped(scene, monkeypatch):
 
 
 def test_contrast_test_stops_in_fading_light(scene):
-    from napari_sam.propagation import _contrast
+    from napari_sam.workflows.propagation import _contrast
 
     model = scene[0]
     yy, xx = np.mgrid[:S, :S]
@@ -387,7 +387,7 @@ def test_contrast_test_stops_in_fading_light(scene):
 
 
 def test_windowed_decoding_agrees_with_the_whole_grid(scene):
-    from napari_sam.propagation import decode_low_res, decode_low_res_windowed
+    from napari_sam.workflows.propagation import decode_low_res, decode_low_res_windowed
 
     model, image, labels, embed, _ = scene
     predictor = SamPredictor(model)
@@ -492,7 +492,7 @@ def test_in_crops_cancel_keeps_done_objects_and_names_the_rest(scene):
 
 def test_in_crops_drops_negative_points_outside_the_crop(scene, monkeypatch):
     model, image, labels, *_ = scene
-    import napari_sam.propagation as propagation
+    import napari_sam.workflows.propagation as propagation
 
     got = []
     original = propagation.propagate
@@ -522,7 +522,7 @@ def test_in_crops_rejects_bad_zoom_and_mask_shapes(scene):
 def test_the_refiner_sees_each_slice_when_the_slices_are_given(scene):
     import copy
 
-    from napari_sam.refiner_training import attach_refiner
+    from napari_sam.training.refiner import attach_refiner
 
     model, image, _, embed, _ = scene
     grown = copy.deepcopy(model)

@@ -6,11 +6,11 @@ import tifffile
 import torch
 
 from napari_sam import SamPredictor
-from napari_sam.build import build_sam, tiny_config
-from napari_sam.checkpoint import CheckpointError, infer_model_type, load_weights
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.models.checkpoint import CheckpointError, infer_model_type, load_weights
 from napari_sam.modeling import MaskRefiner
-from napari_sam.refine import mask_crop_box, refine_logits, slice_gray
-from napari_sam.refiner_training import (
+from napari_sam.engine.refine import mask_crop_box, refine_logits, slice_gray
+from napari_sam.training.refiner import (
     RefinerExamples,
     attach_refiner,
     simulate_refiner_examples,
@@ -169,7 +169,7 @@ def test_training_improves_the_masks_and_resumes(tmp_path):
 
 
 def test_simulated_examples_come_from_the_models_masks(tiny):
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     def stream():
         seed = 0
@@ -186,9 +186,9 @@ def test_simulated_examples_come_from_the_models_masks(tiny):
 
 
 def test_cli_trains_a_refiner_and_reports_bad_input(tmp_path, tiny, monkeypatch, capsys):
-    from napari_sam import build as build_mod
+    from napari_sam.models import build as build_mod
     from napari_sam.cli import main
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     monkeypatch.setattr(build_mod, "build_model", lambda name, device=None: tiny)
     (tmp_path / "img").mkdir()

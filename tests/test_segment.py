@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam.build import build_sam, tiny_config
-from napari_sam.predictor import SamPredictor
-from napari_sam.segment import ObjectPrompt, is_rgb, paint_mask, segment_objects, spatial_shape
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.engine.predictor import SamPredictor
+from napari_sam.workflows.segment import ObjectPrompt, is_rgb, paint_mask, segment_objects, spatial_shape
 
 
 class CountingPredictor(SamPredictor):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic nuclei generator (napari_sam.synthetic)."""
+"""Tests of the synthetic nuclei generator (napari_sam.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from napari_sam.synthetic import (
+from napari_sam.data.synthetic import (
     TRAINING_RANGES,
     SyntheticSettings,
     make_nuclei_2d,

@@ -1,4 +1,4 @@
-"""Text prompts (napari_sam.text): crop geometry, CLIP loading, scoring and selection, offline.
+"""Text prompts (napari_sam.workflows.text): crop geometry, CLIP loading, scoring and selection, offline.
 
 No test touches the network: CLIP models are tiny open_clip architectures (a config JSON written
 here) with random weights; where a test needs a known answer, the embeddings are set by hand and
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam import text
-from napari_sam.text import (
+from napari_sam.workflows import text
+from napari_sam.workflows.text import (
     ClipScorer,
     ClipWeightsMissing,
     CropParams,
@@ -274,7 +274,7 @@ def test_clip_cache_dir_under_sam_cache_root(tmp_path, monkeypatch):
 
 def test_text_module_import_is_light():
     code = (
-        "import sys, napari_sam, napari_sam.text\n"
+        "import sys, napari_sam, napari_sam.workflows.text\n"
         "bad = [m for m in ('torch', 'open_clip', 'torchvision', 'napari') if m in sys.modules]\n"
         "print(bad or 'CLEAN')\n"
     )
@@ -306,7 +306,7 @@ def test_real_model_embeddings(scorer):
 
 
 def test_scores_are_softmax_of_real_embeddings(scorer):
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     image, labels = make_nuclei_2d((96, 96), seed=3)
     s = score_objects(scorer, image, labels, "nucleus", ["background", "debris"])
@@ -463,7 +463,7 @@ def test_clicks_correct_a_selection():
 
 
 def test_segment_by_text_automatic_candidates(scorer, monkeypatch):
-    """Without candidates, the plane goes through napari_sam.automatic.segment_everything (a
+    """Without candidates, the plane goes through napari_sam.workflows.automatic.segment_everything (a
     stand-in here, so this test does not depend on the automatic segmentation's quality)."""
     import types
 
@@ -474,9 +474,9 @@ def test_segment_by_text_automatic_candidates(scorer, monkeypatch):
         calls.append((model, image2d.shape, intensity_range))
         return labels
 
-    fake = types.ModuleType("napari_sam.automatic")
+    fake = types.ModuleType("napari_sam.workflows.automatic")
     fake.segment_everything = segment_everything
-    monkeypatch.setitem(sys.modules, "napari_sam.automatic", fake)
+    monkeypatch.setitem(sys.modules, "napari_sam.workflows.automatic", fake)
     sc = _known_scorer(scorer, monkeypatch)
     params = CropParams(margin=0.0, background="keep", min_side=1)
     out, s = segment_by_text(sc, image, "nucleus", model="SAM", negatives=["debris"],

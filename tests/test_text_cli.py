@@ -10,7 +10,7 @@ import tifffile
 from test_text import write_tiny_clip
 
 from napari_sam.cli import main
-from napari_sam.synthetic import make_nuclei_2d
+from napari_sam.data.synthetic import make_nuclei_2d
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from test_text import write_tiny_clip
 
-from napari_sam.synthetic import make_nuclei_2d
-from napari_sam.text import ClipScorer, score_objects
+from napari_sam.data.synthetic import make_nuclei_2d
+from napari_sam.workflows.text import ClipScorer, score_objects
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -36,8 +36,8 @@ SCRIPT = textwrap.dedent(
     viewer.add_image(np.zeros((32, 32), "float32"))
     QApplication.processEvents()
 
-    from napari_sam.synthetic import make_nuclei_2d
-    from napari_sam.text import ClipScorer, ClipWeightsMissing, score_objects
+    from napari_sam.data.synthetic import make_nuclei_2d
+    from napari_sam.workflows.text import ClipScorer, ClipWeightsMissing, score_objects
 
     spec, out = sys.argv[1], sys.argv[2]
     image, labels = make_nuclei_2d((96, 96), seed=2)

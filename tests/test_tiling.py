@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from napari_sam.build import build_model, build_sam, tiny_config
-from napari_sam.tiling import TiledPredictor, tile_grid
+from napari_sam.models.build import build_model, build_sam, tiny_config
+from napari_sam.engine.tiling import TiledPredictor, tile_grid
 
 
 def _iou(a, b):
@@ -115,7 +115,7 @@ def test_object_inside_one_tile_and_bad_prompts(oracle_setup):
 def test_default_model_keeps_border_nuclei_whole(tmp_path):
     """With the real model: nuclei of which the first tile holding their centre sees at most 85%
     come out clearly better than when decoded in that tile (as the clipping tools do)."""
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     image, labels = make_nuclei_2d((560, 560), seed=1)
     model = build_model("default")

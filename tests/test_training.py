@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from napari_sam import training
-from napari_sam.build import build_sam, tiny_config
-from napari_sam.synthetic import make_nuclei_2d
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.data.synthetic import make_nuclei_2d
 
 
 def test_losses_prefer_the_right_mask():
@@ -119,7 +119,7 @@ def test_folder_examples_crops_planes_with_objects():
 
 
 def test_stack_slices_keep_only_objects_well_cut_by_the_slice(monkeypatch):
-    from napari_sam import synthetic
+    from napari_sam.data import synthetic
 
     stacks = []
     original = synthetic.make_nuclei_3d
@@ -149,7 +149,7 @@ def test_stack_slices_keep_only_objects_well_cut_by_the_slice(monkeypatch):
 
 
 def test_log_uniform_sizes_give_more_small_images(monkeypatch):
-    from napari_sam import synthetic
+    from napari_sam.data import synthetic
 
     monkeypatch.setattr(synthetic, "make_nuclei_2d",
                         lambda shape, **kw: (np.zeros(shape), np.zeros(shape, np.int32)))
@@ -163,7 +163,7 @@ def test_log_uniform_sizes_give_more_small_images(monkeypatch):
 
 
 def test_synthetic_examples_use_the_chosen_training_ranges(monkeypatch):
-    from napari_sam import synthetic
+    from napari_sam.data import synthetic
 
     seen = []
     monkeypatch.setattr(synthetic, "make_nuclei_2d", lambda shape, settings, **kw: (

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_sam import weights
-from napari_sam.weights import (
+from napari_sam.models import weights
+from napari_sam.models.weights import (
     WEIGHTS,
     WeightsDownloadError,
     WeightsEntry,
@@ -385,7 +385,7 @@ def test_import_is_light():
     import subprocess
 
     code = (
-        "import sys, napari_sam.weights as w; w.cache_dir(); "
+        "import sys, napari_sam.models.weights as w; w.cache_dir(); "
         "print(sorted(m for m in ('pooch', 'requests', 'torch') if m in sys.modules))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

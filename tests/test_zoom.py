@@ -1,12 +1,12 @@
-"""Zoomed decoding of small objects (napari_sam.zoom)."""
+"""Zoomed decoding of small objects (napari_sam.engine.zoom)."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.evaluation import evaluate_image
-from napari_sam.zoom import ZoomPredictor, auto_zoom, typical_radius
+from napari_sam.evaluation.interactive import evaluate_image
+from napari_sam.engine.zoom import ZoomPredictor, auto_zoom, typical_radius
 
 
 def _discs(size, r, step, seed=0):

@@ -13,13 +13,13 @@ __version__ = "0.1.0"
 __all__ = ["SamPredictor", "build_model", "list_models", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .build import build_model, list_models
-    from .predictor import SamPredictor
+    from .models.build import build_model, list_models
+    from .engine.predictor import SamPredictor
 
 _LAZY = {
-    "build_model": ".build",
-    "list_models": ".build",
-    "SamPredictor": ".predictor",
+    "build_model": ".models.build",
+    "list_models": ".models.build",
+    "SamPredictor": ".engine.predictor",
 }
 
 

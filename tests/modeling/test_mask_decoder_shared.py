@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_sam.build import build_sam, tiny_config
+from napari_sam.models.build import build_sam, tiny_config
 
 
 def test_shared_image_tokens_match_the_per_prompt_path():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam.build import build_sam, tiny_config
+from napari_sam.models.build import build_sam, tiny_config
 from napari_sam.modeling import Sam
 from napari_sam.modeling import image_encoder as image_encoder_module
 from napari_sam.modeling.image_encoder import (

@@ -14,8 +14,8 @@ segment_anything = pytest.importorskip("segment_anything")
 from segment_anything import sam_model_registry  # noqa: E402
 
 from _reference import reference_sam  # noqa: E402
-from napari_sam.build import MODEL_CONFIGS, build_sam, tiny_config  # noqa: E402
-from napari_sam.checkpoint import load_weights, state_dict_shapes  # noqa: E402
+from napari_sam.models.build import MODEL_CONFIGS, build_sam, tiny_config  # noqa: E402
+from napari_sam.models.checkpoint import load_weights, state_dict_shapes  # noqa: E402
 
 #: Largest relative error ||ours - ref|| / ||ref|| accepted in float32.
 REL_TOL = 1e-4

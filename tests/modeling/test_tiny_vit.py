@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.build import MODEL_CONFIGS, SamConfig, build_sam
-from napari_sam.checkpoint import infer_model_type
+from napari_sam.models.build import MODEL_CONFIGS, SamConfig, build_sam
+from napari_sam.models.checkpoint import infer_model_type
 from napari_sam.modeling import TinyViT
 
 DATA = Path(__file__).parent.parent / "data"
@@ -127,7 +127,7 @@ def test_checkpoint_round_trip(tmp_path, vit_t):
 
 
 def test_wrong_checkpoint_for_vit_t_names_the_fitting_type(tmp_path):
-    from napari_sam.checkpoint import CheckpointError
+    from napari_sam.models.checkpoint import CheckpointError
 
     path = tmp_path / "vit_b_like.pt"
     with torch.device("meta"):

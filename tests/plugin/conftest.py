@@ -42,7 +42,7 @@ def tiny_model():
     """A tiny SAM with fixed random weights: milliseconds per embedding on a CPU."""
     import torch
 
-    from napari_sam.build import build_sam, tiny_config
+    from napari_sam.models.build import build_sam, tiny_config
 
     with torch.random.fork_rng():  # fixed weights without touching the global generator
         torch.manual_seed(0)
@@ -194,7 +194,7 @@ class SegmentSpy:
 
 def reference_mask(model, plane, intensity_range, **prompts):
     """SAM's mask for ``prompts`` on ``plane``, computed without the widget."""
-    from napari_sam.predictor import SamPredictor
+    from napari_sam.engine.predictor import SamPredictor
 
     predictor = SamPredictor(model)
     predictor.set_image(plane, intensity_range)
@@ -203,13 +203,13 @@ def reference_mask(model, plane, intensity_range, **prompts):
 
 
 def nuclei_2d(shape=(64, 64), seed=1):
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     return make_nuclei_2d(shape, seed=seed)
 
 
 def nuclei_3d(shape=(10, 64, 64), seed=1):
-    from napari_sam.synthetic import make_nuclei_3d
+    from napari_sam.data.synthetic import make_nuclei_3d
 
     return make_nuclei_3d(shape, seed=seed)
 

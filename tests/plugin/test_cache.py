@@ -68,7 +68,7 @@ def test_disk_cache_off_keeps_nothing_on_disk(sam, idle, tmp_path, monkeypatch):
 def widget_model():
     import torch
 
-    from napari_sam.build import build_sam, tiny_config
+    from napari_sam.models.build import build_sam, tiny_config
 
     torch.manual_seed(0)
     return build_sam(tiny_config()).eval()

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     viewer.add_image(np.random.default_rng(0).random((3, 48, 48)).astype("float32"))
 
     from napari_sam.plugin import SamWidget  # plugin (and torch) after the GL context
-    from napari_sam.build import MODEL_CONFIGS, build_model, build_sam, tiny_config
+    from napari_sam.models.build import MODEL_CONFIGS, build_model, build_sam, tiny_config
     import tempfile, torch
 
     # the real loading path: a checkpoint file read by build_model

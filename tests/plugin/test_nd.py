@@ -6,7 +6,7 @@ import numpy as np
 from conftest import SegmentSpy, nuclei_2d, nuclei_3d, object_centre, reference_mask
 
 from napari_sam.plugin._widget import LABELS_NAME
-from napari_sam.preprocess import estimate_intensity_range
+from napari_sam.engine.preprocess import estimate_intensity_range
 
 
 def go_to(viewer, **steps):

@@ -22,7 +22,7 @@ def default_model():
 
 @pytest.fixture(scope="module")
 def stack():
-    from napari_sam.synthetic import make_nuclei_3d
+    from napari_sam.data.synthetic import make_nuclei_3d
 
     return make_nuclei_3d((12, 96, 96), seed=3)
 
@@ -204,7 +204,7 @@ def test_segment_everything_writes_a_new_layer_without_overlap(stack_widget, qtb
 
 
 def test_segment_everything_prompts_choice_reaches_the_engine(stack_widget, qtbot, monkeypatch):
-    import napari_sam.automatic as automatic
+    import napari_sam.workflows.automatic as automatic
 
     viewer, widget, layer, image, gt = stack_widget
     go_to(viewer, axis0=6)

@@ -23,7 +23,7 @@ def tiny_spec(tmp_path_factory):
 @pytest.fixture
 def known(tiny_spec, monkeypatch):
     """The widget's scorer: the tiny CLIP with hand-set embeddings (brightness -> nucleus)."""
-    from napari_sam.text import ClipScorer
+    from napari_sam.workflows.text import ClipScorer
 
     scorer = _known_scorer(ClipScorer(tiny_spec, isolate=False, download=False), monkeypatch)
     calls = {"crops": 0}

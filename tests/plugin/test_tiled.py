@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_sam.tiling import TiledPredictor
+from napari_sam.engine.tiling import TiledPredictor
 
 
 def test_large_plane_is_decoded_in_tiles(sam, idle, tiny_model, encoder_calls, notes):
-    from napari_sam.synthetic import make_nuclei_2d
+    from napari_sam.data.synthetic import make_nuclei_2d
 
     image, gt = make_nuclei_2d((1100, 1200), seed=4)
     viewer, widget, layer = sam(image)

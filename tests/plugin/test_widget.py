@@ -14,7 +14,7 @@ from napari_sam.plugin._widget import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
 )
-from napari_sam.preprocess import estimate_intensity_range
+from napari_sam.engine.preprocess import estimate_intensity_range
 
 
 def press(viewer, key):

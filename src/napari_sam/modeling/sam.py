@@ -65,7 +65,7 @@ class Sam(nn.Module):
             "pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False
         )
         #: Pixel noise above which inputs are smoothed before encoding (see
-        #: :class:`napari_sam.build.SamConfig`); None: never.
+        #: :class:`napari_sam.models.build.SamConfig`); None: never.
         self.max_input_noise: float | None = None
         #: Optional :class:`~napari_sam.modeling.MaskRefiner` (the default model has one, loaded
         #: with its weights); used by :class:`napari_sam.SamPredictor`, never by ``forward``.

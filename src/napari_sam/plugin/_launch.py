@@ -27,7 +27,7 @@ def launch(
     Parameters
     ----------
     image_path : str or os.PathLike, optional
-        Image file (TIFF, ``.npy``, zarr; see :func:`napari_sam.io.read_image`). Without it the
+        Image file (TIFF, ``.npy``, zarr; see :func:`napari_sam.data.io.read_image`). Without it the
         synthetic ``sample`` is opened.
     sample : {"nuclei_2d", "nuclei_3d"}
         The sample to open when no image is given.
@@ -43,7 +43,7 @@ def launch(
     """
     import napari
 
-    from ..io import read_image
+    from ..data.io import read_image
     from . import _sample_data
 
     if image_path is None and sample not in SAMPLES:
@@ -52,7 +52,7 @@ def launch(
 
     viewer = napari.Viewer(show=show)
     if image is not None:
-        # napari guesses RGB(A) from a last axis of 3 or 4, as napari_sam.segment.is_rgb does
+        # napari guesses RGB(A) from a last axis of 3 or 4, as napari_sam.workflows.segment.is_rgb does
         viewer.add_image(image, name=os.path.splitext(os.path.basename(image_path))[0])
     else:
         for data, meta, _ in getattr(_sample_data, sample)():

@@ -9,7 +9,7 @@ pixels.
 
 The plane of an image layer is given by its two *displayed* data axes (in ascending order) and
 integer indices along all the other axes. Inside a plane, coordinates are ``(row, col)`` along
-those two axes, the order :class:`napari_sam.predictor.SamPredictor` takes.
+those two axes, the order :class:`napari_sam.engine.predictor.SamPredictor` takes.
 """
 
 from __future__ import annotations

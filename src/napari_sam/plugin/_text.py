@@ -1,7 +1,7 @@
 """The widget's text-prompt section: "find the objects that match a text" with CLIP.
 
 Candidates are the objects of a Labels layer on the current slice (for example the output of
-*Segment everything*). Each is scored against the query (:mod:`napari_sam.text`) in a background
+*Segment everything*). Each is scored against the query (:mod:`napari_sam.workflows.text`) in a background
 job; the scores go to that layer's features table, and the objects above the threshold are shown
 in the "SAM text" Labels layer. Moving the threshold re-selects at once; editing the query
 re-scores with the cached CLIP embeddings of the crops (only the text is encoded again).
@@ -48,7 +48,7 @@ class TextSection(Container):
         Objects whose probability (softmax of the query against the negatives) reaches it are
         kept.
     find_button : PushButton
-    scores : napari_sam.text.TextScores or None
+    scores : napari_sam.workflows.text.TextScores or None
         The last scores (of ``plane``'s objects of the candidates layer).
     """
 
@@ -129,7 +129,7 @@ class TextSection(Container):
         known = self._objects if self._objects_key == key else None
 
         def body(ctx):
-            from ..text import embed_objects, score_embeddings
+            from ..workflows.text import embed_objects, score_embeddings
 
             if section._scorer is None:
                 ctx.progress(0, 0, f"loading CLIP {spec}")
@@ -162,7 +162,7 @@ class TextSection(Container):
 
     def apply_threshold(self) -> np.ndarray:
         """Re-select the scored objects at the current threshold; returns the ids kept."""
-        from ..text import select_objects
+        from ..workflows.text import select_objects
 
         if self.scores is None or self.plane is None:
             return np.zeros(0, dtype=int)
@@ -255,9 +255,9 @@ def _make_scorer(spec: str):
 
     Importing open_clip (torchvision, triton) after napari's OpenGL context exists crashes the
     process with CUDA builds of torch, so in a viewer CLIP runs in a spawned child process
-    (``isolate=None`` decides: see :class:`napari_sam.text.ClipScorer`).
+    (``isolate=None`` decides: see :class:`napari_sam.workflows.text.ClipScorer`).
     """
-    from ..text import ClipScorer
+    from ..workflows.text import ClipScorer
 
     return ClipScorer(spec)
 

@@ -2,8 +2,8 @@
 into a Labels layer.
 
 The widget owns no segmentation logic: prompts are read from layers by :mod:`._layers`, masks
-come from :class:`napari_sam.predictor.SamPredictor`, embeddings are kept in an
-:class:`napari_sam.embedding_cache.EmbeddingCache`. What lives here is the wiring: which plane
+come from :class:`napari_sam.engine.predictor.SamPredictor`, embeddings are kept in an
+:class:`napari_sam.engine.embedding_cache.EmbeddingCache`. What lives here is the wiring: which plane
 is on screen, one background worker at a time for the image encoder, the preview, and turning
 every failure into one napari notification.
 """
@@ -58,8 +58,8 @@ from ._text import TextSection
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-    from ..embedding_cache import EmbeddingCache
-    from ..predictor import SamPredictor
+    from ..engine.embedding_cache import EmbeddingCache
+    from ..engine.predictor import SamPredictor
 
 __all__ = ["KEY_CLEAR", "KEY_COMMIT", "KEY_PROPAGATE", "KEY_TOGGLE", "SamWidget"]
 
@@ -189,13 +189,13 @@ def _compute_embedding(embedder, index):
 def _tiled_predictor(cls, model, data, indexer, zoom=False, **kwargs):
     """A TiledPredictor on one plane of an nD image (the plane is read into memory).
 
-    With ``zoom``, tiles are :func:`napari_sam.zoom.auto_zoom` times smaller than the plane
+    With ``zoom``, tiles are :func:`napari_sam.engine.zoom.auto_zoom` times smaller than the plane
     (the model sees small objects magnified), or one tile of the whole plane when its objects
     are large enough (and the plane is not large).
     """
     plane = np.asarray(data[indexer])
     if zoom:
-        from ..zoom import auto_zoom
+        from ..engine.zoom import auto_zoom
 
         side = max(plane.shape[:2])
         factor = auto_zoom(plane, model.img_size, kwargs.get("intensity_range"))
@@ -266,7 +266,7 @@ def _model_choices() -> list[str]:
 
 def _device_choices() -> list[str]:
     try:
-        from ..device import available_devices
+        from ..models.device import available_devices
 
         return ["auto", *available_devices()]
     except Exception:
@@ -304,7 +304,7 @@ class SamWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
-        from ..embedding_cache import EmbeddingCache
+        from ..engine.embedding_cache import EmbeddingCache
 
         self.viewer = viewer
         self.predictor: SamPredictor | None = None
@@ -523,7 +523,7 @@ class SamWidget(Container):
 
         Embeddings of the previous model are dropped; labels and prompts are kept.
         """
-        from ..predictor import SamPredictor
+        from ..engine.predictor import SamPredictor
 
         self.predictor = SamPredictor(model, refine=bool(self.refine_masks.value))
         self.model_name = name
@@ -685,14 +685,14 @@ class SamWidget(Container):
     # -- embeddings: one StackEmbedder per (image, plane axes, model) ----------------------------
 
     def embedder(self, image: Image, plane: Plane):
-        """The :class:`~napari_sam.embedding_store.StackEmbedder` of ``image``'s planes like
+        """The :class:`~napari_sam.engine.embedding_store.StackEmbedder` of ``image``'s planes like
         ``plane`` (same displayed axes) with the current model.
 
         With ``disk_cache`` on, embeddings are kept in a zarr store in the cache folder
         (``$NAPARI_SAM_CACHE`` or the user cache), named by the image content, the model and
         the preprocessing: reopening the same image later needs no recompute.
         """
-        from ..embedding_store import StackEmbedder
+        from ..engine.embedding_store import StackEmbedder
 
         uid = image.unique_id
         key = (uid, plane.axes, self._model_token)
@@ -700,7 +700,7 @@ class SamWidget(Container):
         if embedder is None:
             intensity_range = self._ranges.get(uid)
             if intensity_range is None and image.multiscale:
-                from ..preprocess import estimate_intensity_range
+                from ..engine.preprocess import estimate_intensity_range
 
                 # one range for the whole pyramid, from its (small) coarsest level
                 if not (image.rgb and np.dtype(image.dtype) == np.uint8):
@@ -836,7 +836,7 @@ class SamWidget(Container):
         if context is None:
             return False
         image, plane, axis = context
-        from ..propagation import Seed
+        from ..workflows.propagation import Seed
 
         target = self.target_layer
         preview = self.preview
@@ -893,7 +893,7 @@ class SamWidget(Container):
             return np.asarray(data[plane_at(plane, axis, i).indexer()])
 
         def body(ctx):
-            from ..propagation import PropagationParams, propagate
+            from ..workflows.propagation import PropagationParams, propagate
 
             # cells do not shrink towards the ends of a time-lapse as nuclei do in z
             params = PropagationParams(max_regrowth=None) if time_axis else PropagationParams()
@@ -929,7 +929,7 @@ class SamWidget(Container):
         if image not in self.viewer.layers:
             show_warning("The image was removed during propagation: nothing was written.")
             return
-        from ..propagation import MaskStack
+        from ..workflows.propagation import MaskStack
 
         # copies that keep each mask as its bounding box (MaskStack): whole masks of every
         # object and slice may not fit in memory
@@ -1002,14 +1002,14 @@ class SamWidget(Container):
             axis = plane.not_displayed[-1] if plane.not_displayed else None
         data = image_level0(image)
         embed, embedder = self._stack_embedder(image, plane, axis)
-        from ..automatic import AutomaticParams
+        from ..workflows.automatic import AutomaticParams
 
         params = AutomaticParams(point_source=AUTO_PROMPTS[self.auto_prompts.value],
                                  refine=bool(self.refine_masks.value))
         if scope == "all slices":
 
             def body(ctx):
-                from ..automatic import segment_everything_nd
+                from ..workflows.automatic import segment_everything_nd
 
                 volume = volume_view(image, plane, axis)
                 return segment_everything_nd(
@@ -1027,7 +1027,7 @@ class SamWidget(Container):
         else:
 
             def body(ctx):
-                from ..automatic import segment_everything
+                from ..workflows.automatic import segment_everything
 
                 emb = embed(plane.index[axis] if axis is not None else 0)
                 return segment_everything(
@@ -1691,7 +1691,7 @@ class SamWidget(Container):
                                       TILE_ABOVE_PIXELS)
 
     def _decode_tiled(self, image: Image, plane: Plane, key: tuple) -> None:
-        """Decode the plane's prompts with a :class:`~napari_sam.tiling.TiledPredictor` in a
+        """Decode the plane's prompts with a :class:`~napari_sam.engine.tiling.TiledPredictor` in a
         worker: only the tiles under the prompts are embedded, objects across tile borders come
         out whole."""
         if self._tiled_worker is not None:
@@ -1703,7 +1703,7 @@ class SamWidget(Container):
         objects, prompts = found
         tiled = self._tiled.get(key)
         if tiled is None:
-            from ..tiling import TiledPredictor
+            from ..engine.tiling import TiledPredictor
 
             data, indexer = image_level0(image), plane.indexer()
             tiled = functools.partial(  # built in the worker: it reads the whole plane

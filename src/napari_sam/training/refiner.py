@@ -5,9 +5,9 @@ Two stages, both cheap on a CPU because the image encoder and decoder only run f
 1. :func:`simulate_refiner_examples`: the frozen model segments objects of training images
    from simulated prompts, the way users and the evaluation protocol prompt it (a point at the
    object's deepest pixel, a point anywhere in it, a noisy box, or a point and one corrective
-   click with the mask fed back), through :class:`napari_sam.zoom.ZoomPredictor` as the
+   click with the mask fed back), through :class:`napari_sam.engine.zoom.ZoomPredictor` as the
    ``evaluate`` command does. Each mask gives one example: the refiner's input crop
-   (:func:`napari_sam.refine.crop_features`) and the object's true mask resampled to the crop
+   (:func:`napari_sam.engine.refine.crop_features`) and the object's true mask resampled to the crop
    (area fractions).
 2. :func:`train_refiner`: epochs over these examples (random flips and transposes), loss =
    binary cross-entropy + dice of the refined logits against the true mask, AdamW with a cosine
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluation import farthest_point, next_click
-from .modeling import MaskRefiner, Sam
-from .refine import _resample, crop_features, mask_crop_box, slice_gray
-from .training import dice_loss
+from ..evaluation.interactive import farthest_point, next_click
+from ..modeling import MaskRefiner, Sam
+from ..engine.refine import _resample, crop_features, mask_crop_box, slice_gray
+from .promptable import dice_loss
 
 __all__ = ["RefinerExamples", "attach_refiner", "simulate_refiner_examples", "train_refiner"]
 
@@ -43,7 +43,7 @@ class RefinerExamples:
     Attributes
     ----------
     crops : numpy.ndarray, shape (N, 3, S, S), float16
-        :func:`napari_sam.refine.crop_features` of each mask.
+        :func:`napari_sam.engine.refine.crop_features` of each mask.
     log_scales : numpy.ndarray, shape (N,), float32
     targets : numpy.ndarray, shape (N, S, S), float16
         The object's true mask resampled to the crop (fraction of each crop pixel inside).
@@ -106,8 +106,8 @@ def simulate_refiner_examples(
     progress : callable, optional
         ``progress(done, n_images)`` after each image.
     """
-    from .preprocess import estimate_intensity_range
-    from .zoom import ZoomPredictor
+    from ..engine.preprocess import estimate_intensity_range
+    from ..engine.zoom import ZoomPredictor
 
     rng = np.random.default_rng(seed)
     predictor = ZoomPredictor(model, refine=False)

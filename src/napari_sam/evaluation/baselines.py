@@ -3,9 +3,9 @@
 :func:`classical_instances` is the textbook pipeline (Gaussian smoothing, a global automatic
 threshold, distance-transform watershed to split touching nuclei).
 :func:`evaluate_classical_interactive` scores it with the same single-click protocol and result
-format as :func:`napari_sam.evaluation.evaluate_image`, so the two numbers can be put side by
+format as :func:`napari_sam.evaluation.interactive.evaluate_image`, so the two numbers can be put side by
 side; :func:`classical_instances_3d` and :func:`evaluate_classical_propagation` do the same in
-3D for :func:`napari_sam.propagation.evaluate_propagation`.
+3D for :func:`napari_sam.workflows.propagation.evaluate_propagation`.
 :func:`instance_metrics` scores any automatic instance segmentation against ground truth with
 F1 at IoU 0.5 and the mean segmentation accuracy of the DSB 2018 / StarDist papers.
 
@@ -25,7 +25,7 @@ from skimage.filters import threshold_li, threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from .evaluation import (
+from .interactive import (
     FIRST_CLICK,
     _plane,
     _tight_box,
@@ -102,7 +102,7 @@ def classical_instances(
         Li's minimum cross-entropy threshold (the default of CellProfiler's
         IdentifyPrimaryObjects) or Otsu's. Otsu's sits too high when nucleus brightness varies a
         lot: it loses dim nuclei and shrinks the others (on the synthetic nuclei of
-        :mod:`napari_sam.synthetic` its F1 at IoU 0.5 is about 0.15 lower).
+        :mod:`napari_sam.data.synthetic` its F1 at IoU 0.5 is about 0.15 lower).
     split_depth : float
         Height in pixels a maximum of the distance transform needs above the saddle to the next
         one to seed its own nucleus; larger values split less.
@@ -344,7 +344,7 @@ def evaluate_classical_interactive(
     only selects from that segmentation:
 
     - ``"point"``: the classical instance under the click at
-      :func:`~napari_sam.evaluation.farthest_point` of the ground truth (an empty mask, IoU 0,
+      :func:`~napari_sam.evaluation.interactive.farthest_point` of the ground truth (an empty mask, IoU 0,
       if the click falls on background).
     - ``"box"``: the union of the classical instances of which more than half lies inside the
       ground truth's tight box, clipped to the box (so two merged nuclei are cut at the box).
@@ -355,7 +355,7 @@ def evaluate_classical_interactive(
     Parameters
     ----------
     image, labels, axis, min_area, progress
-        As in :func:`napari_sam.evaluation.evaluate_image`.
+        As in :func:`napari_sam.evaluation.interactive.evaluate_image`.
     prompt : {"point", "box"}
     sigma, threshold, split_depth, min_size, dark_objects
         Passed to :func:`classical_instances`.
@@ -363,7 +363,7 @@ def evaluate_classical_interactive(
     Returns
     -------
     dict
-        In the format of :func:`napari_sam.evaluation.evaluate_image`, with one click.
+        In the format of :func:`napari_sam.evaluation.interactive.evaluate_image`, with one click.
     """
     if prompt not in ("point", "box"):
         raise ValueError(f"prompt must be 'point' or 'box', got {prompt!r}")
@@ -432,9 +432,9 @@ def evaluate_classical_propagation(
     """Score :func:`classical_instances_3d` with the protocol of ``evaluate_propagation``.
 
     The stack is segmented once in 3D; each ground-truth object's seed click (the protocol's,
-    :func:`napari_sam.evaluation.propagation_seed_points`) selects the 3D instance under it (an
+    :func:`napari_sam.evaluation.interactive.propagation_seed_points`) selects the 3D instance under it (an
     empty prediction, IoU 0, if it falls on background). The result has the format of
-    :func:`napari_sam.propagation.evaluate_propagation`, so the two can be put side by side.
+    :func:`napari_sam.workflows.propagation.evaluate_propagation`, so the two can be put side by side.
 
     Parameters
     ----------

@@ -230,7 +230,7 @@ def infer_model_type(
     state_dict : mapping of str to torch.Tensor
         As returned by :func:`load_state_dict`.
     configs : mapping of str to SamConfig, optional
-        Candidate types; :data:`napari_sam.build.MODEL_CONFIGS` by default.
+        Candidate types; :data:`napari_sam.models.build.MODEL_CONFIGS` by default.
 
     Returns
     -------
@@ -375,7 +375,7 @@ def load_weights(
 
 
 def _load_refiner(model: nn.Module, state: Mapping[str, torch.Tensor], source) -> None:
-    from .modeling import MaskRefiner
+    from ..modeling import MaskRefiner
 
     width = state.get("inp.weight")
     refiner = MaskRefiner(width=32 if width is None else int(width.shape[0]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .io import InputError
+from ..data.io import InputError
 
 
 def add_parser(sub, add_training_data_args) -> None:
@@ -53,9 +53,9 @@ def add_parser(sub, add_training_data_args) -> None:
 def command(args) -> int:
     import torch
 
-    from . import refiner_training as rt
-    from . import training
-    from .build import build_model
+    from ..training import refiner as rt
+    from .. import training
+    from ..models.build import build_model
 
     out = Path(args.out)
     if not out.parent.exists():
@@ -67,7 +67,7 @@ def command(args) -> int:
         raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from .cli import _read_pairs, check_training_data_args, training_examples
+    from ._main import _read_pairs, check_training_data_args, training_examples
 
     check_training_data_args(args)
     images = labels = None
@@ -101,7 +101,7 @@ def command(args) -> int:
         data.save(examples_path)
         print(f"{len(data)} examples (the model's mean IoU {data.base_iou.mean():.3f}), "
               f"kept in {examples_path}")
-    from .modeling import MaskRefiner
+    from ..modeling import MaskRefiner
 
     torch.manual_seed(args.seed)
     refiner = rt.attach_refiner(model, MaskRefiner(width=args.width))
@@ -113,7 +113,7 @@ def command(args) -> int:
     log = rt.train_refiner(refiner, data, epochs=args.epochs, lr=args.lr,
                            batch_size=args.batch_size, seed=args.seed,
                            state_path=out.with_name(out.name + ".state.pt"), progress=report)
-    training._atomic_save(model.state_dict(), out)
+    training.promptable._atomic_save(model.state_dict(), out)
     if args.log:
         Path(args.log).write_text("\n".join(json.dumps(e) for e in log) + "\n")
     print(f"wrote {out}")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .predictor import SamPredictor
-from .preprocess import estimate_intensity_range
+from ..engine.predictor import SamPredictor
+from ..engine.preprocess import estimate_intensity_range
 
 __all__ = ["ObjectPrompt", "is_rgb", "paint_mask", "segment_objects", "spatial_shape"]
 

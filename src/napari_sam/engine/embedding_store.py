@@ -10,7 +10,7 @@ lazily. Three pieces:
   plane. Opening it with a different signature, or finding it unreadable, recreates it (the reason
   is logged and kept in :attr:`EmbeddingStore.reason`); it is never silently used.
 * :class:`StackEmbedder`: ``get(index)`` gives a plane's
-  :class:`~napari_sam.predictor.ImageEmbedding` from a bounded in-memory LRU, else the store,
+  :class:`~napari_sam.engine.predictor.ImageEmbedding` from a bounded in-memory LRU, else the store,
   else the encoder (and writes it).
 
 Store layout (``<store>.zarr``)::
@@ -76,9 +76,9 @@ def default_store_dir() -> Path:
     """Folder of the automatic embedding stores: ``cache_root() / "embeddings"``.
 
     ``cache_root()`` is ``$NAPARI_SAM_CACHE`` or the user cache folder (see
-    :mod:`napari_sam.weights`). The folder is not created here.
+    :mod:`napari_sam.models.weights`). The folder is not created here.
     """
-    from .weights import cache_root
+    from ..models.weights import cache_root
 
     return cache_root() / _STORE_SUBDIR
 
@@ -87,7 +87,7 @@ def default_store_dir() -> Path:
 
 
 def _package_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -862,7 +862,7 @@ class StackEmbedder:
 
     @property
     def memory(self):
-        """The in-memory LRU (:class:`~napari_sam.embedding_cache.EmbeddingCache`, float16)."""
+        """The in-memory LRU (:class:`~napari_sam.engine.embedding_cache.EmbeddingCache`, float16)."""
         return self._memory
 
     def _load(self, idx: tuple[int, ...]):

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from .modeling import Sam
+from ..modeling import Sam
 from .postprocess import clip_to_box, keep_prompted_pieces
 from .preprocess import ResizeGeometry, denoise_input, to_rgb_uint8_range
 
@@ -476,7 +476,7 @@ class SamPredictor:
         A single point is ambiguous (part, object or group): the three candidates are decoded
         and the one with the highest predicted IoU is kept. Any richer prompt (several points, a
         box, a mask) uses the single-output head. With a box, what lies beyond the box (grown
-        by :data:`~napari_sam.postprocess.BOX_MARGIN`) is cut off; pieces of the mask that hold
+        by :data:`~napari_sam.engine.postprocess.BOX_MARGIN`) is cut off; pieces of the mask that hold
         no positive point (or, for a box without points, lie outside the box) are dropped
         (:func:`keep_prompted_pieces`): one object is asked for. :meth:`predict` returns the
         model's masks unchanged.

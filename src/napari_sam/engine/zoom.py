@@ -15,7 +15,7 @@ already large enough are decoded as a whole, exactly as by :class:`SamPredictor`
 The class offers :class:`SamPredictor`'s ``set_image`` / ``predict`` / ``segment`` interface
 (masks and logits in slice coordinates; the low-resolution logits it returns are in the frame
 of the crop the prompt was decoded in, and passing them back as ``mask_input`` decodes in that
-crop again), so the evaluation protocol (:func:`napari_sam.evaluation.evaluate_image`) and
+crop again), so the evaluation protocol (:func:`napari_sam.evaluation.interactive.evaluate_image`) and
 scripts can use it in place of a :class:`SamPredictor`.
 """
 
@@ -30,7 +30,7 @@ import numpy.typing as npt
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .modeling import Sam
+    from ..modeling import Sam
 
 __all__ = ["ZoomPredictor", "auto_zoom", "crop_origin", "prompt_centre", "typical_radius",
            "zoomed_crop_shape"]
@@ -295,7 +295,7 @@ class ZoomPredictor:
         mask_input: npt.ArrayLike | None = None,
     ) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
         """One mask: the best of three for a lone point, else the single-output mask; pieces
-        the prompt did not ask for are dropped (:func:`napari_sam.predictor.keep_prompted_pieces`).
+        the prompt did not ask for are dropped (:func:`napari_sam.engine.predictor.keep_prompted_pieces`).
         """
         n = 0 if points is None else len(np.asarray(points).reshape(-1, 2))
         multimask = n == 1 and box is None and mask_input is None

@@ -11,7 +11,7 @@ and negative queries ("background", "debris", ...) scaled by CLIP's learned temp
 
 Everything is per 2D plane: ``image`` is ``(H, W)`` or ``(H, W, 3)`` and ``labels`` ``(H, W)``;
 for a stack the caller passes ``image[z]``, ``labels[z]`` and one ``intensity_range`` for the
-whole stack (:func:`napari_sam.preprocess.estimate_intensity_range`).
+whole stack (:func:`napari_sam.engine.preprocess.estimate_intensity_range`).
 
 Process isolation
 -----------------
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from .preprocess import to_rgb_uint8_range
+from ..engine.preprocess import to_rgb_uint8_range
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -271,7 +271,7 @@ def extract_crops(
     ----------
     image : array-like, shape (H, W) or (H, W, 3)
         One plane, any dtype. Normalised like SAM's input
-        (:func:`napari_sam.preprocess.to_rgb_uint8_range`): uint8 RGB as is, anything else
+        (:func:`napari_sam.engine.preprocess.to_rgb_uint8_range`): uint8 RGB as is, anything else
         rescaled from ``intensity_range`` to 0-255 and grayscale replicated to three channels.
     labels : array-like, shape (H, W), int
         The candidate objects; 0 is background.
@@ -437,11 +437,11 @@ def parse_clip_spec(spec: str | os.PathLike) -> ClipSpec:
 def clip_cache_dir() -> Path:
     """Folder of downloaded CLIP weights: ``clip/`` in the cache root shared with SAM's weights.
 
-    See :func:`napari_sam.weights.cache_root` (``$NAPARI_SAM_CACHE`` overrides it). Files are named
+    See :func:`napari_sam.models.weights.cache_root` (``$NAPARI_SAM_CACHE`` overrides it). Files are named
     ``<MODEL>-<TAG><ext>`` (e.g. ``ViT-B-32-openai.safetensors``); a file copied there by hand
     under that name is used without any network access.
     """
-    from .weights import cache_root
+    from ..models.weights import cache_root
 
     return cache_root() / "clip"
 
@@ -546,7 +546,7 @@ def _fetch(url: str, target: Path) -> None:
         # OpenAI's addresses carry the file's SHA256 as a folder name.
         expected = next((p for p in url.split("/") if re.fullmatch(r"[0-9a-f]{64}", p)), None)
         if expected is not None:
-            from .weights import file_sha256
+            from ..models.weights import file_sha256
 
             got = file_sha256(tmp)
             if got != expected:
@@ -622,7 +622,7 @@ def _load_clip(spec_text: str, device=None, cache_dir=None, download: bool = Tru
     import open_clip
     import torch
 
-    from .device import resolve_device
+    from ..models.device import resolve_device
 
     spec = parse_clip_spec(spec_text)
     dev = resolve_device(device)
@@ -756,7 +756,7 @@ class ClipScorer:
         file), ``"CONFIG.json:PATH"`` (an open_clip model config plus weights), ``"MODEL:random"``
         (random weights, for tests), or a model folder. See :func:`parse_clip_spec`.
     device : str or torch.device, optional
-        Default: the best available (:func:`napari_sam.device.resolve_device`).
+        Default: the best available (:func:`napari_sam.models.device.resolve_device`).
     cache_dir : path, optional
         Where pretrained weights are looked for and downloaded (default :func:`clip_cache_dir`).
     isolate : bool, optional
@@ -1383,7 +1383,7 @@ def segment_by_text(
     query : str
     candidates : array-like, shape (H, W), int, optional
         Candidate objects (e.g. a Labels layer's plane). Default: SAM's automatic segmentation
-        of the plane with ``model`` (:func:`napari_sam.automatic.segment_everything`).
+        of the plane with ``model`` (:func:`napari_sam.workflows.automatic.segment_everything`).
     model : Sam, optional
         Needed when ``candidates`` is not given.
     negatives, threshold, top_k, use
@@ -1412,9 +1412,9 @@ def segment_by_text(
             raise ValueError("give candidate labels or a SAM model for automatic segmentation")
         try:
             from .automatic import segment_everything
-        except ImportError as exc:  # pragma: no cover - until napari_sam.automatic lands
+        except ImportError as exc:  # pragma: no cover - until napari_sam.workflows.automatic lands
             raise RuntimeError(
-                "automatic segmentation (napari_sam.automatic) is not available: pass "
+                "automatic segmentation (napari_sam.workflows.automatic) is not available: pass "
                 "candidate labels instead"
             ) from exc
         import inspect

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .io import InputError
+from ..data.io import InputError
 
 DEFAULT_CLIP = "ViT-B-32:openai"
 
@@ -54,9 +54,9 @@ def run_text_segment(args) -> int:
 
     import numpy as np
 
-    from .io import read_image, write_labels
-    from .preprocess import estimate_intensity_range
-    from .segment import is_rgb, spatial_shape
+    from ..data.io import read_image, write_labels
+    from ..engine.preprocess import estimate_intensity_range
+    from ..workflows.segment import is_rgb, spatial_shape
 
     if args.points or args.box:
         raise InputError("--text cannot be combined with --points/--box prompts")
@@ -88,7 +88,7 @@ def run_text_segment(args) -> int:
                 f"candidates {candidates.shape} do not match the image's spatial shape {shape}"
             )
 
-    from .text import ClipScorer, CropParams, segment_by_text
+    from ..workflows.text import ClipScorer, CropParams, segment_by_text
 
     crop_kwargs = {}
     if args.margin is not None:
@@ -135,7 +135,7 @@ def run_text_segment(args) -> int:
 
 
 def _load_model(args):
-    from .cli import _load_model as load
+    from ._main import _load_model as load
 
     return load(args)
 

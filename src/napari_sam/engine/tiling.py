@@ -164,7 +164,7 @@ class TiledPredictor:
     intensity_range : (float, float), optional
         One range for the whole image (estimated once by default).
     store : path, "auto" or None
-        Persistent tile embeddings, as for :class:`~napari_sam.embedding_store.StackEmbedder`.
+        Persistent tile embeddings, as for :class:`~napari_sam.engine.embedding_store.StackEmbedder`.
     model_name : str, optional
     memory_mb : float
         Bound of the in-memory LRU of tile embeddings.

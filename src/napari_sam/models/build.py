@@ -1,6 +1,6 @@
 """Model configurations, the registry of SAM sizes, and the builders.
 
->>> from napari_sam.build import build_model, build_sam, tiny_config
+>>> from napari_sam.models.build import build_model, build_sam, tiny_config
 >>> model = build_model("vit_b")  # official weights, downloaded once  # doctest: +SKIP
 >>> model = build_model("my_finetuned_sam.pth")  # type detected from the file  # doctest: +SKIP
 >>> toy = build_sam(tiny_config())  # random weights, for tests
@@ -21,7 +21,7 @@ from torch import nn
 
 from .checkpoint import load_state_dict, load_weights, require_model_type
 from .device import resolve_device
-from .modeling import (
+from ..modeling import (
     ImageEncoderViT,
     MaskDecoder,
     PromptEncoder,
@@ -29,7 +29,7 @@ from .modeling import (
     TinyViT,
     TwoWayTransformer,
 )
-from .modeling.sam import IMAGENET_MEAN, IMAGENET_STD
+from ..modeling.sam import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "MODEL_ALIASES",
@@ -88,7 +88,7 @@ class SamConfig:
     max_input_noise : float or None
         Pixel noise (standard deviation as a fraction of the intensity range, at the model's
         input scale) up to which the model works as trained. Slices that are noisier are
-        smoothed before encoding (:func:`napari_sam.preprocess.denoise_input`). None (the
+        smoothed before encoding (:func:`napari_sam.engine.preprocess.denoise_input`). None (the
         official models): never.
     """
 
@@ -438,7 +438,7 @@ def build_model(
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     pretrained : bool
         Without ``checkpoint``: load the official weights (downloaded and verified once, see
-        :mod:`napari_sam.weights`) if true, keep random weights if false.
+        :mod:`napari_sam.models.weights`) if true, keep random weights if false.
 
     Returns
     -------
@@ -451,7 +451,7 @@ def build_model(
         Unknown model name, unavailable device, no official weights for ``name``.
     CheckpointError
         The checkpoint cannot be read or does not fit (a subclass of ``ValueError``).
-    napari_sam.weights.WeightsDownloadError
+    napari_sam.models.weights.WeightsDownloadError
         The official weights are not cached and could not be downloaded.
     """
     dev = resolve_device(device)

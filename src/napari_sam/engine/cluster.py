@@ -27,7 +27,7 @@ class EmbedJob:
     Attributes
     ----------
     image : str
-        Path of the image (zarr, TIFF, npy), read lazily with :func:`napari_sam.io.open_image_lazy`.
+        Path of the image (zarr, TIFF, npy), read lazily with :func:`napari_sam.data.io.open_image_lazy`.
     store : str
         Path of the zarr embedding store, already created by the client.
     model : str
@@ -41,7 +41,7 @@ class EmbedJob:
     intensity_range : (float, float) or None
         The stack's range, fixed by the client so that every worker normalises alike.
     fingerprint : str
-        :func:`~napari_sam.embedding_store.image_fingerprint` computed by the client.
+        :func:`~napari_sam.engine.embedding_store.image_fingerprint` computed by the client.
     model_name : str, optional
         Name in the model fingerprint.
     precision : str
@@ -67,10 +67,10 @@ _WORKER_LOCK = threading.Lock()
 
 def make_embedder(job: EmbedJob, model=None) -> StackEmbedder:
     """A :class:`StackEmbedder` for ``job`` (the model is built unless given)."""
-    from .io import open_image_lazy
+    from ..data.io import open_image_lazy
 
     if model is None:
-        from .build import build_model
+        from ..models.build import build_model
 
         model = build_model(job.model, checkpoint=job.checkpoint, device=job.device)
     return StackEmbedder(
@@ -85,7 +85,7 @@ def embed_planes(job: EmbedJob, planes: Sequence[Sequence[int]]) -> int:
 
     The model and image are set up once per worker process. The store is opened with
     ``recreate=False``: a worker whose weights or image differ from the client's raises
-    :class:`~napari_sam.embedding_store.StaleStoreError` instead of deleting the store.
+    :class:`~napari_sam.engine.embedding_store.StaleStoreError` instead of deleting the store.
     """
     with _WORKER_LOCK:
         embedder = _WORKER_CACHE.get(job)

@@ -22,11 +22,11 @@ import numpy.typing as npt
 import torch
 from scipy import ndimage
 
-from .postprocess import keep_prompted_pieces
-from .predictor import ImageEmbedding, SamPredictor, positive_window
+from ..engine.postprocess import keep_prompted_pieces
+from ..engine.predictor import ImageEmbedding, SamPredictor, positive_window
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .modeling import Sam
+    from ..modeling import Sam
 
 __all__ = [
     "PROMPT_PARTS",
@@ -152,7 +152,7 @@ class PropagationParams:
     prompted_pieces : bool
         Keep only the connected pieces of each new mask that hold the object's positive point
         (with a box prompt: cut to the box first), as the viewer does
-        (:func:`~napari_sam.postprocess.keep_prompted_pieces`): stray pieces on other objects
+        (:func:`~napari_sam.engine.postprocess.keep_prompted_pieces`): stray pieces on other objects
         are dropped.
     """
 
@@ -530,7 +530,7 @@ def upscale_masks(
     (refined when the predictor :attr:`~napari_sam.SamPredictor.refines`).
 
     Without the refiner only the window of each object's positive logits is upsampled
-    (:func:`~napari_sam.predictor.positive_window`,
+    (:func:`~napari_sam.engine.predictor.positive_window`,
     :meth:`~napari_sam.SamPredictor.upscale_window`): the same masks as upsampling the whole
     slice, at a cost that follows the objects' size rather than the slice's (on a 1024 px
     slice, 16 nuclei with three candidates each were 48 full-slice upsamplings per slice).
@@ -564,7 +564,7 @@ def _box_of(mask: npt.NDArray[np.bool_], margin: float) -> npt.NDArray[np.float6
 
 
 def _deepest(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-    from .evaluation import farthest_point
+    from ..evaluation.interactive import farthest_point
 
     return np.asarray(farthest_point(mask), dtype=np.float64)
 
@@ -1092,7 +1092,7 @@ def propagate_volume(
     """
     get, n, (axis, hw, spatial) = _volume_slices(volume, axis)
     if intensity_range is None:
-        from .preprocess import estimate_intensity_range
+        from ..engine.preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(volume)
     result = propagate_in_crops(model, get, n, seeds, zoom=zoom,
@@ -1118,7 +1118,7 @@ def propagate_in_crops(
     """:func:`propagate` with the slices magnified: small objects followed in crops.
 
     The slices are cut into overlapping crops ``zoom`` times smaller than a slice (as
-    :class:`napari_sam.zoom.ZoomPredictor` does in 2D); every object is propagated in the crop
+    :class:`napari_sam.engine.zoom.ZoomPredictor` does in 2D); every object is propagated in the crop
     where its first seed is most central, all objects of one crop together in one
     :func:`propagate` run against the crop's embeddings (computed here, once per crop and
     slice visited). An object whose seeds do not fit in that crop (a box or mask reaching past
@@ -1134,7 +1134,7 @@ def propagate_in_crops(
         In slice coordinates.
     zoom : float or "auto"
         Magnification (>= 1; 1 embeds whole slices). ``"auto"``:
-        :func:`napari_sam.zoom.auto_zoom` of the slice holding the most seeds.
+        :func:`napari_sam.engine.zoom.auto_zoom` of the slice holding the most seeds.
     intensity_range : (float, float), optional
         One normalisation range for every crop (default: robust percentiles of that slice).
     params, progress, cancelled
@@ -1148,8 +1148,8 @@ def propagate_in_crops(
         As from :func:`propagate`; when cancelled, objects of crops not reached yet have no
         masks and stopped reasons ``"cancelled"``.
     """
-    from .preprocess import estimate_intensity_range
-    from .zoom import auto_zoom, crop_origin, prompt_centre, zoomed_crop_shape
+    from ..engine.preprocess import estimate_intensity_range
+    from ..engine.zoom import auto_zoom, crop_origin, prompt_centre, zoomed_crop_shape
 
     if not (zoom == "auto" or (isinstance(zoom, (int, float)) and zoom >= 1)):
         raise ValueError(f"zoom must be 'auto' or a number >= 1, got {zoom!r}")
@@ -1286,7 +1286,7 @@ def evaluate_propagation(
 
     For every ground-truth object (label id): the slice along ``axis`` where its area is
     largest, and on it the pixel of its largest 2D piece farthest from the boundary
-    (:func:`napari_sam.evaluation.farthest_point`), is a one-point seed. All objects are
+    (:func:`napari_sam.evaluation.interactive.farthest_point`), is a one-point seed. All objects are
     propagated together in one run; the result, painted without overlaps, is compared with the
     ground truth object by object.
 
@@ -1317,7 +1317,7 @@ def evaluate_propagation(
     """
     from dataclasses import asdict
 
-    from .evaluation import propagation_ground_truth, propagation_seed_points, score_object_3d
+    from ..evaluation.interactive import propagation_ground_truth, propagation_seed_points, score_object_3d
 
     if not hasattr(image, "shape"):
         image = np.asarray(image)

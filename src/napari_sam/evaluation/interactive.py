@@ -13,7 +13,7 @@ recorded after every click:
    logits as the mask prompt, by the single-output head.
 
 Each mask is scored as the viewer shows it: cut to the box and kept to the prompted connected
-pieces (:func:`napari_sam.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
+pieces (:func:`napari_sam.engine.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
 returns); ``raw=True`` scores the model's masks unchanged.
 
 This follows RITM (Sofiiuk et al., 2022) as adopted by SAM (Kirillov et al., 2023, sec. 7.1). The
@@ -33,10 +33,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from .postprocess import keep_prompted_pieces
+from ..engine.postprocess import keep_prompted_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .predictor import SamPredictor
+    from ..engine.predictor import SamPredictor
 
 __all__ = [
     "GroundTruthObject",
@@ -234,7 +234,7 @@ def evaluate_object(
         points follow (the box stays in every call).
     raw : bool
         Score the model's masks as decoded. By default each mask is first cut to what the
-        prompt asked for (:func:`~napari_sam.postprocess.keep_prompted_pieces`), as the viewer
+        prompt asked for (:func:`~napari_sam.engine.postprocess.keep_prompted_pieces`), as the viewer
         does; the next click is placed on that mask too.
 
     Returns
@@ -530,7 +530,7 @@ def evaluate_image(
     if not objects:
         raise ValueError("the labels contain no objects (every pixel is 0 or below min_area)")
     if intensity_range is None and not (rgb and image.dtype == np.uint8):
-        from .preprocess import estimate_intensity_range
+        from ..engine.preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(image)
 

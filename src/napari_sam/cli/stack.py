@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import InputError
+from ..data.io import InputError
 
 
 def _number_or_off(text: str) -> float | str:
@@ -54,7 +54,7 @@ def _add_automatic_options(p: argparse.ArgumentParser) -> None:
 
 
 def _automatic_params(args):
-    from .automatic import AutomaticParams
+    from ..workflows.automatic import AutomaticParams
 
     kwargs = {
         name: getattr(args, name)
@@ -130,9 +130,9 @@ def _parse_slices(text: str | None, n: int) -> range | None:
 
 
 def cmd_automatic(args, load_model) -> int:
-    from .automatic import segment_everything_nd
-    from .io import read_image, write_labels
-    from .segment import is_rgb, spatial_shape
+    from ..workflows.automatic import segment_everything_nd
+    from ..data.io import read_image, write_labels
+    from ..workflows.segment import is_rgb, spatial_shape
 
     image = read_image(args.image)
     rgb = is_rgb(image) and image.ndim == (3 if args.axis is None else 4)
@@ -185,7 +185,7 @@ def evaluate(args, image: np.ndarray, labels: np.ndarray, load_model) -> int:
 
 
 def _evaluate_propagation(args, image, labels, load_model) -> dict[str, Any]:
-    from .propagation import evaluate_propagation
+    from ..workflows.propagation import evaluate_propagation
 
     if labels.ndim != 3:
         raise InputError(f"--propagate needs 3D labels, got shape {labels.shape}")
@@ -201,8 +201,8 @@ def _evaluate_propagation(args, image, labels, load_model) -> dict[str, Any]:
 
 
 def _classical_labels(image: np.ndarray, axis: int | None, link_overlap: float) -> np.ndarray:
-    from .automatic import link_slices
-    from .baselines import classical_instances
+    from ..workflows.automatic import link_slices
+    from ..evaluation.baselines import classical_instances
 
     if axis is None:
         return classical_instances(image)
@@ -217,8 +217,8 @@ def _classical_labels(image: np.ndarray, axis: int | None, link_overlap: float) 
 
 
 def _evaluate_automatic(args, image, labels, load_model) -> dict[str, Any]:
-    from .automatic import AutomaticParams, segment_everything_nd
-    from .baselines import instance_metrics
+    from ..workflows.automatic import AutomaticParams, segment_everything_nd
+    from ..evaluation.baselines import instance_metrics
 
     if args.clicks != 1 or args.prompt != "point":
         raise InputError("--automatic takes no --clicks / --prompt")
@@ -244,5 +244,5 @@ def _evaluate_automatic(args, image, labels, load_model) -> dict[str, Any]:
         "params": p,
         "axis": args.axis,
         "classical": "Gaussian + Li threshold + distance-transform watershed "
-                     "(napari_sam.baselines.classical_instances)",
+                     "(napari_sam.evaluation.baselines.classical_instances)",
     }

@@ -37,13 +37,13 @@ import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from .predictor import ImageEmbedding, SamPredictor, positive_window
-from .preprocess import pixel_noise
+from ..engine.predictor import ImageEmbedding, SamPredictor, positive_window
+from ..engine.preprocess import pixel_noise
 from .propagation import decode_low_res_windowed, stability_scores
-from .refine import mask_crop_box, refine_crops, slice_gray
+from ..engine.refine import mask_crop_box, refine_crops, slice_gray
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .modeling import Sam
+    from ..modeling import Sam
 
 __all__ = [
     "AutomaticParams",
@@ -127,7 +127,7 @@ class AutomaticParams:
         most at ``r / sqrt(2)``); the largest is an eighth of the image side.
     zoom_below_radius : float
         With blob points and no crop layers: when the image is at least as large as the
-        model's input and its objects' typical radius (:func:`napari_sam.zoom.typical_radius`)
+        model's input and its objects' typical radius (:func:`napari_sam.engine.zoom.typical_radius`)
         at the model's input scale is below this many pixels, the image is segmented as 2 x 2
         overlapping crops (each embedded on its own, seen up to twice as large) instead of as
         a whole. 0 turns it off.
@@ -396,7 +396,7 @@ def _objects_too_small(image: np.ndarray, intensity_range, img_size: int,
         or max(image.shape[:2]) < img_size
     ):
         return False
-    from .zoom import typical_radius
+    from ..engine.zoom import typical_radius
 
     radius = typical_radius(image, intensity_range)
     if radius is None:
@@ -425,7 +425,7 @@ def _decode_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Three candidate masks ``(B, 3, 4h, 4w)`` and IoUs ``(B, 3)`` for each of ``B`` single
     positive points ``(B, 1, 2)`` (slice pixels), each decoded in a ``window`` of the embedding
-    centred on it (:func:`napari_sam.propagation.decode_low_res_windowed`)."""
+    centred on it (:func:`napari_sam.workflows.propagation.decode_low_res_windowed`)."""
     labels = np.ones(points.shape[:2], dtype=np.int64)
     return decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
                                    points[:, 0], window, min_iou)
@@ -779,7 +779,7 @@ def segment_everything(
             f"the image is {tuple(hw)}"
         )
     if intensity_range is None and not (image.ndim == 3 and image.dtype == np.uint8):
-        from .preprocess import estimate_intensity_range
+        from ..engine.preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(image)
     predictor = SamPredictor(model)
@@ -940,7 +940,7 @@ def segment_everything_nd(
     if any(not 0 <= i < n for i in idx):
         raise ValueError(f"indices must lie in 0..{n - 1}")
     if intensity_range is None and not (rgb and image.dtype == np.uint8):
-        from .preprocess import estimate_intensity_range
+        from ..engine.preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(image)
     hw = tuple(s for k, s in enumerate(spatial) if k != axis)

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _cli_refiner, _cli_stack
-from ._text_cli import add_text_args, run_text_segment
-from .io import InputError
+from . import train_refiner as _cli_refiner
+from . import stack as _cli_stack
+from .text import add_text_args, run_text_segment
+from ..data.io import InputError
 
 __all__ = ["main"]
 
@@ -78,7 +79,7 @@ def check_training_data_args(args) -> None:
 def training_examples(args, images, labels, synthetic_stream, crop: int):
     """The training stream a command's data options ask for: the folder's crops, the generator,
     or both mixed at ``--real-fraction``."""
-    from . import training
+    from .. import training
 
     if not args.images:
         return synthetic_stream()
@@ -227,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args):
-    from . import build_model
+    from .. import build_model
 
     model = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
     if getattr(args, "no_refine", False):
@@ -236,9 +237,9 @@ def _load_model(args):
 
 
 def _cmd_segment(args) -> int:
-    from .io import read_image, read_points_csv, write_labels
-    from .predictor import SamPredictor
-    from .segment import ObjectPrompt, is_rgb, segment_objects, spatial_shape
+    from ..data.io import read_image, read_points_csv, write_labels
+    from ..engine.predictor import SamPredictor
+    from ..workflows.segment import ObjectPrompt, is_rgb, segment_objects, spatial_shape
 
     if args.text is not None:
         if args.propagate is not None:
@@ -305,7 +306,7 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
     index of the other leading axis is a separate 3D run; an object keeps its label value in
     every one of them.
     """
-    from .propagation import PropagationParams, Seed, propagate_volume
+    from ..workflows.propagation import PropagationParams, Seed, propagate_volume
 
     try:
         params = PropagationParams(max_slices=args.max_slices,
@@ -352,7 +353,7 @@ def _check_inside(points_rc: np.ndarray, hw: tuple[int, int], source: str) -> No
 
 
 def _cmd_models(args) -> int:
-    from .build import list_models
+    from ..models.build import list_models
 
     for name in list_models():
         print(name)
@@ -362,7 +363,7 @@ def _cmd_models(args) -> int:
 def _cmd_view(args) -> int:
     import napari
 
-    from .plugin._launch import launch
+    from ..plugin._launch import launch
 
     launch(image_path=args.image, sample=args.sample, model=args.model)
     napari.run()
@@ -373,7 +374,7 @@ def _cmd_evaluate(args) -> int:
     import json
     from pathlib import Path
 
-    from .io import read_image
+    from ..data.io import read_image
 
     image, labels = read_image(args.image), read_image(args.labels)
     if args.clicks < 1:
@@ -406,15 +407,15 @@ def _cmd_evaluate(args) -> int:
         args.zoom = zoom
         return _cli_stack.evaluate(args, image, labels, _load_model)
     if args.model == "classical":
-        from .baselines import evaluate_classical_interactive
+        from ..evaluation.baselines import evaluate_classical_interactive
 
         if args.clicks != 1:
             raise InputError("the classical baseline is scored with one click (--clicks 1)")
         result = evaluate_classical_interactive(image, labels, prompt=args.prompt, axis=args.axis)
         result["model"] = "classical"
     else:
-        from .evaluation import evaluate_image
-        from .zoom import ZoomPredictor
+        from ..evaluation.interactive import evaluate_image
+        from ..engine.zoom import ZoomPredictor
 
         model = _load_model(args)
         result = evaluate_image(
@@ -435,8 +436,8 @@ def _cmd_evaluate(args) -> int:
 def _read_pairs(images_dir: str, labels_dir: str | None, holdout_every: int = 0):
     from pathlib import Path
 
-    from .io import read_image
-    from .training import holdout_split
+    from ..data.io import read_image
+    from ..training.promptable import holdout_split
 
     if not labels_dir:
         raise InputError("--images needs --labels")
@@ -472,9 +473,9 @@ def _cmd_train(args) -> int:
 
     import torch
 
-    from . import training
-    from .build import MODEL_CONFIGS, build_model, build_sam, resolve_model_name
-    from .device import resolve_device
+    from .. import training
+    from ..models.build import MODEL_CONFIGS, build_model, build_sam, resolve_model_name
+    from ..models.device import resolve_device
 
     out = Path(args.out)
     if not out.parent.exists():
@@ -494,7 +495,7 @@ def _cmd_train(args) -> int:
         model = build_sam(config)
     else:
         model = build_model(args.init, device=args.device)
-        from .checkpoint import infer_model_type
+        from ..models.checkpoint import infer_model_type
 
         config = MODEL_CONFIGS[infer_model_type(model.state_dict()) or resolve_model_name(args.init)]
     model = model.to(resolve_device(args.device))
@@ -537,7 +538,7 @@ def _cmd_train(args) -> int:
                          progress=progress)
     if model.img_size != final_size:
         model = training.with_input_size(model, config, final_size)
-        training._atomic_save(model.state_dict(), out)
+        training.promptable._atomic_save(model.state_dict(), out)
     if args.log:
         Path(args.log).write_text("\n".join(json.dumps(e) for e in log) + "\n")
     print(f"wrote {out}")
@@ -596,9 +597,9 @@ def _cmd_embed(args) -> int:
     import dataclasses
     from pathlib import Path
 
-    from .cluster import EmbedJob, make_embedder, precompute_distributed
-    from .io import open_image_lazy
-    from .segment import is_rgb
+    from ..engine.cluster import EmbedJob, make_embedder, precompute_distributed
+    from ..data.io import open_image_lazy
+    from ..workflows.segment import is_rgb
 
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
@@ -689,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from .. import __version__
 
         print(__version__)
         return 0

@@ -33,7 +33,7 @@ def slice_gray(image: npt.ArrayLike, intensity_range: tuple[float, float] | None
                ) -> npt.NDArray[np.float32]:
     """The slice as the refiner sees it: gray values in [0, 1], shape ``(H, W)``.
 
-    Scaled exactly as the image encoder's input (:func:`napari_sam.preprocess.to_rgb_uint8_range`,
+    Scaled exactly as the image encoder's input (:func:`napari_sam.engine.preprocess.to_rgb_uint8_range`,
     channels averaged).
     """
     return to_rgb_uint8_range(image, intensity_range).mean(axis=-1) / np.float32(255.0)
