@@ -24,7 +24,8 @@ import torch
 from napari_sam import SamPredictor, build_model
 from napari_sam.workflows.automatic import AutomaticParams, segment_everything
 from napari_sam.evaluation.baselines import instance_metrics
-from napari_sam.workflows.propagation import PropagationParams, _advance, _Front, Propagation
+from napari_sam.workflows.propagation import PropagationParams, _advance, _Front
+from napari_sam.workflows.mask_stack import Propagation
 from napari_sam.data.synthetic import SyntheticSettings, make_nuclei_2d
 
 

@@ -120,7 +120,8 @@ def main() -> None:
                   f"{np.mean(classical):.3f} | {np.mean(secs):.0f} |", flush=True)
         if args.prompts:
             from napari_sam import build_model
-            from napari_sam.workflows.propagation import PropagationParams, evaluate_propagation
+            from napari_sam.evaluation.propagation import evaluate_propagation
+            from napari_sam.workflows.propagation import PropagationParams
 
             model = build_model(args.model)
             combos = [("box", "mask"), ("mask",), ("box",), ("points",), ("box", "points"),

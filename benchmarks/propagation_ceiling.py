@@ -28,7 +28,7 @@ from scipy import ndimage
 from napari_sam import build_model
 from napari_sam.evaluation.interactive import farthest_point
 from napari_sam.engine.predictor import SamPredictor
-from napari_sam.workflows.propagation import evaluate_propagation
+from napari_sam.evaluation.propagation import evaluate_propagation
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

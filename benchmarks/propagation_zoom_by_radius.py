@@ -19,7 +19,7 @@ import torch
 from evaluate_propagation_automatic import stack_settings  # the same held-out stack settings
 
 from napari_sam import build_model
-from napari_sam.workflows.propagation import evaluate_propagation
+from napari_sam.evaluation.propagation import evaluate_propagation
 from napari_sam.data.synthetic import make_nuclei_3d, random_settings
 
 BINS = ((0, 6), (6, 8), (8, 10), (10, 14), (14, 20), (20, np.inf))

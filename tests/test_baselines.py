@@ -11,7 +11,7 @@ from napari_sam.evaluation.baselines import (
     evaluate_classical_propagation,
     instance_metrics,
 )
-from napari_sam.evaluation.interactive import propagation_seed_points
+from napari_sam.evaluation.propagation import propagation_seed_points
 from napari_sam.data.synthetic import make_nuclei_2d, make_nuclei_3d
 
 

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from napari_sam import cli
-from napari_sam.cli.stack import _add_automatic_options, _automatic_params
+from napari_sam.cli._common import add_automatic_options, automatic_params
 
 
 def _write(path, arr):
@@ -65,13 +65,13 @@ def test_automatic_bad_input_is_one_line(tmp_path, cli_model, volume, capsys, ex
 
 def test_part_and_merge_options_take_a_number_or_off(capsys):
     parser = argparse.ArgumentParser()
-    _add_automatic_options(parser)
-    default = _automatic_params(parser.parse_args([]))
+    add_automatic_options(parser)
+    default = automatic_params(parser.parse_args([]))
     assert (default.part_score_margin, default.merge_solidity) == (0.1, 0.95)
-    p = _automatic_params(parser.parse_args(["--part-score-margin", "0.3",
+    p = automatic_params(parser.parse_args(["--part-score-margin", "0.3",
                                              "--merge-solidity", "off"]))
     assert (p.part_score_margin, p.merge_solidity) == (0.3, None)
-    p = _automatic_params(parser.parse_args(["--part-score-margin", "OFF",
+    p = automatic_params(parser.parse_args(["--part-score-margin", "OFF",
                                              "--merge-solidity", "0.9"]))
     assert (p.part_score_margin, p.merge_solidity) == (None, 0.9)
     with pytest.raises(SystemExit) as e:
@@ -91,7 +91,7 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
 
 
 def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, monkeypatch):
-    import napari_sam.workflows.propagation as propagation
+    import napari_sam.workflows.propagation_volume as propagation
 
     zooms = []
     original = propagation.propagate_in_crops

@@ -12,11 +12,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 SCRIPT = textwrap.dedent(
     """
     import sys
+    import importlib, pkgutil
     import napari_sam
-    import napari_sam.engine.predictor, napari_sam.engine.embedding_cache, napari_sam.engine.preprocess
-    import napari_sam.workflows.segment, napari_sam.models.build, napari_sam.cli, napari_sam.data.synthetic
-    import napari_sam.engine.embedding_store, napari_sam.engine.tiling, napari_sam.engine.cluster
-    import napari_sam.workflows.propagation, napari_sam.workflows.automatic, napari_sam.workflows.text
+    # every module of the headless layers (all but plugin/), found by walking the package
+    for info in pkgutil.walk_packages(napari_sam.__path__, "napari_sam."):
+        if not info.name.startswith("napari_sam.plugin"):
+            importlib.import_module(info.name)
     from napari_sam import SamPredictor, build_model, list_models
     list_models()
     forbidden = ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "magicgui",

@@ -7,15 +7,10 @@ from scipy import ndimage
 
 from napari_sam import SamPredictor, build_model
 from napari_sam.engine.zoom import ZoomPredictor
-from napari_sam.workflows.propagation import (
-    Propagation,
-    PropagationParams,
-    Seed,
-    evaluate_propagation,
-    propagate,
-    propagate_in_crops,
-    propagate_volume,
-)
+from napari_sam.evaluation.propagation import evaluate_propagation
+from napari_sam.workflows.mask_stack import Propagation
+from napari_sam.workflows.propagation import PropagationParams, Seed, propagate
+from napari_sam.workflows.propagation_volume import propagate_in_crops, propagate_volume
 
 N, S, R = 12, 256, 15.0
 C1, C2 = 0.3 * S, 0.7 * S
@@ -153,7 +148,7 @@ def test_to_labels_has_no_overlap_and_the_better_score_wins():
 
 
 def test_mask_stack_keeps_bounding_boxes_and_gives_back_whole_masks():
-    from napari_sam.workflows.propagation import MaskStack
+    from napari_sam.workflows.mask_stack import MaskStack
 
     a = np.zeros((300, 400), bool)
     a[100:110, 200:215] = True
@@ -177,7 +172,7 @@ def test_mask_stack_keeps_bounding_boxes_and_gives_back_whole_masks():
 
 
 def test_to_labels_is_the_same_from_mask_stacks_and_whole_masks():
-    from napari_sam.workflows.propagation import MaskStack
+    from napari_sam.workflows.mask_stack import MaskStack
 
     rng = np.random.default_rng(0)
     masks = {oid: {i: ndimage.binary_opening(rng.random((40, 50)) < 0.5) for i in range(3)}
@@ -195,7 +190,7 @@ def test_to_labels_is_the_same_from_mask_stacks_and_whole_masks():
 def test_propagation_keeps_bounding_boxes(scene):
     model, image, labels, embed, _ = scene
     res = propagate(model, embed, N, [Seed(1, 5, points=_point(1))])
-    from napari_sam.workflows.propagation import MaskStack
+    from napari_sam.workflows.mask_stack import MaskStack
 
     assert isinstance(res.masks[1], MaskStack) and len(res.masks[1]) > 3
     assert res.masks[1].nbytes < 0.1 * len(res.masks[1]) * S * S  # nuclei of 30 px on 256 px
@@ -319,7 +314,7 @@ def test_windowed_upscaling_gives_the_masks_of_whole_slice_upscaling(shape):
     from napari_sam.models.build import build_sam, tiny_config
     from napari_sam.engine.predictor import ImageEmbedding
     from napari_sam.engine.preprocess import ResizeGeometry
-    from napari_sam.workflows.propagation import upscale_masks
+    from napari_sam.engine.decoding import upscale_masks
 
     torch.manual_seed(0)
     predictor = SamPredictor(build_sam(tiny_config()).eval(), refine=False)
@@ -387,7 +382,7 @@ def test_contrast_test_stops_in_fading_light(scene):
 
 
 def test_windowed_decoding_agrees_with_the_whole_grid(scene):
-    from napari_sam.workflows.propagation import decode_low_res, decode_low_res_windowed
+    from napari_sam.engine.decoding import decode_low_res, decode_low_res_windowed
 
     model, image, labels, embed, _ = scene
     predictor = SamPredictor(model)
@@ -492,7 +487,7 @@ def test_in_crops_cancel_keeps_done_objects_and_names_the_rest(scene):
 
 def test_in_crops_drops_negative_points_outside_the_crop(scene, monkeypatch):
     model, image, labels, *_ = scene
-    import napari_sam.workflows.propagation as propagation
+    import napari_sam.workflows.propagation_volume as propagation
 
     got = []
     original = propagation.propagate

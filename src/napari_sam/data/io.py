@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from .files import atomic_path
 
 __all__ = ["InputError", "open_image_lazy", "read_image", "read_points_csv", "write_labels"]
 
@@ -64,14 +65,8 @@ def write_labels(path: str | os.PathLike, labels: npt.ArrayLike) -> Path:
     arr = np.asarray(labels)
     if arr.dtype.kind not in "iub":
         raise InputError(f"labels must be integers, got {arr.dtype}")
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".part", dir=out.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_path(out, suffix=".tif") as tmp:
         tifffile.imwrite(tmp, arr, compression="zlib", photometric="minisblack")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

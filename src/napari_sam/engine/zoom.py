@@ -21,12 +21,12 @@ scripts can use it in place of a :class:`SamPredictor`.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from .lru import LRUCache
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -195,7 +195,7 @@ class ZoomPredictor:
         self._predictor = SamPredictor(model, precision=precision, refine=refine)
         self._image: np.ndarray | None = None
         self._range: tuple[float, float] | None = None
-        self._crops: OrderedDict[tuple[int, int], ImageEmbedding] = OrderedDict()
+        self._crops: LRUCache[ImageEmbedding] = LRUCache(max_items=self.max_crops)
         self._last: tuple[int, int] | None = None
         self.zoom = 1.0
         self.crop_shape: tuple[int, int] = (0, 0)
@@ -318,9 +318,5 @@ class ZoomPredictor:
             emb = self._predictor.compute_embedding(
                 self._image[r0:r0 + ch, c0:c0 + cw], self._range
             )
-            self._crops[origin] = emb
-            while len(self._crops) > self.max_crops:
-                self._crops.popitem(last=False)
-        else:
-            self._crops.move_to_end(origin)
+            self._crops.put(origin, emb)
         return emb

@@ -5,7 +5,7 @@ threshold, distance-transform watershed to split touching nuclei).
 :func:`evaluate_classical_interactive` scores it with the same single-click protocol and result
 format as :func:`napari_sam.evaluation.interactive.evaluate_image`, so the two numbers can be put side by
 side; :func:`classical_instances_3d` and :func:`evaluate_classical_propagation` do the same in
-3D for :func:`napari_sam.workflows.propagation.evaluate_propagation`.
+3D for :func:`napari_sam.evaluation.propagation.evaluate_propagation`.
 :func:`instance_metrics` scores any automatic instance segmentation against ground truth with
 F1 at IoU 0.5 and the mean segmentation accuracy of the DSB 2018 / StarDist papers.
 
@@ -25,19 +25,17 @@ from skimage.filters import threshold_li, threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from ..engine.masks import bounding_box
 from .interactive import (
     FIRST_CLICK,
     _plane,
-    _tight_box,
     check_image_matches,
     check_labels,
     farthest_point,
     ground_truth_objects,
-    propagation_ground_truth,
-    propagation_seed_points,
-    score_object_3d,
     summarize,
 )
+from .propagation import propagation_ground_truth, propagation_seed_points, score_object_3d
 
 __all__ = [
     "classical_instances",
@@ -395,7 +393,7 @@ def evaluate_classical_interactive(
             hit = instances[farthest_point(gt)]
             pred = (instances == hit) if hit else np.zeros_like(gt)
         else:
-            pred = _components_in_box(instances, _tight_box(gt))
+            pred = _components_in_box(instances, bounding_box(gt))
         inter = np.count_nonzero(pred & gt)
         iou = float(inter / np.count_nonzero(pred | gt))
         per_object.append({"id": obj.id, "slice": obj.slice, "iou": [iou], "iou_oracle": [iou]})
@@ -432,9 +430,9 @@ def evaluate_classical_propagation(
     """Score :func:`classical_instances_3d` with the protocol of ``evaluate_propagation``.
 
     The stack is segmented once in 3D; each ground-truth object's seed click (the protocol's,
-    :func:`napari_sam.evaluation.interactive.propagation_seed_points`) selects the 3D instance under it (an
+    :func:`napari_sam.evaluation.propagation.propagation_seed_points`) selects the 3D instance under it (an
     empty prediction, IoU 0, if it falls on background). The result has the format of
-    :func:`napari_sam.workflows.propagation.evaluate_propagation`, so the two can be put side by side.
+    :func:`napari_sam.evaluation.propagation.evaluate_propagation`, so the two can be put side by side.
 
     Parameters
     ----------

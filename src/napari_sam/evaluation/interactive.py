@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from ..engine.masks import bounding_box, deepest_point, farthest_point, mask_iou
 from ..engine.postprocess import keep_prompted_pieces
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,9 +48,6 @@ __all__ = [
     "ground_truth_objects",
     "mask_iou",
     "next_click",
-    "propagation_ground_truth",
-    "propagation_seed_points",
-    "score_object_3d",
 ]
 
 PROMPTS = ("point", "box")
@@ -71,54 +69,6 @@ def _as_2d_bool(mask: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
     if m.ndim != 2:
         raise ValueError(f"{name} must be a 2D (H, W) mask, got an array of shape {m.shape}")
     return m.astype(bool, copy=False)
-
-
-def _deepest_point(mask: npt.NDArray[np.bool_]) -> tuple[tuple[int, int], float]:
-    """The pixel of a non-empty mask farthest from its boundary, and that distance.
-
-    The distance transform is computed on the mask's bounding box padded by one background pixel:
-    that is exact (every pixel outside the box is background, and the padding ring is closer than
-    any of them) and makes the image border count as boundary. Ties go to the tied pixel nearest
-    to the centroid of all tied pixels, then to the first in raster order.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, c0 = int(rows[0]), int(cols[0])
-    crop = np.pad(mask[r0 : rows[-1] + 1, c0 : cols[-1] + 1], 1)
-    dist = ndimage.distance_transform_edt(crop)[1:-1, 1:-1]
-    best = dist.max()
-    tied = np.argwhere(dist == best)  # raster order
-    if len(tied) > 1:
-        d2 = ((tied - tied.mean(axis=0)) ** 2).sum(axis=1)
-        tied = tied[d2 == d2.min()]
-    r, c = tied[0]
-    return (int(r) + r0, int(c) + c0), float(best)
-
-
-def farthest_point(mask: npt.ArrayLike) -> tuple[int, int]:
-    """The pixel of a mask farthest from the mask's boundary: the protocol's first click.
-
-    Parameters
-    ----------
-    mask : array-like, shape (H, W)
-        Nonzero inside the object. The image border counts as boundary.
-
-    Returns
-    -------
-    (int, int)
-        ``(row, col)`` of the maximum of the interior Euclidean distance transform. Ties go to the
-        tied pixel nearest to the centroid of the tied pixels, then to the first in raster order.
-
-    Examples
-    --------
-    >>> m = np.zeros((9, 9), bool); m[2:7, 1:8] = True
-    >>> farthest_point(m)
-    (4, 4)
-    """
-    m = _as_2d_bool(mask, "mask")
-    if not m.any():
-        raise ValueError("the mask is empty, so it has no point farthest from its boundary")
-    return _deepest_point(m)[0]
 
 
 def next_click(
@@ -151,27 +101,12 @@ def next_click(
     for region, label in ((g & ~p, 1), (p & ~g, 0)):
         area = int(np.count_nonzero(region))
         if area:
-            point, depth = _deepest_point(region)
+            point, depth = deepest_point(region)
             candidates.append((depth, area, label, point))
     if not candidates:
         return None
     _, _, label, point = max(candidates)
     return point, label
-
-
-def mask_iou(pred: npt.ArrayLike, gt: npt.ArrayLike) -> float:
-    """Intersection over union of two masks of the same shape (1.0 if both are empty)."""
-    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
-    if p.shape != g.shape:
-        raise ValueError(f"masks of shape {p.shape} and {g.shape} differ")
-    union = np.count_nonzero(p | g)
-    return 1.0 if union == 0 else float(np.count_nonzero(p & g) / union)
-
-
-def _tight_box(mask: npt.NDArray[np.bool_]) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
 
 
 # -- one object --------------------------------------------------------------------------------
@@ -248,7 +183,7 @@ def evaluate_object(
     gt_area = int(np.count_nonzero(gt))
     if gt_area == 0:
         raise ValueError("the ground-truth mask is empty")
-    (gr0, gc0, gr1, gc1) = _tight_box(gt)
+    (gr0, gc0, gr1, gc1) = bounding_box(gt)
     gt_window = (slice(gr0, gr1 + 1), slice(gc0, gc1 + 1))
     gt_crop = gt[gt_window]
 
@@ -559,121 +494,3 @@ def evaluate_image(
         "masks": MASKS[bool(raw)],
     }
     return summarize(per_object, protocol, model_name)
-
-
-# -- propagation protocol --------------------------------------------------------------------
-
-
-def propagation_ground_truth(
-    image_shape: tuple[int, ...], labels: npt.ArrayLike, axis: int, min_area: int = 1
-) -> tuple[npt.NDArray[np.integer], npt.NDArray[np.integer], int]:
-    """Check the ground truth of a propagation evaluation and list its objects.
-
-    Parameters
-    ----------
-    image_shape : tuple of int
-        ``(Z, Y, X)`` or ``(Z, Y, X, 3)``: must match the labels.
-    labels : array-like of int, shape (Z, Y, X)
-    axis : int
-        The propagation axis.
-    min_area : int
-        Objects with fewer voxels are left out.
-
-    Returns
-    -------
-    moved : numpy.ndarray, shape (N, H, W)
-        The labels with ``axis`` first.
-    ids : numpy.ndarray of int
-        The objects to score.
-    axis : int
-        Non-negative.
-
-    Raises
-    ------
-    ValueError
-        Labels that are not 3D, do not match the image or hold no object.
-    """
-    lab, axis = check_labels(labels, axis)
-    if lab.ndim != 3:
-        raise ValueError(f"propagation is evaluated on 3D labels, got shape {lab.shape}")
-    check_image_matches(tuple(image_shape), lab.shape)
-    moved = np.moveaxis(lab, axis, 0)
-    ids, counts = np.unique(moved[moved > 0], return_counts=True)
-    ids = ids[counts >= min_area]
-    if ids.size == 0:
-        raise ValueError("the labels contain no objects (every voxel is 0 or below min_area)")
-    return moved, ids, int(axis)
-
-
-def propagation_seed_points(
-    labels: npt.NDArray[np.integer], ids: npt.ArrayLike
-) -> list[tuple[int, int, tuple[int, int]]]:
-    """The one-click seeds of the propagation protocol, one per object.
-
-    For each object: the slice (along axis 0) where its area is largest, and on it the pixel of
-    its largest 2D piece farthest from the boundary (:func:`farthest_point`).
-
-    Parameters
-    ----------
-    labels : numpy.ndarray of int, shape (Z, Y, X)
-        Ground truth with the propagation axis first.
-    ids : array-like of int
-        The objects to seed (each present in ``labels``).
-
-    Returns
-    -------
-    list of (id, slice index, (row, col))
-    """
-    windows = ndimage.find_objects(labels)
-    out = []
-    for oid in np.asarray(ids).reshape(-1):
-        window = windows[int(oid) - 1]
-        sub = labels[window] == oid
-        k = int(np.argmax(sub.sum(axis=(1, 2))))
-        plane = sub[k]
-        comp, n = ndimage.label(plane, structure=np.ones((3, 3), bool))
-        if n > 1:
-            plane = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
-        full = np.zeros(labels.shape[1:], bool)
-        full[window[1:]] = plane
-        out.append((int(oid), int(window[0].start) + k, farthest_point(full)))
-    return out
-
-
-def score_object_3d(
-    gt: npt.NDArray[np.bool_],
-    pred: npt.NDArray[np.bool_],
-    oid: int,
-    index: int,
-    point: tuple[int, int],
-) -> dict[str, Any]:
-    """One object's entry of a propagation result: 3D IoU and the slice ranges.
-
-    Parameters
-    ----------
-    gt, pred : numpy.ndarray of bool, shape (Z, Y, X)
-        The object's ground truth and prediction, propagation axis first.
-    oid, index, point
-        The object's id and its seed (slice index, ``(row, col)``).
-
-    Returns
-    -------
-    dict
-        ``id``, ``iou_3d``, ``seed_slice``, ``seed_point``, ``slices_true`` and ``slices_pred``
-        (first and last slice holding the object; None for an empty prediction).
-    """
-    inter = int(np.count_nonzero(gt & pred))
-    union = int(np.count_nonzero(gt | pred))
-
-    def extent(m: npt.NDArray[np.bool_]) -> list[int] | None:
-        z = np.flatnonzero(m.any(axis=(1, 2)))
-        return [int(z[0]), int(z[-1])] if z.size else None
-
-    return {
-        "id": int(oid),
-        "iou_3d": inter / union if union else 1.0,
-        "seed_slice": int(index),
-        "seed_point": [int(point[0]), int(point[1])],
-        "slices_true": extent(gt),
-        "slices_pred": extent(pred),
-    }

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .build import SamConfig
+    from .configs import SamConfig
 
 __all__ = [
     "CheckpointError",
@@ -181,7 +181,7 @@ def state_dict_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
 
 @lru_cache(maxsize=8)
 def _shapes(config: SamConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    from .build import build_sam
+    from .configs import build_sam
 
     with torch.no_grad():
         model = build_sam(config)
@@ -238,7 +238,7 @@ def infer_model_type(
         The first candidate whose keys and shapes match the state dict exactly, or ``None``.
     """
     if configs is None:
-        from .build import MODEL_CONFIGS
+        from .configs import MODEL_CONFIGS
 
         configs = MODEL_CONFIGS
     given = _given_shapes(state_dict)
@@ -260,7 +260,7 @@ def require_model_type(
     CheckpointError
         No registered type fits; the message compares the checkpoint with the closest one.
     """
-    from .build import MODEL_CONFIGS
+    from .configs import MODEL_CONFIGS
 
     model_type = infer_model_type(state_dict, MODEL_CONFIGS)
     if model_type is not None:

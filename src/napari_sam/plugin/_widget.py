@@ -929,7 +929,7 @@ class SamWidget(Container):
         if image not in self.viewer.layers:
             show_warning("The image was removed during propagation: nothing was written.")
             return
-        from ..workflows.propagation import MaskStack
+        from ..workflows.mask_stack import MaskStack
 
         # copies that keep each mask as its bounding box (MaskStack): whole masks of every
         # object and slice may not fit in memory

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling import Sam
+from ..data.files import atomic_path
 from ..engine.preprocess import ResizeGeometry, to_rgb_uint8_range
+from ..modeling import Sam
 
 __all__ = [
     "TrainConfig",
@@ -378,10 +379,10 @@ def _lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file: an interrupted save never truncates ``path``."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(
@@ -438,7 +439,7 @@ def train(
         rng = np.random.default_rng(config.seed + step)
 
     def save_state():
-        _atomic_save(
+        save_atomic(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -485,7 +486,7 @@ def train(
             break
     model.eval()
     if step >= config.steps:
-        _atomic_save(model.state_dict(), out)
+        save_atomic(model.state_dict(), out)
         save_state()
     return log
 

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.files import atomic_path
+from ..engine.refine import _resample, crop_features, mask_crop_box, slice_gray
 from ..evaluation.interactive import farthest_point, next_click
 from ..modeling import MaskRefiner, Sam
-from ..engine.refine import _resample, crop_features, mask_crop_box, slice_gray
-from .promptable import dice_loss
+from .promptable import dice_loss, save_atomic
 
 __all__ = ["RefinerExamples", "attach_refiner", "simulate_refiner_examples", "train_refiner"]
 
@@ -60,10 +61,9 @@ class RefinerExamples:
         return len(self.crops)
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = Path(str(path) + ".part.npz")
-        np.savez(tmp, crops=self.crops, log_scales=self.log_scales, targets=self.targets,
-                 base_iou=self.base_iou)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, crops=self.crops, log_scales=self.log_scales, targets=self.targets,
+                     base_iou=self.base_iou)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RefinerExamples:
@@ -285,10 +285,8 @@ def train_refiner(
                  "val_iou_before": before}
         log.append(entry)
         if state_path is not None:
-            tmp = Path(str(state_path) + ".part")
-            torch.save({"refiner": refiner.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1, "log": log}, tmp)
-            os.replace(tmp, state_path)
+            save_atomic({"refiner": refiner.state_dict(), "optimizer": optimizer.state_dict(),
+                         "epoch": epoch + 1, "log": log}, state_path)
         if progress is not None:
             progress(epoch + 1, epochs, entry)
     refiner.eval()

@@ -37,9 +37,9 @@ import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from ..engine.decoding import decode_low_res_windowed, stability_scores
 from ..engine.predictor import ImageEmbedding, SamPredictor, positive_window
 from ..engine.preprocess import pixel_noise
-from .propagation import decode_low_res_windowed, stability_scores
 from ..engine.refine import mask_crop_box, refine_crops, slice_gray
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -425,7 +425,7 @@ def _decode_points(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Three candidate masks ``(B, 3, 4h, 4w)`` and IoUs ``(B, 3)`` for each of ``B`` single
     positive points ``(B, 1, 2)`` (slice pixels), each decoded in a ``window`` of the embedding
-    centred on it (:func:`napari_sam.workflows.propagation.decode_low_res_windowed`)."""
+    centred on it (:func:`napari_sam.engine.decoding.decode_low_res_windowed`)."""
     labels = np.ones(points.shape[:2], dtype=np.int64)
     return decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
                                    points[:, 0], window, min_iou)
