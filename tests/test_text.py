@@ -23,6 +23,7 @@ from napari_sam.workflows.text import (
     CropParams,
     TextScores,
     apply_clicks,
+    clip_weights,
     crop_boxes,
     extract_crops,
     object_at,
@@ -210,7 +211,7 @@ def test_parse_clip_spec(tmp_path):
 
 def test_offline_missing_weights_message(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_SAM_OFFLINE", "1")
-    monkeypatch.setattr(text, "_reachable", lambda *a, **k: pytest.fail("network probed"))
+    monkeypatch.setattr(clip_weights, "_reachable", lambda *a, **k: pytest.fail("network probed"))
     with pytest.raises(ClipWeightsMissing) as info:
         ClipScorer("ViT-B-32:openai", cache_dir=tmp_path, isolate=False)
     msg = str(info.value)
@@ -222,8 +223,9 @@ def test_no_network_gives_missing_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("NAPARI_SAM_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     probed = []
-    monkeypatch.setattr(text, "_reachable", lambda url, **k: probed.append(url) or "unreachable")
-    monkeypatch.setattr(text, "_fetch", lambda *a: pytest.fail("download attempted"))
+    monkeypatch.setattr(clip_weights, "_reachable",
+                        lambda url, **k: probed.append(url) or "unreachable")
+    monkeypatch.setattr(clip_weights, "_fetch", lambda *a: pytest.fail("download attempted"))
     with pytest.raises(ClipWeightsMissing, match="no network: unreachable"):
         ClipScorer("ViT-B-32:openai", cache_dir=tmp_path, isolate=False)
     assert probed and probed[0].startswith("https://")

@@ -142,23 +142,37 @@ def test_max_label_follows_edits_without_rescanning(scans):
     assert max_label(layer) == 9
     layer.selected_label = 12
     layer.paint((2, 5, 5), 12)  # the brush, as by hand
-    assert max_label(layer) == 12 and len(scans) == 1  # both edits read from the history
+    assert max_label(layer) == 12 and len(scans) == 1  # both edits seen by the paint event
 
     layer.undo()  # the brush stroke is gone: rescanned
     assert max_label(layer) == 9 and len(scans) == 2
     layer.undo()
     assert max_label(layer) == 4 and len(scans) == 3
-    layer.redo()  # replayed edits are read from the history again
-    assert max_label(layer) == 9 and len(scans) == 3
+    layer.redo()
+    assert max_label(layer) == 9 and len(scans) == 4
 
     with layer.block_history():  # erasing the top object keeps its id reserved: only skips ids
         layer.data_setitem(np.nonzero(layer.data == 9), 0)
-    assert max_label(layer) == 9 >= layer.data.max()
+    assert max_label(layer) == 9 >= layer.data.max() and len(scans) == 4
 
     layer.data = np.full((3, 8, 8), 2, dtype=np.int32)  # replaced data: rescanned
-    assert max_label(layer) == 2 and len(scans) == 4
-    layer.data[...] = 0  # in place behind napari's back (same array and history): not seen
-    assert max_label(layer) == 2 and len(scans) == 4
+    assert max_label(layer) == 2 and len(scans) == 5
+    layer.data[...] = 0  # in place behind napari's back (same array): not seen
+    assert max_label(layer) == 2 and len(scans) == 5
+
+
+def test_max_label_after_undoing_past_its_first_scan():
+    """An id erased before the first scan and brought back by undo never gets reused."""
+    from napari_sam.plugin._layers import max_label
+
+    layer = Labels(np.zeros((8, 8), dtype=np.int32))
+    layer.data_setitem((np.array([1]), np.array([1])), 50)  # the user paints object 50...
+    layer.data_setitem((np.array([1]), np.array([1])), 0)  # ...and erases it
+    free = max_label(layer) + 1  # the first scan sees no 50
+    layer.data_setitem((np.array([5]), np.array([5])), free)  # a commit with that id
+    layer.undo()  # the commit goes first (last in, first out)...
+    layer.undo()  # ...then the erase: 50 is back
+    assert max_label(layer) >= layer.data.max() == 50
 
 
 def test_max_label_of_a_lazy_layer_reads_slabs(monkeypatch):

@@ -45,6 +45,7 @@ __all__ = [
     "WeightsEntry",
     "cache_dir",
     "cache_root",
+    "download_file",
     "fetch_weights",
     "file_sha256",
     "register_weights",
@@ -393,25 +394,38 @@ def _offline_hint(entry: WeightsEntry, target: Path) -> str:
     )
 
 
-def _download(entry: WeightsEntry, target: Path, *, progress: bool) -> None:
+def download_file(url: str, target: Path, *, sha256: str | None = None,
+                  progress: bool = False) -> None:
+    """Download ``url`` to ``target`` with pooch: through a temporary file, checked against
+    ``sha256`` when given (a mismatch raises ``ValueError`` and saves nothing).
+
+    The one downloader of the project (SAM and micro-sam weights, CLIP weights). Network
+    failures raise ``requests`` exceptions or ``OSError``.
+    """
     import pooch
-    import requests
 
     progressbar = progress and _tqdm_available()
     if progress and not progressbar:
-        logger.info("tqdm is not installed: downloading %s without a progress bar", entry.filename)
+        logger.info("tqdm is not installed: downloading %s without a progress bar", target.name)
     downloader = None
-    if entry.url.lower().startswith(("http://", "https://")):
+    if url.lower().startswith(("http://", "https://")):
         downloader = pooch.HTTPDownloader(progressbar=progressbar, chunk_size=_CHUNK_BYTES)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pooch.retrieve(
+        url,
+        known_hash=f"sha256:{sha256}" if sha256 else None,
+        fname=target.name,
+        path=target.parent,
+        progressbar=progressbar,
+        downloader=downloader,
+    )
+
+
+def _download(entry: WeightsEntry, target: Path, *, progress: bool) -> None:
+    import requests
+
     try:
-        pooch.retrieve(
-            entry.url,
-            known_hash=f"sha256:{entry.sha256}",
-            fname=entry.filename,
-            path=target.parent,
-            progressbar=progressbar,
-            downloader=downloader,
-        )
+        download_file(entry.url, target, sha256=entry.sha256, progress=progress)
     except ValueError as exc:
         # pooch reports a hash mismatch as "... expected sha256:<hex> but got <hex>. ..."
         got = re.search(r"but got ([0-9a-fA-F]+)", str(exc))

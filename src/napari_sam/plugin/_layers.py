@@ -14,6 +14,7 @@ those two axes, the order :class:`napari_sam.engine.predictor.SamPredictor` take
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -629,7 +630,7 @@ def paint_mask(
         idx = tuple(i[free] for i in idx)
         if len(idx[0]) == 0:
             return 0
-    target.data_setitem(idx, value)
+    set_labels(target, idx, value)
     return len(idx[0])
 
 
@@ -668,9 +669,9 @@ def _pull_indices(target, image, plane, mask, a, b, shape) -> tuple[npt.NDArray,
 @dataclass
 class _MaxEntry:
     data: Any  # weak reference to (or, if not weak-referenceable, the id of) the layer's data
-    history: Any  # the layer's undo deque when the bound was taken
-    last: Any  # its newest item then (kept alive, so ``is`` is safe), or None
     bound: int
+    quiet: int = 0  # writes of ours in progress: their refresh is announced by their paint
+    stale: bool = False  # the data may have changed unseen: rescan
 
 
 #: ``{Labels layer: _MaxEntry}``; dies with the layer.
@@ -684,12 +685,12 @@ def max_label(labels: Labels) -> int:
     """An upper bound of the label values in ``labels`` (0 when empty): next free id is +1.
 
     The first call scans the data (in slabs along the first axis for lazy arrays, so a dask or
-    zarr layer is never loaded whole). Later calls reuse that bound and raise it by the values
-    of the edits added to the layer's undo history since (painting by hand, ``data_setitem``,
-    fills, redo), without reading the data. Anything else rescans: undoing an edit the bound
-    has seen, replaced data, items dropped off the far end of the history, or a napari without
-    the (private) undo history this reads. Writes that bypass napari's history
-    (``layer.data[...] = v`` in a script) are not seen until one of those happens.
+    zarr layer is never loaded whole). Edits napari records (painting by hand, fills,
+    ``data_setitem``, our commits) announce their values through the layer's public ``paint``
+    event, which raises the bound without a rescan. Anything else that refreshes the layer
+    (undo, redo, fills, new data, and also a new slice of the view) emits ``set_data`` outside
+    our own writes (:func:`set_labels`): the next call rescans. Writes that bypass napari (``layer.data[...] =
+    v`` in a script) are seen only from the next rescan. Only public napari API is used.
 
     The bound may be above the current maximum (an erased top object keeps its id reserved
     until a rescan), which only skips ids.
@@ -700,54 +701,67 @@ def max_label(labels: Labels) -> int:
         ``>=`` every value in the layer's (level 0) data.
     """
     data = labels.data[0] if labels.multiscale else labels.data
-    history = getattr(labels, "_undo_history", None)  # napari's undo deque (private)
     entry = _MAX_LABELS.get(labels)
-    if entry is not None and entry.history is history and _same_data(entry.data, data):
-        bound = _bound_since(entry, history)
-        if bound is not None:
-            entry.bound = bound
-            entry.last = history[-1] if history else None
-            return bound
+    if entry is not None and not entry.stale and _same_data(entry.data, data):
+        return entry.bound
     bound = _scan_max(data)
     try:
         ref: Any = weakref.ref(data)
     except TypeError:
         ref = id(data)
-    if history is not None:
-        _MAX_LABELS[labels] = _MaxEntry(ref, history, history[-1] if history else None, bound)
+    if entry is None:
+        layer_ref = weakref.ref(labels)
+        labels.events.paint.connect(functools.partial(_on_paint, layer_ref))
+        labels.events.set_data.connect(functools.partial(_on_set_data, layer_ref))
+    _MAX_LABELS[labels] = _MaxEntry(ref, bound)
     return bound
+
+
+def _entry(layer_ref: weakref.ref) -> _MaxEntry | None:
+    layer = layer_ref()
+    return _MAX_LABELS.get(layer) if layer is not None else None
+
+
+def _on_paint(layer_ref: weakref.ref, event: Any) -> None:
+    """Raise the layer's bound by the values of a recorded edit (its refresh follows)."""
+    entry = _entry(layer_ref)
+    if entry is None:
+        return
+    for atom in event.value:
+        new = getattr(atom, "new_value", None)  # a mask-based paint atom
+        if new is None and isinstance(atom, tuple) and len(atom) == 3:
+            new = atom[2]  # data_setitem: (indices, old values, new value(s))
+        if new is None:  # an edit of an unknown shape: rescan next time
+            entry.stale = True
+            return
+        new = np.asarray(new)
+        if new.size:
+            entry.bound = max(entry.bound, int(new.max()))
+
+
+def _on_set_data(layer_ref: weakref.ref, event: Any = None) -> None:
+    """A refresh that is not one of our writes (undo, redo, a fill, new data, a new view):
+    rescan later."""
+    entry = _entry(layer_ref)
+    if entry is not None and not entry.quiet:
+        entry.stale = True
+
+
+def set_labels(target: Labels, index: Any, value: Any, **kwargs: Any) -> None:
+    """``target.data_setitem(index, value)``: an undoable write that :func:`max_label` follows
+    through the ``paint`` event it emits, without a rescan."""
+    entry = _MAX_LABELS.get(target)
+    if entry is not None:
+        entry.quiet += 1
+    try:
+        target.data_setitem(index, value, **kwargs)
+    finally:
+        if entry is not None:
+            entry.quiet -= 1
 
 
 def _same_data(ref: Any, data: Any) -> bool:
     return ref() is data if isinstance(ref, weakref.ref) else ref == id(data)
-
-
-def _bound_since(entry: _MaxEntry, history: Any) -> int | None:
-    """``entry.bound`` raised by the history items newer than ``entry.last``; None: unknown."""
-    items = list(history)
-    if entry.last is None:
-        if getattr(history, "maxlen", None) == len(items):
-            return None  # items may have dropped off the front: their edits are not known
-        start = 0
-    else:
-        for k in range(len(items) - 1, -1, -1):
-            if items[k] is entry.last:
-                start = k + 1
-                break
-        else:
-            return None  # undone, or dropped off the history
-    bound = entry.bound
-    for item in items[start:]:
-        for atom in item:
-            new = getattr(atom, "new_value", None)  # napari's mask-based paint atom
-            if new is None:
-                if not (isinstance(atom, tuple) and len(atom) == 3):
-                    return None
-                new = atom[2]  # data_setitem: (indices, old values, new value(s))
-            new = np.asarray(new)
-            if new.size:
-                bound = max(bound, int(new.max()))
-    return bound
 
 
 def _scan_max(data: Any) -> int:

@@ -20,6 +20,7 @@ from ._layers import (
     image_level0,
     paint_mask,
     sample_labels_on_plane,
+    set_labels,
 )
 
 __all__ = [
@@ -341,4 +342,4 @@ class _PlaneWriter:
         idx = tuple(np.concatenate([p[0][d] for p in self.pending]) for d in range(ndim))
         values = np.concatenate([p[1] for p in self.pending])
         self.pending, self.n_pending = [], 0
-        self.target.data_setitem(idx, values, refresh=refresh)
+        set_labels(self.target, idx, values, refresh=refresh)
