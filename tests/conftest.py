@@ -27,12 +27,12 @@ def cli_model(monkeypatch):
     """A tiny random-weight SAM that every ``napari-sam`` command loads instead of its --model."""
     import torch
 
-    from napari_sam import cli
+    from napari_sam.cli import _common
     from napari_sam.models.build import build_sam, tiny_config
 
     torch.manual_seed(0)
     model = build_sam(tiny_config())
-    monkeypatch.setattr(cli, "_load_model", lambda args: model)
+    monkeypatch.setattr(_common, "load_model", lambda args: model)
     return model
 
 

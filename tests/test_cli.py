@@ -215,8 +215,8 @@ def test_evaluate_bad_input(tmp_path, cli_model, capsys, case, message):
 
 
 def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
-    from napari_sam.models.build import MODEL_CONFIGS
     from napari_sam.data.synthetic import make_nuclei_2d
+    from napari_sam.models.build import MODEL_CONFIGS
 
     (tmp_path / "im").mkdir()
     (tmp_path / "lab").mkdir()

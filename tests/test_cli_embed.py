@@ -6,10 +6,10 @@ import tifffile
 import torch
 import zarr
 
-from napari_sam.models.build import build_model
 from napari_sam.cli import main
 from napari_sam.engine.cluster import EmbedJob, make_embedder, precompute_distributed
 from napari_sam.engine.embedding_store import StackEmbedder
+from napari_sam.models.build import build_model
 
 
 @pytest.fixture(scope="module")

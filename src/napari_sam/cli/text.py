@@ -1,14 +1,21 @@
-"""``napari-sam segment IMAGE --text QUERY``: the command-line side of text prompts.
+"""``napari-sam segment IMAGE --text QUERY``: the text-prompt mode of :mod:`.segment`.
 
-Kept apart from :mod:`napari_sam.cli` so that the shared CLI module only gains two lines; only
-argparse is imported here at import time.
+:func:`add_text_args` adds its options to the ``segment`` parser; ``segment`` hands over to
+:func:`run_text_segment` when ``--text`` is given. CLIP and torch are imported only there.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+from pathlib import Path
 
-from ..data.io import InputError
+import numpy as np
+
+from ..data.io import read_image, write_labels
+from . import _common
+from ._common import InputError
 
 DEFAULT_CLIP = "ViT-B-32:openai"
 
@@ -50,45 +57,68 @@ def add_text_args(seg: argparse.ArgumentParser) -> None:
 
 def run_text_segment(args) -> int:
     """Run ``segment --text``; returns the exit code. Bad input raises :class:`InputError`."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..data.io import read_image, write_labels
+    # torch and the CLIP wrapper: only for --text
     from ..engine.preprocess import estimate_intensity_range
     from ..workflows.segment import is_rgb, spatial_shape
 
+    negatives = _check_text_args(args)
+    image = read_image(args.image)
+    rgb = is_rgb(image) if args.rgb is None else args.rgb
+    shape = spatial_shape(image, rgb)
+    if len(shape) < 2 or min(shape[-2:]) < 1:
+        raise InputError(f"{args.image}: not an image with two spatial axes (shape {image.shape})")
+    candidates = _read_candidates(args.candidates, shape) if args.candidates else None
+
+    from ..workflows.text import ClipScorer
+
+    crop_params = _crop_params(args)
+    scorer = ClipScorer(args.clip, device=args.device, isolate=False, download=not args.offline)
+    model = _common.load_model(args) if candidates is None else None
+    intensity_range = None if (rgb and image.dtype == np.uint8) else estimate_intensity_range(image)
+    labels, rows = _segment_planes(
+        args, image, shape, candidates, scorer, model, negatives, crop_params,
+        intensity_range, rgb,
+    )
+    out = Path(args.out)
+    write_labels(out, labels)
+    if args.scores_csv:
+        _write_scores_csv(args.scores_csv, rows, len(shape) - 2)
+    n_kept = sum(r[4] for r in rows)
+    print(f"wrote {out}: {n_kept} of {len(rows)} candidate object(s) match {args.text!r}, "
+          f"shape {labels.shape}")
+    return 0
+
+
+def _check_text_args(args) -> list[str]:
+    """Check the options that need no file read; returns the negative texts."""
     if args.points or args.box:
         raise InputError("--text cannot be combined with --points/--box prompts")
     if not args.text.strip():
         raise InputError("--text is empty")
     if args.top_k is not None and args.top_k < 1:
         raise InputError("--top-k must be at least 1")
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise InputError(f"output directory does not exist: {out.parent}")
-    if args.scores_csv and not Path(args.scores_csv).parent.exists():
-        raise InputError(f"output directory does not exist: {Path(args.scores_csv).parent}")
+    _common.check_out_dir(args.out)
+    if args.scores_csv:
+        _common.check_out_dir(args.scores_csv)
     negatives = args.negative if args.negative is not None else ["background"]
     if args.threshold is None and args.top_k is None and not [n for n in negatives if n.strip()]:
         raise InputError("without --negative, give --threshold or --top-k")
+    return negatives
 
-    image = read_image(args.image)
-    rgb = is_rgb(image) if args.rgb is None else args.rgb
-    shape = spatial_shape(image, rgb)
-    if len(shape) < 2 or min(shape[-2:]) < 1:
-        raise InputError(f"{args.image}: not an image with two spatial axes (shape {image.shape})")
-    candidates = None
-    if args.candidates:
-        candidates = read_image(args.candidates)
-        if candidates.dtype.kind not in "iub":
-            raise InputError(f"{args.candidates}: labels must be integers, got {candidates.dtype}")
-        if tuple(candidates.shape) != tuple(shape):
-            raise InputError(
-                f"candidates {candidates.shape} do not match the image's spatial shape {shape}"
-            )
 
-    from ..workflows.text import ClipScorer, CropParams, segment_by_text
+def _read_candidates(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    candidates = read_image(path)
+    if candidates.dtype.kind not in "iub":
+        raise InputError(f"{path}: labels must be integers, got {candidates.dtype}")
+    if tuple(candidates.shape) != tuple(shape):
+        raise InputError(
+            f"candidates {candidates.shape} do not match the image's spatial shape {shape}"
+        )
+    return candidates
+
+
+def _crop_params(args):
+    from ..workflows.text import CropParams
 
     crop_kwargs = {}
     if args.margin is not None:
@@ -96,18 +126,28 @@ def run_text_segment(args) -> int:
     if args.background is not None:
         crop_kwargs["background"] = args.background
     try:
-        crop_params = CropParams(**crop_kwargs)
+        return CropParams(**crop_kwargs)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    scorer = ClipScorer(args.clip, device=args.device, isolate=False, download=not args.offline)
-    model = _load_model(args) if candidates is None else None
-    intensity_range = None if (rgb and image.dtype == np.uint8) else estimate_intensity_range(image)
+
+
+def _segment_planes(args, image, shape, candidates, scorer, model, negatives, crop_params,
+                    intensity_range, rgb) -> tuple[np.ndarray, list[tuple]]:
+    """Segment each 2D plane by text.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        The kept objects, with ``shape``; automatic candidates numbered uniquely in the stack.
+    rows : list of tuple
+        ``(plane, label, similarity, probability, kept)`` for every candidate object.
+    """
+    from ..workflows.text import segment_by_text
 
     labels = np.zeros(shape, dtype=np.int32)
     rows = []
     offset = 0
-    planes = list(np.ndindex(*shape[:-2]))
-    for plane in planes:
+    for plane in np.ndindex(*shape[:-2]):
         cand = candidates[plane] if candidates is not None else None
         plane_labels, scores = segment_by_text(
             scorer, image[plane], args.text, candidates=cand, model=model, negatives=negatives,
@@ -125,26 +165,10 @@ def run_text_segment(args) -> int:
         if candidates is None and len(scores.ids):
             offset += int(scores.ids.max())
         labels[plane] = plane_labels
-    write_labels(out, labels)
-    if args.scores_csv:
-        _write_scores_csv(args.scores_csv, rows, len(shape) - 2)
-    n_kept = sum(r[4] for r in rows)
-    print(f"wrote {out}: {n_kept} of {len(rows)} candidate object(s) match {args.text!r}, "
-          f"shape {labels.shape}")
-    return 0
-
-
-def _load_model(args):
-    from ._main import _load_model as load
-
-    return load(args)
+    return labels, rows
 
 
 def _write_scores_csv(path, rows, nlead: int) -> None:
-    import csv
-    import os
-    from pathlib import Path
-
     target = Path(path)
     tmp = target.with_name(target.name + ".part")
     with open(tmp, "w", newline="") as f:

@@ -1,15 +1,16 @@
-"""The ``train-refiner`` command: train the mask refiner of a frozen model."""
+"""``napari-sam train-refiner``: train the mask refiner of a frozen model."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..data.io import InputError
+from . import _common
+from ._common import InputError
 
 
-def add_parser(sub, add_training_data_args) -> None:
-    """Add the ``train-refiner`` command (``add_training_data_args``: the CLI's data options)."""
+def register(sub) -> None:
+    """Add the ``train-refiner`` command to ``sub`` (the parser's sub-parsers)."""
     tr = sub.add_parser(
         "train-refiner",
         help="train the mask refiner of a model (the model itself stays frozen)",
@@ -22,7 +23,7 @@ def add_parser(sub, add_training_data_args) -> None:
             "training state in <out>.state.pt; rerun the same command to continue."
         ),
     )
-    add_training_data_args(tr, "folder of images (.tif) with label images in --labels")
+    _common.add_training_data_args(tr, "folder of images (.tif) with label images in --labels")
     tr.add_argument("--init", default="default",
                     help="model whose refiner is trained: registry name or checkpoint "
                          "(default: %(default)s)")
@@ -48,18 +49,20 @@ def add_parser(sub, add_training_data_args) -> None:
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--log", help="write the per-epoch log (JSON lines) here")
     tr.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    tr.set_defaults(handler=run)
 
 
-def command(args) -> int:
-    import torch
+def run(args) -> int:
+    """Run ``train-refiner``; returns the exit code. Bad input raises :class:`InputError`."""
+    import torch  # only for this command: --help stays fast
 
-    from ..training import refiner as rt
     from .. import training
+    from ..modeling import MaskRefiner
     from ..models.build import build_model
+    from ..training import refiner as rt
 
     out = Path(args.out)
-    if not out.parent.exists():
-        raise InputError(f"output directory does not exist: {out.parent}")
+    _common.check_out_dir(out)
     for name in ("n_images", "epochs", "batch_size", "objects_per_image", "width"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -67,41 +70,12 @@ def command(args) -> int:
         raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from ._main import _read_pairs, check_training_data_args, training_examples
-
-    check_training_data_args(args)
+    _common.check_training_data_args(args)
     images = labels = None
     if args.images:
-        images, labels = _read_pairs(args.images, args.labels, args.holdout_every)
+        images, labels = _common.read_pairs(args.images, args.labels, args.holdout_every)
     model = build_model(args.init, device=args.device)
-    examples_path = out.with_name(out.name + ".examples.npz")
-    if examples_path.exists():
-        data = rt.RefinerExamples.load(examples_path)
-        print(f"{len(data)} examples from {examples_path}")
-    else:
-        lo, hi = args.size_range
-        if args.synthetic and not 8 <= lo <= hi:
-            raise InputError(f"--size-range must be 8 <= MIN <= MAX, got {lo} {hi}")
-        stream = training_examples(
-            args, images, labels,
-            lambda: training.synthetic_examples(args.seed, size_range=(lo, hi), size_log=True,
-                                                stack_fraction=args.stack_fraction,
-                                                ranges=args.ranges),
-            args.crop)
-
-        def simulated(done: int, total: int) -> None:
-            if done % 20 == 0 or done == total:
-                print(f"image {done}/{total}", flush=True)
-
-        data = rt.simulate_refiner_examples(model, stream, args.n_images, seed=args.seed,
-                                            objects_per_image=args.objects_per_image,
-                                            progress=simulated)
-        if len(data) < 10:
-            raise InputError(f"only {len(data)} objects were segmented: too few to train on")
-        data.save(examples_path)
-        print(f"{len(data)} examples (the model's mean IoU {data.base_iou.mean():.3f}), "
-              f"kept in {examples_path}")
-    from ..modeling import MaskRefiner
+    data = _refiner_examples(args, model, images, labels, out.with_name(out.name + ".examples.npz"))
 
     torch.manual_seed(args.seed)
     refiner = rt.attach_refiner(model, MaskRefiner(width=args.width))
@@ -113,8 +87,44 @@ def command(args) -> int:
     log = rt.train_refiner(refiner, data, epochs=args.epochs, lr=args.lr,
                            batch_size=args.batch_size, seed=args.seed,
                            state_path=out.with_name(out.name + ".state.pt"), progress=report)
-    training.promptable._atomic_save(model.state_dict(), out)
+    training.save_atomic(model.state_dict(), out)
     if args.log:
         Path(args.log).write_text("\n".join(json.dumps(e) for e in log) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def _refiner_examples(args, model, images, labels, examples_path: Path):
+    """The refiner's training examples: read back from ``examples_path`` when a previous run
+    left them there, else the frozen ``model``'s masks of simulated prompts (then kept there).
+    """
+    from .. import training
+    from ..training import refiner as rt
+
+    if examples_path.exists():
+        data = rt.RefinerExamples.load(examples_path)
+        print(f"{len(data)} examples from {examples_path}")
+        return data
+    lo, hi = args.size_range
+    if args.synthetic and not 8 <= lo <= hi:
+        raise InputError(f"--size-range must be 8 <= MIN <= MAX, got {lo} {hi}")
+    stream = _common.training_examples(
+        args, images, labels,
+        lambda: training.synthetic_examples(args.seed, size_range=(lo, hi), size_log=True,
+                                            stack_fraction=args.stack_fraction,
+                                            ranges=args.ranges),
+        args.crop)
+
+    def simulated(done: int, total: int) -> None:
+        if done % 20 == 0 or done == total:
+            print(f"image {done}/{total}", flush=True)
+
+    data = rt.simulate_refiner_examples(model, stream, args.n_images, seed=args.seed,
+                                        objects_per_image=args.objects_per_image,
+                                        progress=simulated)
+    if len(data) < 10:
+        raise InputError(f"only {len(data)} objects were segmented: too few to train on")
+    data.save(examples_path)
+    print(f"{len(data)} examples (the model's mean IoU {data.base_iou.mean():.3f}), "
+          f"kept in {examples_path}")
+    return data

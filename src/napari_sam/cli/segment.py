@@ -1,0 +1,201 @@
+"""``napari-sam segment``: objects from point/box prompts (optionally propagated along a stack
+axis) or from a text (:mod:`.text`), written as a label image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from ..data.io import read_image, read_points_csv, write_labels
+from . import _common, text
+from ._common import InputError
+
+
+def _parse_box(value: str) -> list[float]:
+    try:
+        values = [float(v) for v in value.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box {value!r}: expected comma-separated numbers")
+    if len(values) < 4:
+        raise argparse.ArgumentTypeError(
+            f"box {value!r}: expected [plane indices,] row0,col0,row1,col1"
+        )
+    return values
+
+
+def register(sub) -> None:
+    """Add the ``segment`` command to ``sub`` (the parser's sub-parsers)."""
+    seg = sub.add_parser(
+        "segment",
+        help="segment objects from point/box or text prompts and write a label image",
+        description=(
+            "Segment the objects given by point and box prompts. Points come from a CSV file "
+            "(columns axis-0..axis-N as exported by napari's Points layer, or row,col / z,y,x; "
+            "optional 'label' 1/0 and 'object' columns). Each --box is one object."
+        ),
+    )
+    seg.add_argument("image", help="image file (.tif, .npy, .zarr, .png)")
+    seg.add_argument("--points", help="CSV file of point prompts")
+    seg.add_argument(
+        "--box",
+        action="append",
+        type=_parse_box,
+        default=[],
+        metavar="[P,]R0,C0,R1,C1",
+        help="a box prompt; for nD images the plane indices come first (repeatable)",
+    )
+    seg.add_argument("--out", required=True, help="output label image (.tif)")
+    seg.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=None,
+                     help="treat the last axis as RGB (default: guessed from the shape)")
+    seg.add_argument("--overwrite-objects", action="store_true",
+                     help="let later objects take pixels of earlier ones")
+    prop = seg.add_argument_group(
+        "propagation",
+        "Follow each prompted object along a leading axis of a stack (z or t), in both "
+        "directions, until it ends; prompts of one object (same 'object' value in the CSV) on "
+        "several planes are anchors, filled from both ends. See docs/propagation.md.")
+    prop.add_argument("--propagate", type=int, metavar="AXIS", default=None,
+                      help="propagate along this axis (0 for Z-Y-X; 0 or 1 for 4D T-Z-Y-X)")
+    prop.add_argument("--time-axis", action="store_true",
+                      help="the axis is time: no stop when a cell grows after shrinking")
+    prop.add_argument("--max-slices", type=int, default=None, metavar="N",
+                      help="at most N slices beyond the outermost prompts of each object")
+    _common.add_model_args(seg)
+    text.add_text_args(seg)
+    seg.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    """Run ``segment``; returns the exit code. Bad input raises :class:`InputError`."""
+    # torch: the predictor and the workflows load the model's code
+    from ..engine.predictor import SamPredictor
+    from ..workflows.segment import is_rgb, segment_objects, spatial_shape
+
+    if args.text is not None:
+        if args.propagate is not None:
+            raise InputError("--propagate follows point and box prompts, not --text")
+        return text.run_text_segment(args)
+    if not args.points and not args.box:
+        raise InputError("no prompts: give --points CSV and/or --box, or --text")
+    image = read_image(args.image)
+    rgb = is_rgb(image) if args.rgb is None else args.rgb
+    shape = spatial_shape(image, rgb)
+    if len(shape) < 2 or min(shape[-2:]) < 1:
+        raise InputError(f"{args.image}: not an image with two spatial axes (shape {image.shape})")
+    nlead = len(shape) - 2
+    if args.propagate is not None and not 0 <= args.propagate < nlead:
+        raise InputError(f"--propagate {args.propagate}: the image has {nlead} leading axis(es) "
+                         f"before its Y-X planes (shape {image.shape}); give one of them")
+    objects, names = _prompted_objects(args, shape)
+
+    model = _common.load_model(args)
+    if args.propagate is not None:
+        labels = _propagate_objects(model, image, rgb, objects, names, args)
+    else:
+        labels = segment_objects(
+            SamPredictor(model), image, objects, rgb=rgb, overwrite=args.overwrite_objects
+        )
+    write_labels(args.out, labels)
+    n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
+    print(f"wrote {args.out}: {n} object(s), shape {labels.shape}")
+    return 0
+
+
+def _prompted_objects(args, shape: tuple[int, ...]) -> tuple[list, list[str]]:
+    """The objects of ``--points`` and ``--box``, each checked to lie inside the image.
+
+    Returns
+    -------
+    objects : list of ObjectPrompt
+        One per plane and CSV 'object' value, then one per box.
+    names : list of str
+        Each object's CSV 'object' value ("" without that column and for boxes).
+    """
+    from ..workflows.segment import ObjectPrompt  # torch
+
+    nlead = len(shape) - 2
+    objects: list[ObjectPrompt] = []
+    names: list[str] = []  # the CSV's 'object' value ("": one object per plane)
+    if args.points:
+        table = read_points_csv(args.points, len(shape))
+        coords = table["coords"]
+        planes = np.rint(coords[:, :nlead]).astype(int)
+        groups: dict[tuple, list[int]] = {}
+        for i, (plane, obj) in enumerate(zip(map(tuple, planes), table["objects"])):
+            groups.setdefault((plane, obj), []).append(i)
+        for (plane, obj), idx in groups.items():
+            pts = coords[idx, nlead:]
+            _check_inside(pts, shape[-2:], args.points)
+            objects.append(ObjectPrompt(plane, points=pts, labels=table["labels"][idx]))
+            names.append(obj)
+    for box in args.box:
+        if len(box) != 4 + nlead:
+            raise InputError(
+                f"--box needs {nlead} plane index(es) and 4 corners for a {len(shape)}D image"
+            )
+        plane = tuple(round(v) for v in box[:nlead])
+        corners = np.asarray(box[nlead:], dtype=float)
+        _check_inside(corners.reshape(2, 2), shape[-2:], "--box")
+        objects.append(ObjectPrompt(plane, box=corners))
+        names.append("")
+    for obj in objects:
+        if any(not 0 <= p < n for p, n in zip(obj.plane, shape[:-2])):
+            raise InputError(f"prompt on plane {obj.plane} is outside the image ({shape[:-2]})")
+    return objects, names
+
+
+def _check_inside(points_rc: np.ndarray, hw: tuple[int, int], source: str) -> None:
+    h, w = hw
+    inside = (
+        (points_rc[:, 0] >= -0.5) & (points_rc[:, 0] <= h - 0.5)
+        & (points_rc[:, 1] >= -0.5) & (points_rc[:, 1] <= w - 0.5)
+    )
+    if not inside.all():
+        bad = points_rc[~inside][0]
+        raise InputError(f"{source}: prompt ({bad[0]:g}, {bad[1]:g}) is outside the {h}x{w} image")
+
+
+def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args) -> np.ndarray:
+    """``segment --propagate``: each object followed along the axis from its prompted planes.
+
+    Objects are the CSV's 'object' values (their prompts on several planes along the axis are
+    anchors of one object), or one per plane and per box without that column. In 4D, each
+    index of the other leading axis is a separate 3D run; an object keeps its label value in
+    every one of them.
+    """
+    from ..workflows.propagation import PropagationParams, Seed
+    from ..workflows.propagation_volume import propagate_volume
+
+    try:
+        params = PropagationParams(max_slices=args.max_slices,
+                                   **({"max_regrowth": None} if args.time_axis else {}))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    axis = args.propagate
+    ids: dict[tuple, int] = {}
+    runs: dict[tuple, list] = {}  # the other leading indices -> seeds
+    for k, (obj, name) in enumerate(zip(objects, names)):
+        rest = obj.plane[:axis] + obj.plane[axis + 1:]
+        key = (name,) if name else ("", k)
+        oid = ids.setdefault(key, len(ids) + 1)
+        runs.setdefault(rest, []).append(Seed(oid, obj.plane[axis], points=obj.points,
+                                              labels=obj.labels, box=obj.box))
+    out_shape = image.shape[:-1] if rgb else image.shape
+    labels = np.zeros(out_shape, dtype=np.int32)
+    total = len(runs)
+    for n, (rest, seeds) in enumerate(runs.items(), start=1):
+        index: list = list(rest)
+        index.insert(axis, slice(None))  # the sub-volume: (N, H, W) along the axis
+        sub = np.asarray(image[tuple(index)])
+
+        def progress(done: int, of: int, n=n) -> None:
+            if done == of or done % max(1, of // 10) == 0:
+                print(f"\rpropagating (run {n}/{total}): {done}/{of} slices", end="",
+                      file=sys.stderr, flush=True)
+
+        labels[tuple(index)] = propagate_volume(model, sub, seeds, axis=0, params=params,
+                                                progress=progress)
+    print(file=sys.stderr)
+    return labels
