@@ -302,3 +302,125 @@ def test_mixed_training_ranges():
     for k in range(5):
         assert random_settings(np.random.default_rng(k), held_out=True, ranges="mixed") == \
             random_settings(np.random.default_rng(k), held_out=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Annotation convention: labels drawn at half of the blurred peak (settings.label_edge)
+
+#: One round, flat-textured object on a black, noise-free background: the float32 image is
+#: exactly the object's blurred signal divided by ``saturation``.
+ISOLATED = dict(
+    CLEAN, n_objects=(1, 1), radius_range=(7.0, 7.0), radius_spread=0.0, elongation=(1.0, 1.0),
+    irregularity=0.0, mitotic_fraction=0.0, saturated_fraction=0.0, texture_strength=0.0,
+    spot_count=(0, 0), dome=0.4, psf_sigma=2.0, depth_attenuation=0.0, axial_ratio=(1.0, 1.0),
+)
+
+
+def _isolated(make, settings):
+    """The first seed whose single object lies inside the image: image, half-max and geometric
+    labels."""
+    for seed in range(20):
+        image, labels = make(seed, settings)
+        _, geometric = make(seed, dataclasses.replace(settings, label_edge="geometric"))
+        inner = geometric[(slice(1, -1),) * geometric.ndim]
+        if geometric.max() == 1 and (inner == 1).sum() == (geometric == 1).sum():
+            return image.astype(np.float64), labels, geometric
+    raise AssertionError("no seed gave an isolated object inside the image")
+
+
+def _assert_label_is_the_half_max_region(image, labels):
+    peak = image.max()
+    inside = labels == 1
+    assert set(np.unique(labels)) == {0, 1}
+    # every labelled pixel is at least half as bright as the peak, every other one dimmer
+    assert image[inside].min() >= 0.5 * peak * (1 - 1e-4)
+    assert image[~inside].max() < 0.5 * peak * (1 + 1e-4)
+    # the outline runs where the signal is near half the peak (one pixel's step of the blur)
+    edge = inside & ~ndimage.binary_erosion(inside)
+    assert np.all(image[edge] <= 0.75 * peak)
+    outside = ndimage.binary_dilation(inside) & ~inside
+    assert np.all(image[outside] >= 0.25 * peak)
+
+
+def test_half_max_label_of_an_isolated_blurred_disc():
+    settings = SyntheticSettings(**ISOLATED)
+    assert settings.label_edge == "half_max"  # the default
+    image, labels, geometric = _isolated(
+        lambda seed, s: make_nuclei_2d((48, 48), seed=seed, settings=s), settings)
+    _assert_label_is_the_half_max_region(image, labels)
+    assert (labels > 0).sum() < (geometric > 0).sum()  # the dome and the blur shrink it
+    assert np.all(geometric[labels > 0] == 1)  # inside the nominal outline
+    # without blur the flat-ish dome (rim at 0.6 of the peak) keeps its nominal outline
+    sharp = dataclasses.replace(settings, psf_sigma=0.0)
+    image, labels, geometric = _isolated(
+        lambda seed, s: make_nuclei_2d((48, 48), seed=seed, settings=s), sharp)
+    np.testing.assert_array_equal(labels, geometric)
+
+
+def test_half_max_labels_in_3d_per_voxel():
+    settings = SyntheticSettings(**ISOLATED)
+    stack, labels, geometric = _isolated(
+        lambda seed, s: make_nuclei_3d((24, 40, 40), seed=seed, settings=s, z_anisotropy=1.0),
+        settings)
+    # the axial blur (z_blur_factor times the lateral one) is part of the 3D convention
+    _assert_label_is_the_half_max_region(stack, labels)
+    assert (labels > 0).sum() < (geometric > 0).sum()
+    # as a person sees it: the long axial PSF (6 slices here) stretches the object along z
+    # while the label narrows laterally
+    z_extent = [np.flatnonzero((lab > 0).any(axis=(1, 2))).size for lab in (labels, geometric)]
+    assert z_extent[0] > z_extent[1]
+    middle = int(np.argmax((geometric > 0).sum(axis=(1, 2))))
+    assert (labels[middle] > 0).sum() < (geometric[middle] > 0).sum()
+
+
+def test_half_max_keeps_images_and_ids_and_geometric_is_the_old_outline():
+    half = SyntheticSettings(coverage=(0.45, 0.5), clustering=0.8)
+    geo = dataclasses.replace(half, label_edge="geometric")
+    for make in (lambda s: make_nuclei_2d((128, 128), seed=2, settings=s),
+                 lambda s: make_nuclei_3d((8, 64, 64), seed=2, settings=s),
+                 lambda s: make_timelapse(3, (64, 64), seed=2, settings=s)):
+        image_h, labels_h = make(half)
+        image_g, labels_g = make(geo)
+        np.testing.assert_array_equal(image_h, image_g)  # only the labels differ
+        _assert_consecutive(labels_h)
+        np.testing.assert_array_equal(np.unique(labels_h), np.unique(labels_g))  # no id lost
+        assert not np.array_equal(labels_h, labels_g)
+    with pytest.raises(ValueError, match="label_edge"):
+        SyntheticSettings(label_edge="outer")
+
+
+def test_touching_objects_keep_their_own_pixels_and_one_piece():
+    settings = SyntheticSettings(coverage=(0.45, 0.5), clustering=0.8)
+    _, labels = make_nuclei_2d((192, 192), seed=2, settings=settings)
+    _, geometric = make_nuclei_2d((192, 192), seed=2,
+                                  settings=dataclasses.replace(settings, label_edge="geometric"))
+    # a pixel either stays with its nominal owner, or was background and joins one object
+    moved = (labels > 0) & (labels != geometric)
+    assert np.all(geometric[moved] == 0)
+    for oid in range(1, labels.max() + 1):
+        assert ndimage.label(labels == oid)[1] == 1  # one connected piece each
+    # touching objects still touch: the contact is bright, the boundary stays where it was
+    right = (labels[:, :-1] > 0) & (labels[:, 1:] > 0) & (labels[:, :-1] != labels[:, 1:])
+    assert right.sum() > 0.5 * ((geometric[:, :-1] > 0) & (geometric[:, 1:] > 0)
+                                & (geometric[:, :-1] != geometric[:, 1:])).sum()
+
+
+def test_half_max_between_a_bright_and_a_dim_touching_object():
+    from napari_sam.data.synthetic import _half_max_labels
+
+    settings = SyntheticSettings(psf_sigma=1.5, background=0.0)
+    labels = np.zeros((40, 60), np.int32)
+    labels[10:30, 10:30] = 1  # bright square
+    labels[10:30, 30:50] = 2  # dim square touching it
+    profile = np.where(labels == 1, 1.0, np.where(labels == 2, 0.2, 0.0)).astype(np.float32)
+    out = _half_max_labels(labels, profile, settings, None)
+    assert set(np.unique(out)) == {0, 1, 2}
+    assert np.all(out[labels == 2] != 1)  # the bright object takes none of the dim one's pixels
+    assert np.all(out[labels == 1] != 2)
+    # the contact stays bright, so the dim object keeps its side of it; far from it, both lose
+    # their corners to the blur
+    assert np.all(out[12:28, 30] == 2) and np.all(out[12:28, 29] == 1)
+    assert out[10, 10] == 0 and out[10, 49] == 0
+    # one piece each, and the labels of isolated squares are their half-max regions
+    for oid in (1, 2):
+        assert ndimage.label(out == oid)[1] == 1

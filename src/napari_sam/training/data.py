@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..data.synthetic import make_nuclei_2d, make_nuclei_3d, random_settings
+from ..data import synthetic
 
 __all__ = ["folder_examples", "holdout_split", "mixed_examples", "synthetic_examples"]
 
@@ -58,7 +58,7 @@ def synthetic_examples(
         raise ValueError(f"stack_fraction must be in [0, 1], got {stack_fraction!r}")
     rng = np.random.default_rng(seed)
     while True:
-        settings = random_settings(rng, held_out=held_out, ranges=ranges)
+        settings = synthetic.random_settings(rng, held_out=held_out, ranges=ranges)
         if size_range is not None:
             if size_log:
                 lo, hi = np.log(size_range[0]), np.log(size_range[1] + 1)
@@ -68,7 +68,8 @@ def synthetic_examples(
         if stack_fraction and rng.random() < stack_fraction:
             yield _stack_slice(rng, tuple(min(int(v), 512) for v in shape), settings)
             continue
-        image, labels = make_nuclei_2d(shape, seed=int(rng.integers(2**31)), settings=settings)
+        image, labels = synthetic.make_nuclei_2d(shape, seed=int(rng.integers(2**31)),
+                                                 settings=settings)
         yield image, labels
 
 
@@ -76,7 +77,7 @@ def _stack_slice(rng: np.random.Generator, shape: tuple[int, int], settings
                  ) -> tuple[np.ndarray, np.ndarray]:
     """One z slice of a synthetic 3D stack and the labels of the objects well cut by it."""
     n_z = int(rng.integers(8, 17))
-    image, labels = make_nuclei_3d((n_z, *shape), seed=int(rng.integers(2**31)),
+    image, labels = synthetic.make_nuclei_3d((n_z, *shape), seed=int(rng.integers(2**31)),
                                    settings=settings, z_anisotropy=2.0)
     z = int(rng.integers(n_z))
     plane = labels[z].copy()
