@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_sam import SamPredictor, build_model
-from napari_sam.models.build import DEFAULT_CONFIG, build_sam, tiny_config
+from napari_sam.models.configs import DEFAULT_CONFIG, build_sam, tiny_config
 from napari_sam.engine.preprocess import denoise_input, input_noise
 
 

@@ -121,16 +121,16 @@ def test_paint_mask_same_grid_and_other_grid():
 @pytest.fixture
 def scans(monkeypatch):
     """Count the full scans ``max_label`` makes."""
-    from napari_sam.plugin import _layers
+    from napari_sam.plugin import _label_ids
 
     count = []
-    real = _layers._scan_max
-    monkeypatch.setattr(_layers, "_scan_max", lambda data: (count.append(1), real(data))[1])
+    real = _label_ids._scan_max
+    monkeypatch.setattr(_label_ids, "_scan_max", lambda data: (count.append(1), real(data))[1])
     return count
 
 
 def test_max_label_follows_edits_without_rescanning(scans):
-    from napari_sam.plugin._layers import max_label
+    from napari_sam.plugin._label_ids import max_label
 
     data = np.zeros((3, 8, 8), dtype=np.int32)
     data[0, :2, :2] = 4
@@ -163,7 +163,7 @@ def test_max_label_follows_edits_without_rescanning(scans):
 
 def test_max_label_after_undoing_past_its_first_scan():
     """An id erased before the first scan and brought back by undo never gets reused."""
-    from napari_sam.plugin._layers import max_label
+    from napari_sam.plugin._label_ids import max_label
 
     layer = Labels(np.zeros((8, 8), dtype=np.int32))
     layer.data_setitem((np.array([1]), np.array([1])), 50)  # the user paints object 50...
@@ -177,7 +177,7 @@ def test_max_label_after_undoing_past_its_first_scan():
 
 def test_max_label_of_a_lazy_layer_reads_slabs(monkeypatch):
     da = pytest.importorskip("dask.array")
-    from napari_sam.plugin import _layers
+    from napari_sam.plugin import _label_ids
 
     data = np.zeros((6, 5, 7), dtype=np.uint16)
     data[4, 3, 2] = 321
@@ -193,9 +193,9 @@ def test_max_label_of_a_lazy_layer_reads_slabs(monkeypatch):
         def __array__(self, dtype=None, copy=None):
             raise AssertionError("read whole")
 
-    monkeypatch.setattr(_layers, "_SCAN_VOXELS", 2 * 5 * 7)
-    assert _layers._scan_max(Recording()) == 321
+    monkeypatch.setattr(_label_ids, "_SCAN_VOXELS", 2 * 5 * 7)
+    assert _label_ids._scan_max(Recording()) == 321
     assert reads == [70, 70, 70]
     layer = Labels(da.from_array(data, chunks=(2, 5, 7)))
-    assert _layers.max_label(layer) == 321
-    assert _layers._scan_max(np.zeros((0, 3), dtype=np.int32)) == 0
+    assert _label_ids.max_label(layer) == 321
+    assert _label_ids._scan_max(np.zeros((0, 3), dtype=np.int32)) == 0

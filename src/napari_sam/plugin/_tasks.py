@@ -36,6 +36,8 @@ class TaskContext:
     """
 
     title: str
+    #: What the task works on (the plugin: the image layer's id), so it can be cancelled with it.
+    owner: Any = None
     _event: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _progress: tuple[int, int] = (0, 0)
@@ -103,14 +105,16 @@ class TaskRunner(Container):
         body: Callable[[TaskContext], Any],
         on_done: Callable[[Any, bool], None],
         on_error: Callable[[BaseException], None] | None = None,
+        owner: Any = None,
     ) -> bool:
         """Run ``body(ctx)`` in a worker thread; ``on_done(result, cancelled)`` on the GUI thread.
 
-        Returns ``False`` (and starts nothing) while another task runs.
+        ``owner`` (kept as ``ctx.owner``) names what the task works on. Returns ``False`` (and
+        starts nothing) while another task runs.
         """
         if self.context is not None:
             return False
-        ctx = TaskContext(title)
+        ctx = TaskContext(title, owner)
         self.context = ctx
 
         def run():

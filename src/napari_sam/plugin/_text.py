@@ -149,7 +149,8 @@ class TextSection(Container):
 
         done = functools.partial(self._on_scored, image, plane, source, key, candidates)
         owner._set_status(f"Scoring the objects of '{source.name}' against '{query}'...")
-        return owner.tasks.start(f"Finding '{query}'", body, done, owner._on_task_error)
+        return owner.tasks.start(f"Finding '{query}'", body, done, owner._on_task_error,
+                                 owner=image.unique_id)
 
     def close(self) -> None:
         """Stop the CLIP process (if CLIP runs in one)."""

@@ -30,10 +30,12 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
-from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap, label_colormap
+from napari.utils.colormaps.standardize_color import transform_color
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
+from ._label_ids import max_label
 from ._layers import (
     Plane,
     PlanePrompts,
@@ -44,7 +46,6 @@ from ._layers import (
     image_level0,
     image_spatial_shape,
     mask_prompts_from_labels,
-    max_label,
     paint_mask,
     plane_layer_translate,
     points_on_plane,
@@ -84,6 +85,8 @@ AUTO_PROMPTS = {"bright blobs": "blobs", "regular grid": "grid"}
 POSITIVE_COLOR = "#00ff00"
 NEGATIVE_COLOR = "#ff00ff"
 PREVIEW_COLOR = "#00e5ff"
+#: Loaded when the widget opens (shipped inside the package: no download).
+DEFAULT_MODEL = "default"
 #: More objects than this on one slice are not decoded (each costs a decoder pass).
 MAX_OBJECTS = 100
 
@@ -253,6 +256,15 @@ def _build_model(name, checkpoint, device):
         return None, exc
 
 
+def committed_colormap(min_distance: float = 0.45) -> CyclicLabelColormap:
+    """napari's label colours without those close to the preview's (RGB distance in [0, 1]
+    units): a committed object never looks like the preview."""
+    base = label_colormap(49)
+    preview = np.asarray(transform_color(PREVIEW_COLOR)[0][:3])
+    keep = np.linalg.norm(base.colors[1:, :3] - preview, axis=1) >= min_distance
+    return CyclicLabelColormap(colors=np.concatenate([base.colors[:1], base.colors[1:][keep]]))
+
+
 def _model_choices() -> list[str]:
     try:
         from .. import list_models
@@ -287,6 +299,10 @@ class SamWidget(Container):
     Parameters
     ----------
     viewer : napari.viewer.Viewer
+    load_default : bool
+        Load the built-in default model in the background as the widget opens (it ships inside
+        the package), so that the first click segments. Tests that set their own model pass
+        False.
 
     Attributes
     ----------
@@ -302,7 +318,7 @@ class SamWidget(Container):
         The masks currently shown in the "SAM preview" layer.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, load_default: bool = True) -> None:
         super().__init__(labels=True)
         from ..engine.embedding_cache import EmbeddingCache
 
@@ -320,6 +336,7 @@ class SamWidget(Container):
         self._closed = False
         self._model_token = 0
         self._model_loading = False
+        self._load_generation = 0
         self._embedding_key: tuple | None = None
         self._job: _Job | None = None
         self._worker = None
@@ -471,6 +488,10 @@ class SamWidget(Container):
             self.target_combo.value = existing[-1]
         self._on_image_changed(self.image_combo.value)
         self._set_status("Load a model to start." if self.image else "Open an image.")
+        if load_default and DEFAULT_MODEL in self.model_combo.choices:
+            # the built-in model needs no download: ready to click as soon as the widget opens
+            self.model_combo.value = DEFAULT_MODEL
+            self.load_model(DEFAULT_MODEL)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -549,9 +570,6 @@ class SamWidget(Container):
         Parameters default to the widget's choices. Failures (unknown name, missing weights,
         no network) are shown as one notification with the weights module's message.
         """
-        if self._model_loading:
-            show_info("A model is already being loaded.")
-            return
         if name is None:
             name = self.model_combo.value
             if name == CHECKPOINT_CHOICE:
@@ -570,7 +588,11 @@ class SamWidget(Container):
         worker = create_worker(
             _build_model, name, checkpoint, device, _start_thread=False, _ignore_errors=True
         )
-        worker.returned.connect(functools.partial(self._on_model_loaded, name))
+        # the newest request wins: a load started earlier (the default model's, at opening)
+        # or a model set meanwhile makes this result stale
+        self._load_generation += 1
+        ticket = (self._load_generation, self._model_token)
+        worker.returned.connect(functools.partial(self._on_model_loaded, name, ticket))
         self._model_worker = worker
         worker.start()
 
@@ -653,6 +675,7 @@ class SamWidget(Container):
         self.preview = None
         self._show_preview(None)
         target.selected_label = ids[-1]
+        self._activate_points()
         self._set_status(
             f"Committed object{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
             f"into '{target.name}' ({preview.plane.label()}). Ctrl+Z on that layer undoes it.",
@@ -805,7 +828,8 @@ class SamWidget(Container):
             )
 
         return self.tasks.start(
-            f"Embedding the slices along axis {axis}", body, done, self._on_task_error
+            f"Embedding the slices along axis {axis}", body, done, self._on_task_error,
+            owner=image.unique_id,
         )
 
     # -- stacks: propagation and segment everything ------------------------------------------------
@@ -919,7 +943,8 @@ class SamWidget(Container):
         )
         self._set_status(f"Propagating {what} along axis {axis}...")
         return self.tasks.start(
-            f"Propagating along axis {axis}", body, done, self._on_task_error
+            f"Propagating along axis {axis}", body, done, self._on_task_error,
+            owner=image.unique_id,
         )
 
     @_guarded
@@ -1043,7 +1068,7 @@ class SamWidget(Container):
             title = f"Segmenting everything on {plane.label()}"
         done = functools.partial(self._on_automatic, image, plane, axis, scope)
         self._set_status(f"{title}...")
-        return self.tasks.start(title, body, done, self._on_task_error)
+        return self.tasks.start(title, body, done, self._on_task_error, owner=image.unique_id)
 
     @_guarded
     def _on_automatic(self, image, plane, axis, scope, labels, cancelled) -> None:
@@ -1202,6 +1227,10 @@ class SamWidget(Container):
             self.cache.discard(lambda key: key[0] == uid)
             self._drop_embedders(uid)
             self._ranges.pop(uid, None)
+            job = self.tasks.context
+            if job is not None and job.owner == uid and not job.cancelled():
+                self.tasks.cancel()  # its bodies poll this every slice or batch
+                show_warning(f"Image layer '{layer.name}' was removed: '{job.title}' is cancelled.")
             if self._job is not None and self._job.image_uid == uid and not self._job.cancelled:
                 self._job.cancelled = True
                 show_warning(
@@ -1303,6 +1332,13 @@ class SamWidget(Container):
         self._connect(self._points, self._points.events.data, self._on_prompts_changed)
         self._connect(self._points, self._points.events.features, self._on_prompts_changed)
 
+    def _activate_points(self) -> None:
+        """Make the points layer the active one, in add mode: the next click is a prompt again
+        (a new or written Labels layer would otherwise take the click)."""
+        if self._points is not None and self._points in self.viewer.layers:
+            self.viewer.layers.selection.active = self._points
+            self._points.mode = "add"
+
     def _restore_prompt_layers(self) -> None:
         """Bring back prompt layers the user deleted, when the widget is used again."""
         if self._image is not None and self._image in self.viewer.layers:
@@ -1333,6 +1369,7 @@ class SamWidget(Container):
         labels = Labels(
             np.zeros(image_spatial_shape(image), dtype=np.int32),
             name=LABELS_NAME,
+            colormap=committed_colormap(),
             **transform_kwargs(image),
         )
         index = self.viewer.layers.index(image) + 1
@@ -1459,6 +1496,8 @@ class SamWidget(Container):
         self.auto_button.enabled = not busy
         self.precompute_button.enabled = not busy
         self.text.find_button.enabled = not busy
+        if not busy:
+            self._activate_points()
 
     def _on_destroyed(self, *args) -> None:
         self._closed = True
@@ -1595,12 +1634,16 @@ class SamWidget(Container):
         self._start_prefetch()
 
     @_guarded
-    def _on_model_loaded(self, name: str, result) -> None:
+    def _on_model_loaded(self, name: str, ticket: tuple[int, int], result) -> None:
         model, error = result
+        if ticket[0] != self._load_generation:
+            return  # a newer load is running; it reports
         self._model_loading = False
         self._model_worker = None
         self.load_button.enabled = True
         self._set_busy(self._job is not None)
+        if ticket[1] != self._model_token and error is None:
+            return  # a model was set while this one loaded: keep it
         if error is not None:
             self._set_status(f"Loading model '{name}' failed.")
             show_error(f"Could not load model '{name}': {error}")
