@@ -147,3 +147,98 @@ def test_embed_without_out_fills_the_store_the_plugin_opens(checkpoint, stack_ti
     # what the plugin does with the layer's (fully loaded) data and store="auto"
     emb = StackEmbedder(build_model(checkpoint), tifffile.imread(stack_tif), store="auto")
     assert emb.store.status == "reused" and emb.missing() == []
+
+
+# -- a reused store is verified and repaired; concurrent runs; a read-only cache (issue 21) -------
+
+
+def _embed(checkpoint, stack_tif, out, *extra):
+    return main(["embed", str(stack_tif), "--model", str(checkpoint), "--out", str(out), *extra])
+
+
+def test_embed_verifies_a_reused_store_and_prints_what_it_repaired(checkpoint, stack_tif,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "e.zarr"
+    assert _embed(checkpoint, stack_tif, out) == 0
+    good, _ = _stored(out)
+    capsys.readouterr()
+    (out / "features" / "c" / "0" / "0" / "0" / "0").unlink()  # done flag set, chunk gone
+    a, b = (out / "features" / "c" / str(i) / "0" / "0" / "0" for i in (1, 2))
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)  # two planes swapped: each chunk's crc32c still valid
+    b.write_bytes(data_a)
+
+    assert _embed(checkpoint, stack_tif, out) == 0
+    text = capsys.readouterr().out
+    assert "3 stored plane(s) failed verification" in text
+    assert "plane (0,): missing chunk" in text and "plane (1,): checksum mismatch" in text
+    assert "repaired 3 plane(s): (0,), (1,), (2,)" in text and "3 plane(s) computed" in text
+    features, done = _stored(out)
+    assert done.tolist() == [1, 1, 1] and np.array_equal(features, good)
+
+    assert _embed(checkpoint, stack_tif, out) == 0  # now intact: nothing to redo
+    text = capsys.readouterr().out
+    assert "verified 3 stored plane(s): all intact" in text and "0 plane(s) computed" in text
+
+
+def test_embed_no_verify_skips_the_check(checkpoint, stack_tif, tmp_path, capsys):
+    out = tmp_path / "e.zarr"
+    assert _embed(checkpoint, stack_tif, out) == 0
+    (out / "features" / "c" / "1" / "0" / "0" / "0").unlink()
+    capsys.readouterr()
+    assert _embed(checkpoint, stack_tif, out, "--no-verify") == 0
+    text = capsys.readouterr().out
+    assert "verifying" not in text and "failed verification" not in text
+    assert "0 plane(s) computed" in text
+    # the damage is still caught when the plane is read
+    emb = StackEmbedder(build_model(checkpoint), tifffile.imread(stack_tif), store=out)
+    assert emb.get((1,)) is not None and emb.problems == {(1,): "missing chunk"}
+
+
+def test_two_embed_runs_on_one_store_compute_each_plane_once(checkpoint, stack_tif, tmp_path,
+                                                             capsys, monkeypatch):
+    import threading
+    import time
+
+    from napari_sam.engine.predictor import SamPredictor
+
+    calls = []
+    original = SamPredictor.compute_embedding
+
+    def slow(self, image, intensity_range=None):
+        calls.append(threading.get_ident())
+        time.sleep(0.3)
+        return original(self, image, intensity_range)
+
+    monkeypatch.setattr(SamPredictor, "compute_embedding", slow)
+    out = tmp_path / "e.zarr"
+    codes = []
+    runs = [threading.Thread(target=lambda: codes.append(_embed(checkpoint, stack_tif, out)))
+            for _ in range(2)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert codes == [0, 0] and len(calls) == 3  # 3 planes, each computed once
+    text = capsys.readouterr().out
+    counts = [int(line.split(": ")[1].split()[0]) for line in text.splitlines()
+              if line.startswith("wrote ")]
+    assert sorted(counts) in ([0, 3], [1, 2]) and sum(counts) == 3
+    assert _stored(out)[1].tolist() == [1, 1, 1]
+
+
+def test_embed_into_a_read_only_cache_is_refused_up_front(checkpoint, stack_tif, tmp_path,
+                                                          capsys, monkeypatch):
+    import os
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.chmod(cache, 0o555)
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(cache))
+    try:
+        assert main(["embed", str(stack_tif), "--model", str(checkpoint)]) == 2
+    finally:
+        os.chmod(cache, 0o755)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-sam: error:") and "not writable" in err and "\n" not in err
+    assert not any(cache.iterdir())

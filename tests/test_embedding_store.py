@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -293,3 +294,332 @@ def test_prune_removes_least_recently_used_stores_only(model, tmp_path):
     assert paths[0].exists() and paths[1].exists() and (folder / "notes.zarr" / "keep.txt").exists()
     assert prune_store_dir(0, folder) == [paths[1], paths[0]]
     assert (folder / "notes.zarr" / "keep.txt").exists()
+
+
+# -- the store proves what it serves (issue 21) -----------------------------------------------
+
+
+def _chunk(path, plane, array="features"):
+    return path / array / "c" / str(plane) / {"features": "0/0/0", "digest": "0", "done": ""}[array]
+
+
+def _filled(model, tmp_path, n=4):
+    """A store with every plane of an ``n``-plane stack written, and each plane's embedding."""
+    image = _stack(shape=(n, 40, 48))
+    path = tmp_path / "s.zarr"
+    emb = StackEmbedder(model, image, store=path)
+    emb.precompute()
+    return image, path, [emb.get((i,)).features.clone() for i in range(n)]
+
+
+def _swap(a, b):
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+
+
+def _damage(path, kind):
+    """Damage plane 1 (and 2 for swaps) behind the store's back; returns the planes damaged."""
+    import zarr
+
+    if kind == "missing chunk":
+        _chunk(path, 1).unlink()
+    elif kind == "swapped chunks":  # each chunk's own crc32c stays valid
+        _swap(_chunk(path, 1), _chunk(path, 2))
+        return {1, 2}
+    elif kind == "swapped chunks and digests":
+        _swap(_chunk(path, 1), _chunk(path, 2))
+        _swap(_chunk(path, 1, "digest"), _chunk(path, 2, "digest"))
+        return {1, 2}
+    elif kind == "rewritten values":  # valid crc32c, other values
+        features = zarr.open_group(str(path), mode="r+")["features"]
+        features[1] = np.asarray(features[1]) * np.float16(1.5)
+    elif kind == "truncated chunk":
+        raw = _chunk(path, 1).read_bytes()
+        _chunk(path, 1).write_bytes(raw[: len(raw) // 2])
+    elif kind == "flipped byte":
+        raw = bytearray(_chunk(path, 1).read_bytes())
+        raw[100] ^= 0x10
+        _chunk(path, 1).write_bytes(bytes(raw))
+    elif kind == "missing digest":
+        _chunk(path, 1, "digest").unlink()
+    return {1}
+
+
+FAULTS = ["missing chunk", "swapped chunks", "swapped chunks and digests", "rewritten values",
+          "truncated chunk", "flipped byte", "missing digest"]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_damaged_plane_is_recomputed_and_reported_never_used(model, tmp_path, fault, caplog):
+    image, path, good = _filled(model, tmp_path)
+    damaged = _damage(path, fault)
+    fresh = StackEmbedder(model, image, store=path)
+    calls = _count_computes(fresh)
+    assert fresh.store.status == "reused"
+    with caplog.at_level("WARNING"):
+        for i in range(4):
+            assert torch.equal(fresh.get((i,)).features, good[i]), f"plane {i} served wrong"
+    assert len(calls) == len(damaged)  # only the damaged planes were encoded again
+    assert set(fresh.problems) == {(i,) for i in damaged}
+    assert all(f"plane {i} is not usable" in caplog.text for i in damaged)
+    if fault == "missing chunk":
+        assert fresh.problems[(1,)] == "missing chunk"
+    # repaired on disk: a new session reads every plane without computing
+    again = StackEmbedder(model, image, store=path)
+    calls = _count_computes(again)
+    assert again.verify() == {} and again.missing() == []
+    assert all(torch.equal(again.get((i,)).features, good[i]) for i in range(4)) and calls == []
+
+
+@pytest.mark.parametrize("fault", ["missing chunk", "swapped chunks", "rewritten values"])
+def test_verify_finds_bad_planes_and_precompute_repairs_them(model, tmp_path, fault):
+    image, path, good = _filled(model, tmp_path)
+    damaged = _damage(path, fault)
+    fresh = StackEmbedder(model, image, store=path)
+    assert fresh.missing() == []  # the flags alone say all is well
+    found = fresh.verify()
+    assert set(found) == {(i,) for i in damaged}
+    assert sorted(fresh.missing()) == sorted(found)
+    calls = _count_computes(fresh)
+    assert fresh.precompute() == len(damaged) and len(calls) == len(damaged)
+    assert fresh.verify() == {} and fresh.store.n_done == 4
+    assert all(torch.equal(fresh.get((i,)).features, good[i]) for i in range(4))
+
+
+@pytest.mark.parametrize("garbage", [b"garbage!", b"\x07"])
+def test_a_garbage_done_flag_costs_only_its_plane(model, tmp_path, garbage):
+    image, path, good = _filled(model, tmp_path)
+    _chunk(path, 1, "done").write_bytes(garbage)
+    fresh = StackEmbedder(model, image, store=path)
+    calls = _count_computes(fresh)
+    assert fresh.store.status == "reused" and fresh.missing() == [(1,)]
+    assert set(fresh.verify()) == {(1,)}
+    assert all(torch.equal(fresh.get((i,)).features, good[i]) for i in range(4))
+    assert len(calls) == 1 and fresh.store.n_done == 4
+
+
+def test_a_digest_binds_the_plane_and_the_store(tmp_path):
+    sig = {"a": 1}
+    kw = {"n_planes": 2, "feature_shape": (4, 2, 2), "original_size": (8, 8), "img_size": 64}
+    one = EmbeddingStore.open(tmp_path / "one.zarr", sig, **kw)
+    other = EmbeddingStore.open(tmp_path / "other.zarr", {"a": 2}, **kw)
+    values = np.arange(16, dtype=np.float16).reshape(4, 2, 2)
+    one.write(0, values)
+    other.write(0, values)
+    assert not np.array_equal(one._digest_of(0, values), one._digest_of(1, values))
+    assert not np.array_equal(one._digest_of(0, values), other._digest_of(0, values))
+    # plane 0's chunk and digest copied from the other store: not this store's plane
+    for array in ("features", "digest"):
+        _chunk(one.path, 0, array).write_bytes(_chunk(other.path, 0, array).read_bytes())
+    one.write(1, values)
+    assert np.array_equal(one.read(1), values)
+    assert one.read(0) is None and "checksum mismatch" in one.problems[0]
+
+
+# -- concurrent writers --------------------------------------------------------------------------
+
+
+def _slow_counting(embedder, log, delay=0.1):
+    original = embedder._predictor.compute_embedding
+
+    def slow(image, intensity_range=None):
+        log.append(image.shape)
+        time.sleep(delay)
+        return original(image, intensity_range)
+
+    embedder._predictor.compute_embedding = slow
+
+
+def test_two_writers_in_threads_compute_each_plane_once(model, tmp_path):
+    image = _stack(shape=(8, 40, 48))
+    path = tmp_path / "s.zarr"
+    writers = [StackEmbedder(model, image, store=path) for _ in range(2)]
+    logs = [[], []]
+    for w, log in zip(writers, logs):
+        _slow_counting(w, log)
+    start = threading.Barrier(2)
+    results = [None, None]
+
+    def run(k):
+        start.wait()
+        results[k] = writers[k].precompute()  # both open the new store at once, too
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(logs[0]) + len(logs[1]) == 8, logs
+    assert results[0] + results[1] == 8 and min(results) >= 1  # both did work
+    check = StackEmbedder(model, image, store=path)
+    assert check.store.status == "reused" and check.verify() == {} and check.missing() == []
+    assert not list((path / "claims").glob("*.claim"))  # every claim released
+
+
+def test_get_waits_for_a_plane_another_writer_is_computing(model, tmp_path):
+    image = _stack()
+    path = tmp_path / "s.zarr"
+    ours = StackEmbedder(model, image, store=path)
+    calls = _count_computes(ours)
+    claim = ours.store.claims.try_claim(3)  # another writer is on plane 3
+    assert claim is not None and ours.store.claims.try_claim(3) is None
+    other = StackEmbedder(model, image, store=path)
+
+    def finish():
+        time.sleep(0.3)
+        other._compute_and_save((3,))
+        claim.release()
+
+    t = threading.Thread(target=finish)
+    t.start()
+    got = ours.get((3,))
+    t.join()
+    assert calls == [] and torch.equal(got.features, other.get((3,)).features)
+
+
+def test_a_dead_writers_claim_is_taken_over(model, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from napari_sam.engine.plane_claims import PlaneClaims
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    claims = PlaneClaims(tmp_path / "claims")
+    claims.folder.mkdir()
+    record = {"pid": int(dead.stdout), "host": __import__("socket").gethostname(), "time": 0,
+              "token": "dead"}
+    claims.path(0).write_text(json.dumps(record))
+    claims.path(1).write_text(json.dumps({**record, "pid": os.getpid(), "token": "alive"}))
+    assert claims.holder(0) is None and claims.try_claim(0) is not None  # dead pid: taken over
+    assert claims.try_claim(1) is None  # alive and fresh: respected
+    os.utime(claims.path(1), (1, 1))  # ...until not touched for stale_after
+    assert claims.try_claim(1) is not None
+
+
+_WRITER = """
+import json, sys, time
+import numpy as np, torch
+from napari_sam.models.build import build_sam, tiny_config
+from napari_sam.engine.embedding_store import StackEmbedder
+torch.manual_seed(0)
+model = build_sam(tiny_config())
+emb = StackEmbedder(model, np.load(sys.argv[1]), store=sys.argv[2])
+original = emb._predictor.compute_embedding
+def slow(image, intensity_range=None):
+    time.sleep(0.25)
+    return original(image, intensity_range)
+emb._predictor.compute_embedding = slow
+open(sys.argv[3], "w").close()
+while not __import__("os").path.exists(sys.argv[4]):
+    time.sleep(0.01)
+print(json.dumps(emb.precompute()))
+"""
+
+
+def test_two_writer_processes_compute_each_plane_once(tmp_path):
+    import subprocess
+    import sys
+
+    image = _stack(shape=(8, 40, 48))
+    np.save(tmp_path / "img.npy", image)
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(tmp_path / "img.npy"),
+                          str(tmp_path / "s.zarr"), str(tmp_path / f"ready{k}"), str(go)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        for k in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+            [p.communicate() for p in procs if p.poll() is not None]
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    computed = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sum(computed) == 8 and min(computed) >= 1, computed
+    torch.manual_seed(0)
+    check = StackEmbedder(build_sam(tiny_config()), image, store=tmp_path / "s.zarr")
+    assert check.store.status == "reused" and check.verify() == {} and check.missing() == []
+
+
+# -- a read-only cache folder ---------------------------------------------------------------------
+
+
+def _read_only_cache(tmp_path, monkeypatch, how):
+    import os
+    import stat
+
+    cache = tmp_path / "cache"
+    if how == "chmod":  # read-only for everyone (also counts for root)
+        cache.mkdir()
+        os.chmod(cache, stat.S_IRUSR | stat.S_IXUSR)
+    else:  # a file where the folder should be: nothing can be created there
+        cache.write_text("not a folder")
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(cache))
+    return cache
+
+
+@pytest.mark.parametrize("how", ["chmod", "file in the way"])
+def test_auto_store_in_a_read_only_cache_falls_back_to_memory(model, tmp_path, monkeypatch,
+                                                               caplog, how):
+    import os
+
+    cache = _read_only_cache(tmp_path, monkeypatch, how)
+    image = _stack()
+    try:
+        with caplog.at_level("WARNING"):
+            emb = StackEmbedder(model, image, store="auto")
+            calls = _count_computes(emb)
+            first = emb.get((2,))
+            assert emb.store is None and emb.has((2,)) and len(calls) == 1
+            assert emb.precompute() == 5 and emb.missing() == []
+            second = StackEmbedder(model, image, store="auto")
+            assert torch.equal(second.get((2,)).features, first.features)
+        warnings = [r for r in caplog.records if "memory only" in r.getMessage()]
+        assert len(warnings) == 1 and str(cache) in warnings[0].getMessage()
+    finally:
+        if cache.is_dir():
+            os.chmod(cache, 0o755)
+    assert not (cache.is_dir() and any(cache.iterdir()))  # nothing was written there
+
+
+def test_auto_store_made_read_only_is_read_and_new_planes_stay_in_memory(model, tmp_path,
+                                                                         monkeypatch, caplog):
+    import os
+
+    monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
+    image = _stack()
+    emb = StackEmbedder(model, image, store="auto")
+    emb.precompute(indices=[(0,), (1,)])
+    stored = emb.get((1,)).features
+    folders = [p for p in [tmp_path / "cache", *(tmp_path / "cache").rglob("*")] if p.is_dir()]
+    for p in folders:
+        os.chmod(p, 0o555)
+    try:
+        with caplog.at_level("WARNING"):
+            again = StackEmbedder(model, image, store="auto")
+            calls = _count_computes(again)
+            assert torch.equal(again.get((1,)).features, stored) and calls == []
+            assert again.store.status == "reused"
+            assert again.precompute() == 4 and len(calls) == 4 and again.missing() == []
+        assert sum("memory only" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        for p in folders:
+            os.chmod(p, 0o755)
+    assert StackEmbedder(model, image, store="auto").store.n_done == 2  # nothing written
+
+
+def test_an_explicit_store_that_cannot_be_created_still_raises(model, tmp_path):
+    folder = tmp_path / "ro"
+    folder.write_text("a file")
+    with pytest.raises(OSError):
+        StackEmbedder(model, _stack(), store=folder / "s.zarr").get((0,))

@@ -3,7 +3,10 @@
 The client creates (or reuses) the zarr store and submits one task per missing plane with
 ``distributed.Client.map``; each worker process loads the model and opens the image once (cached
 per process), embeds its planes and writes them into the shared store, each plane its own chunk.
-Dask does the scheduling, retries and bookkeeping; nothing here is a job system of its own.
+Dask does the scheduling, retries and bookkeeping; nothing here is a job system of its own. A
+worker claims each plane before encoding it (see :mod:`~napari_sam.engine.plane_claims`), so a
+plane that Dask runs twice (a retry, a stolen task) or that another ``embed`` run on the same
+store is computing is not computed a second time.
 
 Workers must see the image, the checkpoint and the store under the same paths as the client (a
 shared file system on a cluster).
