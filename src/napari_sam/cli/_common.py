@@ -8,6 +8,7 @@ so that ``napari-sam --help`` stays fast; torch-heavy modules are imported where
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..data.io import InputError
@@ -20,10 +21,13 @@ __all__ = [
     "add_training_data_args",
     "automatic_params",
     "check_out_dir",
+    "check_outputs",
     "check_training_data_args",
     "load_model",
+    "model_inputs",
     "read_pairs",
     "training_examples",
+    "training_inputs",
 ]
 
 PROG = "napari-sam"
@@ -34,6 +38,83 @@ def check_out_dir(path: str | Path) -> None:
     parent = Path(path).parent
     if not parent.exists():
         raise InputError(f"output directory does not exist: {parent}")
+
+
+def _read_only(path: Path) -> bool:
+    """Not writable by this process, or marked read-only for everyone (root ignores modes)."""
+    return not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file or folder (through links too: device and inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(outputs, inputs=(), folders=()) -> None:
+    """Refuse at once, before anything is computed, outputs that cannot or must not be written.
+
+    Parameters
+    ----------
+    outputs : iterable of (str, path or None)
+        ``(option, path)`` of every file the command writes (None: not given).
+    inputs : iterable of (str, path or None)
+        ``(what, path)`` of every file or folder the command reads (None and names that are not
+        paths, like a registry model name, are skipped).
+    folders : iterable of str
+        The options of ``outputs`` that name a folder (an embedding store), not a file.
+
+    Raises
+    ------
+    InputError
+        An output that is an input (the same file, also through a symbolic or hard link), two
+        options naming one file, a folder that does not exist or is not writable, a file output
+        that is a folder, or an existing output that is read-only.
+    """
+    folders = set(folders)
+    given = [(opt, Path(path).expanduser()) for opt, path in outputs if path]
+    read = [(what, Path(path).expanduser()) for what, path in inputs if path]
+    read = [(what, path) for what, path in read if path.exists()]
+    for k, (opt, out) in enumerate(given):
+        for what, path in read:
+            if _same(out, path):
+                raise InputError(f"{opt} {out} is the same file as the {what} {path}: "
+                                 "refusing to overwrite an input; give another path")
+        for other, path in given[:k]:
+            if _same(out, path):
+                raise InputError(f"{other} and {opt} name the same file {out}")
+        parent = out.parent
+        if not parent.exists():
+            raise InputError(f"{opt} {out}: output directory does not exist: {parent}")
+        if not parent.is_dir():
+            raise InputError(f"{opt} {out}: {parent} is not a folder")
+        if _read_only(parent):
+            raise InputError(f"{opt} {out}: the output folder {parent} is not writable")
+        if out.exists():
+            if opt in folders:
+                if not out.is_dir():
+                    raise InputError(f"{opt} {out} is a file, not a folder")
+            elif out.is_dir():
+                raise InputError(f"{opt} {out} is a folder: give a file name")
+            if _read_only(out):
+                raise InputError(f"{opt} {out} is read-only")
+
+
+def model_inputs(args) -> list[tuple[str, str | None]]:
+    """The files ``--model`` and ``--checkpoint`` read (for :func:`check_outputs`)."""
+    return [("--model file", getattr(args, "model", None)),
+            ("--checkpoint", getattr(args, "checkpoint", None))]
+
+
+def training_inputs(args) -> list[tuple[str, Path]]:
+    """The files of ``--images`` and ``--labels`` (for :func:`check_outputs`)."""
+    found = []
+    for what, folder in (("training image", args.images), ("label image", args.labels)):
+        if folder and Path(folder).is_dir():
+            found += [(what, f) for f in sorted(Path(folder).iterdir()) if f.is_file()]
+    return found
 
 
 # --------------------------------------------------------------------------- the model

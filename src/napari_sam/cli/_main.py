@@ -3,7 +3,9 @@
 Each command module has ``register(subparsers)``, which adds its parser and sets its ``run``
 as the ``handler`` default, and ``run(args) -> int``. Bad input (missing files, wrong shapes,
 unknown models, unreadable checkpoints) prints one line ``napari-sam: error: ...`` to stderr and
-exits with code 2; nothing is written half-way.
+exits with code 2; nothing is written half-way. Outputs are checked before anything is computed
+(:func:`._common.check_outputs`): one that is a file the command reads (also through a link),
+or that cannot be written, is refused.
 """
 
 from __future__ import annotations

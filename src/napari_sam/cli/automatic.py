@@ -41,6 +41,8 @@ def run(args) -> int:
     from ..workflows.automatic import segment_everything_nd
     from ..workflows.segment import is_rgb, spatial_shape
 
+    _common.check_outputs([("--out", args.out)],
+                          [("input image", args.image), *_common.model_inputs(args)])
     image = read_image(args.image)
     rgb = is_rgb(image) and image.ndim == (3 if args.axis is None else 4)
     shape = spatial_shape(image, rgb)

@@ -21,9 +21,11 @@ def register(sub) -> None:
         description=(
             "Embed every 2D plane of an image (TIFF, zarr, npy) into a zarr store that the "
             "plugin and later runs reuse. Resumable: rerun the same command to compute only the "
-            "planes that are missing. A store computed from another image, model or "
-            "normalisation is recreated. --scheduler spreads planes over a Dask cluster, "
-            "--workers over a local one."
+            "planes that are missing. Every plane a reused store holds is first checked against "
+            "its checksum; planes that fail are recomputed and listed. A store computed from "
+            "another image, model or normalisation is recreated. Several runs may fill one store "
+            "at once: each plane is computed by one of them. --scheduler spreads planes over a "
+            "Dask cluster, --workers over a local one."
         ),
     )
     emb.add_argument("image", help="image file (.tif, .zarr, .npy)")
@@ -37,6 +39,10 @@ def register(sub) -> None:
                      help="treat the last axis as RGB (default: guessed from the shape)")
     emb.add_argument("--intensity-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                      help="normalisation range (default: robust percentiles of the whole image)")
+    emb.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                     help="check every plane a reused store holds against its checksum and "
+                          "recompute those that fail (default: on; --no-verify skips the check, "
+                          "planes are then still checked when read)")
     where = emb.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="Dask scheduler address (e.g. tcp://host:8786) to spread planes over")
@@ -56,8 +62,10 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
     out = Path(args.out).expanduser() if args.out else None
-    if out is not None:
-        _common.check_out_dir(out)
+    _common.check_outputs([("--out", out)], [("input image", args.image),
+                                             *_common.model_inputs(args)], folders=["--out"])
+    if out is None:
+        _check_cache_folder()
     if args.intensity_range and not args.intensity_range[1] > args.intensity_range[0]:
         raise InputError("--intensity-range: HIGH must be larger than LOW")
     image = open_image_lazy(args.image)
@@ -87,8 +95,13 @@ def run(args) -> int:
     print(f"{args.image}: {total} plane(s) of {embedder.original_size[0]}x"
           f"{embedder.original_size[1]} along axes {axes}; hashing the image...", flush=True)
     store = embedder.store
+    if store is None:  # the automatic store could not be written after all
+        raise InputError("cannot write the automatic embedding store: give --out")
+    bad: dict[tuple[int, ...], str] = {}
     if store.status == "reused":
         print(f"{store.path}: reusing the store, {store.n_done}/{total} plane(s) already done")
+        if args.verify:
+            bad = _verify(embedder)
     elif store.status == "recreated":
         print(f"{store.path}: recreated ({store.reason})")
     job = dataclasses.replace(
@@ -99,9 +112,48 @@ def run(args) -> int:
     start = time.monotonic()
     computed = _precompute(args, embedder, job, todo)
     elapsed = time.monotonic() - start
+    done = store.done_mask()
+    repaired = [i for i in bad if embedder.has(i)]
+    if repaired:
+        print(f"repaired {len(repaired)} plane(s): {_planes_text(repaired)}")
     print(f"wrote {store.path}: {computed} plane(s) computed in {elapsed:.1f} s, "
-          f"{store.n_done}/{total} done")
-    return 0 if store.n_done == total else 1
+          f"{int(done.sum())}/{total} done")
+    return 0 if done.all() else 1
+
+
+def _check_cache_folder() -> None:
+    """Without ``--out``: refuse a read-only cache folder before anything is computed."""
+    from ..engine.plane_store import default_store_dir, writable_location
+
+    folder = default_store_dir()
+    if not writable_location(folder):
+        raise InputError(f"the cache folder {folder} is not writable: give --out, or set "
+                         "NAPARI_SAM_CACHE to a writable folder")
+
+
+def _verify(embedder) -> dict[tuple[int, ...], str]:
+    """Check every stored plane against its checksum, printing what failed (marked to redo)."""
+    n = int(embedder.store.done_mask().sum())
+    print(f"verifying {n} stored plane(s)...", flush=True)
+    bad = embedder.verify()
+    if not bad:
+        print(f"verified {n} stored plane(s): all intact")
+        return bad
+    print(f"{len(bad)} stored plane(s) failed verification and will be recomputed:")
+    for i, (index, why) in enumerate(bad.items()):
+        if i == _LISTED:
+            print(f"  ... and {len(bad) - _LISTED} more")
+            break
+        print(f"  plane {index}: {why}")
+    return bad
+
+
+_LISTED = 20
+
+
+def _planes_text(planes: list[tuple[int, ...]]) -> str:
+    text = ", ".join(str(p) for p in planes[:_LISTED])
+    return text + (f" and {len(planes) - _LISTED} more" if len(planes) > _LISTED else "")
 
 
 def _plane_axes(stack_axes: list[int] | None, ndim: int) -> tuple[int, int]:

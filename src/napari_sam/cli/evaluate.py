@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..data.files import atomic_write_text
 from ..data.io import read_image
 from . import _common
 from ._common import InputError
@@ -61,6 +61,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run ``evaluate``; returns the exit code. Bad input raises :class:`InputError`."""
+    _common.check_outputs([("--json", args.json)],
+                          [("input image", args.image), ("labels image", args.labels),
+                           *_common.model_inputs(args)])
     image, labels = read_image(args.image), read_image(args.labels)
     _check_inputs(args, image, labels)
     zoom = _zoom(args)
@@ -120,9 +123,7 @@ def _zoom(args) -> float | str:
 def _write_json(path: str | None, result: dict[str, Any]) -> None:
     """Write ``result`` to ``path`` (if given) whole or not at all."""
     if path:
-        tmp = Path(path + ".part")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(result, indent=1))
 
 
 def _evaluate_interactive(args, image, labels, zoom: float | str) -> dict[str, Any]:

@@ -70,9 +70,13 @@ def register(sub) -> None:
 def run(args) -> int:
     """Run ``segment``; returns the exit code. Bad input raises :class:`InputError`."""
     # torch: the predictor and the workflows load the model's code
-    from ..engine.predictor import SamPredictor
-    from ..workflows.segment import is_rgb, segment_objects, spatial_shape
+    from ..workflows.segment import is_rgb, spatial_shape
 
+    _common.check_outputs(
+        [("--out", args.out), ("--scores-csv", args.scores_csv)],
+        [("input image", args.image), ("--points file", args.points),
+         ("--candidates labels", args.candidates), *_common.model_inputs(args)],
+    )
     if args.text is not None:
         if args.propagate is not None:
             raise InputError("--propagate follows point and box prompts, not --text")
@@ -94,13 +98,64 @@ def run(args) -> int:
     if args.propagate is not None:
         labels = _propagate_objects(model, image, rgb, objects, names, args)
     else:
-        labels = segment_objects(
-            SamPredictor(model), image, objects, rgb=rgb, overwrite=args.overwrite_objects
-        )
+        labels = _segment_planes(model, image, objects, rgb, args.overwrite_objects)
     write_labels(args.out, labels)
     n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
     print(f"wrote {args.out}: {n} object(s), shape {labels.shape}")
     return 0
+
+
+#: A plane longer than this many model inputs (and than TILE_ABOVE_PIXELS) is decoded in
+#: overlapping tiles, as the viewer does (``napari_sam.plugin._widget``'s constants of the
+#: same names): shrunk whole to the model input, its small objects would vanish, and decoding
+#: it whole takes memory many times the plane's.
+TILE_ABOVE_INPUTS = 2
+TILE_ABOVE_PIXELS = 1024
+
+
+def is_large(shape_hw: tuple[int, ...], img_size: int) -> bool:
+    """Whether a plane of ``shape_hw`` is decoded in tiles (see :data:`TILE_ABOVE_INPUTS`)."""
+    return max(shape_hw[:2]) > max(TILE_ABOVE_INPUTS * img_size, TILE_ABOVE_PIXELS)
+
+
+class PlanePredictor:
+    """``set_image`` and ``segment`` of :class:`~napari_sam.SamPredictor` for
+    :func:`~napari_sam.workflows.segment.segment_objects`: a large plane (:func:`is_large`) is
+    decoded with a :class:`~napari_sam.engine.tiling.TiledPredictor` (only the tiles under the
+    prompts are embedded, kept in a bounded memory cache; objects across tile borders come out
+    whole), any other plane whole."""
+
+    def __init__(self, model, rgb: bool) -> None:
+        from ..engine.predictor import SamPredictor
+
+        self.model, self.rgb = model, rgb
+        self.whole = SamPredictor(model)
+        self.tiled = None  # the TiledPredictor of the current plane, when it is large
+
+    def set_image(self, plane, intensity_range=None) -> None:
+        if is_large(plane.shape, self.model.img_size):
+            from ..engine.tiling import TiledPredictor
+
+            self.whole.reset_image()
+            self.tiled = TiledPredictor(self.model, plane, rgb=self.rgb,
+                                        intensity_range=intensity_range)
+        else:
+            self.tiled = None
+            self.whole.set_image(plane, intensity_range)
+
+    def segment(self, points=None, labels=None, box=None, mask_input=None):
+        if self.tiled is None:
+            return self.whole.segment(points, labels, box, mask_input)
+        mask, score = self.tiled.segment(points, labels, box, mask_input)
+        return mask, score, None
+
+
+def _segment_planes(model, image, objects, rgb: bool, overwrite: bool) -> np.ndarray:
+    """The objects' label image; large planes decoded in tiles (:class:`PlanePredictor`)."""
+    from ..workflows.segment import segment_objects
+
+    return segment_objects(PlanePredictor(model, rgb), image, objects, rgb=rgb,
+                           overwrite=overwrite)
 
 
 def _prompted_objects(args, shape: tuple[int, ...]) -> tuple[list, list[str]]:
@@ -147,14 +202,14 @@ def _prompted_objects(args, shape: tuple[int, ...]) -> tuple[list, list[str]]:
 
 
 def _check_inside(points_rc: np.ndarray, hw: tuple[int, int], source: str) -> None:
-    h, w = hw
-    inside = (
-        (points_rc[:, 0] >= -0.5) & (points_rc[:, 0] <= h - 0.5)
-        & (points_rc[:, 1] >= -0.5) & (points_rc[:, 1] <= w - 0.5)
-    )
-    if not inside.all():
-        bad = points_rc[~inside][0]
-        raise InputError(f"{source}: prompt ({bad[0]:g}, {bad[1]:g}) is outside the {h}x{w} image")
+    """The API's check of points (:func:`napari_sam.engine.prompts.check_points`), as bad input
+    of ``source``."""
+    from ..engine.prompts import check_points
+
+    try:
+        check_points(points_rc, hw, what=f"{source}: prompt")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args) -> np.ndarray:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..data.files import atomic_path
 from ..data.io import read_image, write_labels
 from . import _common
 from ._common import InputError
@@ -169,12 +169,9 @@ def _segment_planes(args, image, shape, candidates, scorer, model, negatives, cr
 
 
 def _write_scores_csv(path, rows, nlead: int) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".part")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([f"axis-{i}" for i in range(nlead)]
                    + ["label", "text_similarity", "text_probability", "selected"])
         for plane, oid, sim, prob, kept in rows:
             w.writerow([*plane, oid, f"{sim:.6f}", f"{prob:.6f}", int(kept)])
-    os.replace(tmp, target)

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from ..data.files import atomic_write_text
 from . import _common
 from ._common import InputError
 
@@ -71,7 +72,8 @@ def run(args) -> int:
     from .. import training
 
     out = Path(args.out)
-    _common.check_out_dir(out)
+    _common.check_outputs([("--out", out), ("--log", args.log)],
+                          [("--init model", args.init), *_common.training_inputs(args)])
     if not 0.0 <= args.stack_fraction <= 1.0:
         raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
     if not args.other_outputs_weight >= 0:
@@ -102,7 +104,7 @@ def run(args) -> int:
         model = training.with_input_size(model, config, final_size)
         training.save_atomic(model.state_dict(), out)
     if args.log:
-        Path(args.log).write_text("\n".join(json.dumps(e) for e in log) + "\n")
+        atomic_write_text(args.log, "\n".join(json.dumps(e) for e in log) + "\n")
     print(f"wrote {out}")
     return 0
 

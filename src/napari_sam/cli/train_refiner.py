@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..data.files import atomic_write_text
 from . import _common
 from ._common import InputError
 
@@ -62,7 +63,8 @@ def run(args) -> int:
     from ..training import refiner as rt
 
     out = Path(args.out)
-    _common.check_out_dir(out)
+    _common.check_outputs([("--out", out), ("--log", args.log)],
+                          [("--init model", args.init), *_common.training_inputs(args)])
     for name in ("n_images", "epochs", "batch_size", "objects_per_image", "width"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -89,7 +91,7 @@ def run(args) -> int:
                            state_path=out.with_name(out.name + ".state.pt"), progress=report)
     training.save_atomic(model.state_dict(), out)
     if args.log:
-        Path(args.log).write_text("\n".join(json.dumps(e) for e in log) + "\n")
+        atomic_write_text(args.log, "\n".join(json.dumps(e) for e in log) + "\n")
     print(f"wrote {out}")
     return 0
 

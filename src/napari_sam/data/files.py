@@ -1,8 +1,9 @@
 """Writing files so that nothing is ever left half-written: a temporary file renamed into place.
 
-Every output of the project (label images, checkpoints, training state, downloaded weights)
-goes through :func:`atomic_path`: an interrupted or failing write leaves the previous file, or
-none, never a truncated one.
+Every output of the project (label images, checkpoints, training state, downloaded weights, the
+command line's JSON results, CSV tables and logs) goes through :func:`atomic_path`: an
+interrupted or failing write leaves the previous file, or none, never a truncated one, and the
+new file gets the mode the umask gives (not ``mkstemp``'s 0600).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "default_file_mode"]
+__all__ = ["atomic_path", "atomic_write_text", "default_file_mode"]
 
 
 def default_file_mode() -> int:
@@ -65,3 +66,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = ".part") -> Iterator[Pa
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``target`` through :func:`atomic_path` (whole or not at all, with the
+    umask's file mode); returns ``target`` as a Path."""
+    target = Path(target)
+    with atomic_path(target, suffix=target.suffix or ".part") as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return target

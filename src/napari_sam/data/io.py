@@ -87,11 +87,9 @@ def read_points_csv(path: str | os.PathLike, ndim: int) -> dict[str, np.ndarray]
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such file: {p}")
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f))
+    header, rows = _read_csv_rows(p)
     if not rows:
         raise InputError(f"{p}: no points (the CSV needs a header row and at least one point)")
-    header = [h.strip().lower() for h in rows[0].keys() if h is not None]
     candidates = [
         [f"axis-{i}" for i in range(ndim)],
         {2: ["row", "col"], 3: ["plane", "row", "col"]}.get(ndim, []),
@@ -103,7 +101,7 @@ def read_points_csv(path: str | os.PathLike, ndim: int) -> dict[str, np.ndarray]
             f"{p}: expected coordinate columns {', '.join(candidates[0])} for a {ndim}D image; "
             f"found {', '.join(header)}"
         )
-    norm = [{(k or "").strip().lower(): (v or "").strip() for k, v in r.items()} for r in rows]
+    norm = [dict(zip(header, r)) for r in rows]
     try:
         coords = np.array([[float(r[c]) for c in cols] for r in norm], dtype=np.float64)
     except ValueError as exc:
@@ -123,6 +121,33 @@ def read_points_csv(path: str | os.PathLike, ndim: int) -> dict[str, np.ndarray]
         raise InputError(f"{p}: label must be 1 (positive) or 0 (negative)")
     objects = np.array([r.get("object", "") for r in norm], dtype=object).astype(str)
     return {"coords": coords, "labels": labels, "objects": objects}
+
+
+def _read_csv_rows(p: Path) -> tuple[list[str], list[list[str]]]:
+    """The header (stripped, lower case) and the rows (stripped values, one per column) of a CSV
+    file; blank lines are skipped. A row with more or fewer values than the header is bad input
+    (trailing empty values are ignored)."""
+    try:
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            lines = [(reader.line_num, row) for row in reader]
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not a readable CSV file ({exc})") from exc
+    lines = [(n, [v.strip() for v in row]) for n, row in lines if any(v.strip() for v in row)]
+    if not lines:
+        return [], []
+    header = [h.lower() for h in lines[0][1]]
+    while header and not header[-1]:
+        header.pop()
+    rows = []
+    for n, row in lines[1:]:
+        while len(row) > len(header) and not row[-1]:
+            row.pop()
+        if len(row) != len(header):
+            raise InputError(f"{p}, line {n}: {len(row)} value(s) for the header's "
+                             f"{len(header)} column(s) ({', '.join(header)})")
+        rows.append(row)
+    return header, rows
 
 
 def open_image_lazy(path: str | os.PathLike):

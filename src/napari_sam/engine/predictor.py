@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from ..modeling import Sam
 from .postprocess import clip_to_box, keep_prompted_pieces
 from .preprocess import ResizeGeometry, denoise_input, to_rgb_uint8_range
+from .prompts import prepare_prompts
 
 __all__ = [
     "ImageEmbedding",
@@ -162,6 +164,18 @@ def positive_window(
     return (o0, o1), (p0, p1)
 
 
+def _exclusive(method):
+    """Run a :class:`SamPredictor` method under its lock, on the image this thread set."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            self._check_thread()
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class SamPredictor:
     """Segment objects in a 2D slice from point, box and mask prompts.
 
@@ -184,6 +198,17 @@ class SamPredictor:
         checkpoints have none). It needs the slice's pixels: given by :meth:`set_image`, or
         with :meth:`set_embedding`'s ``image``; without them masks are SAM's upsampled ones.
 
+    Notes
+    -----
+    Not thread-safe between :meth:`set_image` and :meth:`predict`: the predictor's state is one
+    image (the last one set), so threads that each set their own image and decode on it must
+    each have a predictor (they can share the model). Misuse fails loudly: ``set_image``,
+    ``set_embedding``, ``predict``, ``segment`` and ``mask_to_logits`` hold a lock (the image
+    encoder runs outside it), and a thread whose image another thread has replaced since its
+    own ``set_image`` gets a :class:`RuntimeError` from ``predict``, never masks of the other
+    thread's image. Setting the image in one thread and decoding in another that sets none (a
+    viewer's worker and its main thread) is fine.
+
     Examples
     --------
     >>> from napari_sam import build_model, SamPredictor
@@ -192,6 +217,10 @@ class SamPredictor:
     >>> masks, scores, logits = predictor.predict(points=[[120, 80]], labels=[1])  # doctest: +SKIP
     >>> best = masks[scores.argmax()]  # doctest: +SKIP
     """
+
+    #: Check that prompts lie on the slice (a wrapper that checked them against a larger image
+    #: turns it off: :class:`~napari_sam.engine.zoom.ZoomPredictor`'s crops).
+    _check_bounds = True
 
     def __init__(self, model: Sam, precision: str = "float32", refine: bool = True) -> None:
         if precision not in PRECISIONS:
@@ -206,6 +235,11 @@ class SamPredictor:
         # the slice's pixels (image, intensity range) for the refiner, and their gray cache
         self._pixels: tuple[npt.ArrayLike, tuple[float, float] | None] | None = None
         self._gray: torch.Tensor | None = None
+        # the image state's lock, and the number of images set (the last one each thread set in
+        # its thread-local): see the class's notes on threads
+        self._lock = threading.RLock()
+        self._generation = 0
+        self._thread_image = threading.local()
 
     # -- image -------------------------------------------------------------------------------
 
@@ -311,8 +345,7 @@ class SamPredictor:
 
         See :meth:`compute_embedding` for the parameters.
         """
-        self._embedding = self.compute_embedding(image, intensity_range)
-        self._set_pixels(image, intensity_range)
+        self._install(self.compute_embedding(image, intensity_range), image, intensity_range)
 
     def set_embedding(
         self,
@@ -346,16 +379,31 @@ class SamPredictor:
                 f"image of shape {np.shape(image)[:2]} given for an embedding of a "
                 f"{tuple(embedding.original_size)} slice"
             )
-        self._embedding = embedding
-        self._set_pixels(image, intensity_range)
+        self._install(embedding, image, intensity_range)
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image embedding, shape ``(1, C, h, w)``."""
         return self._require_embedding().features
 
     def reset_image(self) -> None:
-        self._embedding = None
-        self._set_pixels(None, None)
+        self._install(None, None, None)
+
+    def _install(self, embedding: ImageEmbedding | None, image, intensity_range) -> None:
+        """Make ``embedding`` (and the slice's pixels) the current image, set by this thread."""
+        with self._lock:
+            self._embedding = embedding
+            self._set_pixels(image, intensity_range)
+            self._generation += 1
+            self._thread_image.generation = self._generation
+
+    def _check_thread(self) -> None:
+        """Raise if another thread replaced the image this thread set (see the class notes)."""
+        mine = getattr(self._thread_image, "generation", None)
+        if mine is not None and mine != self._generation:
+            raise RuntimeError(
+                "another thread set this SamPredictor's image after this thread's set_image(): "
+                "a SamPredictor holds one image, so give each thread its own predictor"
+            )
 
     def _set_pixels(self, image, intensity_range) -> None:
         self._pixels = None if image is None else (image, intensity_range)
@@ -374,6 +422,7 @@ class SamPredictor:
 
     # -- prompts -----------------------------------------------------------------------------
 
+    @_exclusive
     def mask_to_logits(self, mask: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Turn a binary mask of the slice into a low-resolution mask prompt.
 
@@ -408,6 +457,7 @@ class SamPredictor:
         h, w = self.model.prompt_encoder.image_embedding_size
         return (4 * h, 4 * w)
 
+    @_exclusive
     def predict(
         self,
         points: npt.ArrayLike | None = None,
@@ -447,6 +497,15 @@ class SamPredictor:
             The model's predicted IoU of each mask.
         low_res_logits : numpy.ndarray, shape (K, 4h, 4w) or (B, K, 4h, 4w)
             Low-resolution logits, usable as the next call's ``mask_input``.
+
+        Raises
+        ------
+        ValueError
+            For a prompt that is not finite, a point off the slice (more than half a pixel
+            beyond its edge pixels' centres) or a box that does not overlap it; the message
+            names the prompt and the slice's shape (:mod:`napari_sam.engine.prompts`).
+        RuntimeError
+            Without an image, or when another thread replaced this thread's image.
         """
         emb = self._require_embedding()
         geometry = emb.geometry
@@ -464,6 +523,7 @@ class SamPredictor:
             return out_np[0], scores[0], low_np[0]
         return out_np, scores, low_np
 
+    @_exclusive
     def segment(
         self,
         points: npt.ArrayLike | None = None,
@@ -515,92 +575,11 @@ class SamPredictor:
         return mask, float(scores[best]), chosen[0].float().cpu().numpy()
 
     def _prepare_prompts(self, geometry, points, labels, box, mask_input):
-        has_points = points is not None and np.size(points) > 0
-        has_box = box is not None and np.size(box) > 0
-        if not has_points and not has_box and mask_input is None:
-            raise ValueError("no prompt given: pass points, a box or a mask_input")
-
-        boxes_np = None
-        batched = False
-        n_obj = 1
-        if has_box:
-            b = np.asarray(box, dtype=np.float64)
-            if b.ndim == 1:
-                b = b[None]
-            elif b.ndim == 2:
-                batched = True
-            else:
-                raise ValueError(f"box must have shape (4,) or (B, 4), got {np.shape(box)}")
-            boxes_np = geometry.boxes_to_xyxy(b)
-            n_obj = b.shape[0]
-
-        coords_np = labels_np = None
-        if has_points:
-            p = np.asarray(points, dtype=np.float64)
-            if p.ndim == 1:
-                p = p[None]
-            if p.ndim == 2:
-                p = np.broadcast_to(p[None], (n_obj, *p.shape))
-            elif p.ndim == 3:
-                if has_box and p.shape[0] != n_obj:
-                    raise ValueError(
-                        f"{p.shape[0]} point sets for {n_obj} boxes: give one per box or (N, 2)"
-                    )
-                n_obj = p.shape[0]
-                batched = True
-            else:
-                raise ValueError(f"points must have shape (N, 2) or (B, N, 2), got {p.shape}")
-            lab = np.ones(p.shape[:2]) if labels is None else np.asarray(labels, dtype=np.float64)
-            if lab.ndim == 0:
-                lab = lab[None]
-            if lab.ndim == 1:
-                lab = np.broadcast_to(lab[None], (n_obj, lab.shape[0]))
-            if lab.shape != p.shape[:2]:
-                raise ValueError(
-                    f"labels of shape {np.shape(labels)} do not match points of shape "
-                    f"{np.shape(points)}"
-                )
-            if not np.isin(lab, (0, 1)).all():
-                raise ValueError("point labels must be 1 (positive) or 0 (negative)")
-            if not np.isfinite(p).all():
-                raise ValueError("point coordinates must be finite")
-            coords_np = geometry.points_to_xy(p)
-            labels_np = lab
-
-        masks_t = None
-        if mask_input is not None:
-            m = np.asarray(mask_input)
-            if m.ndim == 2:
-                m = self.mask_to_logits(m)
-            m = m.astype(np.float32)
-            if m.ndim == 3:
-                m = m[None]
-            if m.ndim != 4 or m.shape[1] != 1 or tuple(m.shape[2:]) != self._low_res_size():
-                raise ValueError(
-                    f"mask_input must be (1, {self._low_res_size()[0]}, {self._low_res_size()[1]})"
-                    f" logits, (B, 1, ...) for B objects, or an (H, W) mask; got {np.shape(mask_input)}"
-                )
-            if m.shape[0] > 1:
-                if not batched and not has_box and not has_points:
-                    batched = True
-                    n_obj = m.shape[0]
-                elif m.shape[0] != n_obj:
-                    raise ValueError(f"{m.shape[0]} mask prompts for {n_obj} objects")
-            else:
-                m = np.broadcast_to(m, (n_obj, *m.shape[1:]))
-            masks_t = torch.from_numpy(np.array(m)).to(self.device)
-
-        dev = self.device
-        coords_t = None
-        if coords_np is not None:
-            coords_t = (
-                torch.tensor(np.array(coords_np), dtype=torch.float32, device=dev),
-                torch.tensor(np.array(labels_np), dtype=torch.int64, device=dev),
-            )
-        boxes_t = None
-        if boxes_np is not None:
-            boxes_t = torch.as_tensor(boxes_np, dtype=torch.float32, device=dev)
-        return batched, coords_t, boxes_t, masks_t
+        """Checked prompts in the model's frame (:func:`~napari_sam.engine.prompts.prepare_prompts`)."""
+        return prepare_prompts(geometry, points, labels, box, mask_input,
+                               low_res_size=self._low_res_size(),
+                               mask_to_logits=self.mask_to_logits, device=self.device,
+                               bounds=self._check_bounds)
 
     def _decode(self, emb, points, boxes, masks, multimask):
         """Run prompt encoder + mask decoder. Returns low-res logits (B, K, 4h, 4w) and IoU (B, K)."""

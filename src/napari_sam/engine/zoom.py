@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from .lru import LRUCache
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
+from .prompts import check_boxes, check_points
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import Sam
@@ -193,6 +194,9 @@ class ZoomPredictor:
         self.overlap = float(overlap)
         self.max_crops = int(max_crops)
         self._predictor = SamPredictor(model, precision=precision, refine=refine)
+        # prompts are checked against the whole slice here; in a crop's frame they may lie
+        # beyond the crop (a corrective click outside it), as before the predictor checked them
+        self._predictor._check_bounds = False
         self._image: np.ndarray | None = None
         self._range: tuple[float, float] | None = None
         self._crops: LRUCache[ImageEmbedding] = LRUCache(max_items=self.max_crops)
@@ -254,6 +258,10 @@ class ZoomPredictor:
         if self._image is None:
             raise RuntimeError("no image is set: call set_image() first")
         h, w = self._image.shape[:2]
+        if points is not None and np.size(points) > 0:
+            check_points(points, (h, w))
+        if box is not None and np.size(box) > 0:
+            check_boxes(box, (h, w))
         if self.crop_shape == (h, w):  # no zoom: the whole slice
             return self._predictor.predict(points, labels, box, mask_input, multimask,
                                            return_logits)

@@ -316,13 +316,14 @@ def check_image_matches(image_shape: tuple[int, ...], labels_shape: tuple[int, .
 def _components(labels2d: np.ndarray, index: int | None) -> Iterator[GroundTruthObject]:
     structure = np.ones((3, 3), dtype=bool)  # 8-connectivity: a diagonal touch is one object
     ids, dense = np.unique(labels2d, return_inverse=True)  # dense ids: sparse huge ids are fine
-    dense = dense.reshape(labels2d.shape)
+    # from 1 (find_objects skips 0), whether or not the slice has background
+    dense = dense.reshape(labels2d.shape) + 1
     windows = ndimage.find_objects(dense)
     for k, lid in enumerate(ids):
         if lid == 0:
             continue
-        window = windows[k - 1]
-        comp, n = ndimage.label(dense[window] == k, structure=structure)
+        window = windows[k]
+        comp, n = ndimage.label(dense[window] == k + 1, structure=structure)
         for j in range(1, n + 1):
             part = comp == j
             rows = np.flatnonzero(part.any(axis=1))
