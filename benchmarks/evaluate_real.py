@@ -22,7 +22,7 @@ the mean over images; the median area ratio is over all objects in both. Everyth
 too, goes to OUT/summary.json (each evaluate JSON to OUT/json/).
 
     python benchmarks/evaluate_real.py --model default --out /tmp/real [--checkpoint PATH]
-        [--n N] [--clicks 3] [--data /work/shared/data/bbbc039] [--holdout-every 4] [--threads 1]
+        [--n N] [--clicks 3] [--data ../shared/data/bbbc039] [--holdout-every 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -196,7 +196,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=None, help="first N validation images (default all)")
     parser.add_argument("--clicks", type=int, default=3)
-    parser.add_argument("--data", default="/work/shared/data/bbbc039")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc039"),
+                        help="the real data folder (images/, labels/); default ../shared/data/bbbc039")
     parser.add_argument("--holdout-every", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()

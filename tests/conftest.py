@@ -7,12 +7,39 @@ itself never imports torchvision (tests/test_headless.py checks the real order i
 """
 
 import importlib.util
+import os
+import sys
 
 if importlib.util.find_spec("torchvision") is not None:
     import torchvision  # noqa: F401
 
 
 import pytest
+
+#: Why the viewer tests are skipped on a machine without a screen (pytest-xvfb, in the testing
+#: extra, starts a virtual one by itself where Xvfb is installed).
+NO_SCREEN = ("no screen: the viewer tests need Xvfb (Debian: apt-get install xvfb libgl1-mesa-dri "
+             "libegl1 ..., see .ci/install-system-deps), which pytest-xvfb then starts")
+
+
+def have_screen() -> bool:
+    """A display Qt can open: always off Linux, else $DISPLAY (pytest-xvfb sets it)."""
+    return not sys.platform.startswith("linux") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def pytest_report_header(config):
+    return None if have_screen() else f"viewer tests skipped: {NO_SCREEN}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the viewer tests (tests/plugin) with one reason instead of letting Qt abort."""
+    if have_screen():
+        return
+    skip = pytest.mark.skip(reason=NO_SCREEN)
+    for item in items:
+        if "plugin" in item.path.parts:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
