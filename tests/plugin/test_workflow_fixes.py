@@ -94,3 +94,31 @@ def test_removing_the_image_cancels_its_job(sam, idle, monkeypatch):
     assert polled.wait(1.0), "the job went on after its image was removed"
     widget.tasks.wait(30)
     assert widget.tasks.context is None
+
+
+def test_text_search_looks_among_segment_everything_once_it_exists(sam, idle):
+    image, gt = nuclei_2d()
+    viewer, widget, layer = sam(image)
+    widget.points_layer.add(object_centre(gt))
+    idle(widget)
+    widget.commit()  # "SAM labels" exists first, and is the text search's choice
+    assert widget.text.candidates_combo.value is viewer.layers[LABELS_NAME]
+    auto = widget._automatic_layer(layer)  # what segment everything writes into
+    assert widget.text.candidates_combo.value is auto
+
+
+def test_a_long_error_fits_the_toast_with_the_rest_one_click_away(sam, notes):
+    from napari_sam.plugin._notify import TOAST_CHARS
+
+    image, _ = nuclei_2d()
+    viewer, widget, layer = sam(image)
+    long = ("CLIP weights ViT-B-32:openai are not on this machine and could not be downloaded "
+            "(no network). Download https://example.org/weights.bin on a machine with internet "
+            "access and save it as /cache/clip/ViT-B-32-openai.bin.")
+    widget._on_task_error(RuntimeError(long))
+    shown = notes[-1]
+    assert len(shown) <= TOAST_CHARS and shown.startswith("Segment Anything: CLIP weights")
+    from napari.utils.notifications import notification_manager
+
+    last = notification_manager.records[-1]
+    assert [name for name, _ in last.actions] == ["Details"] and long in last.details

@@ -32,7 +32,7 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap, label_colormap
 from napari.utils.colormaps.standardize_color import transform_color
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from ._label_ids import max_label
@@ -52,6 +52,7 @@ from ._layers import (
     shapes_on_plane,
     transform_kwargs,
 )
+from ._notify import notify_error
 from ._stack import anchor_masks, paint_label_stack, paint_stack, plane_at, volume_view
 from ._tasks import TaskRunner
 from ._text import TextSection
@@ -115,10 +116,10 @@ def _guarded(method: Callable) -> Callable:
                 self._closed = True
                 return None
             logger.exception("Segment Anything: %s failed", method.__name__)
-            show_error(f"Segment Anything: {exc}")
+            notify_error(f"Segment Anything: {exc}")
         except Exception as exc:  # the user sees the message, the log the rest
             logger.exception("Segment Anything: %s failed", method.__name__)
-            show_error(f"Segment Anything: {exc}")
+            notify_error(f"Segment Anything: {exc}")
         return None
 
     return wrapper
@@ -650,7 +651,7 @@ class SamWidget(Container):
         current = max_label(target)
         dtype = np.asarray(target.data[(0,) * target.ndim]).dtype
         if np.issubdtype(dtype, np.integer) and current + len(preview.masks) > np.iinfo(dtype).max:
-            show_error(
+            notify_error(
                 f"Labels layer '{target.name}' ({dtype}) has no free ids left: "
                 "choose another target layer."
             )
@@ -1108,9 +1109,13 @@ class SamWidget(Container):
         layer = Labels(
             np.zeros(image_spatial_shape(image), dtype=np.int32),
             name=AUTOMATIC_NAME,
+            colormap=committed_colormap(),
             **transform_kwargs(image),
         )
         self.viewer.layers.insert(self.viewer.layers.index(image) + 1, layer)
+        # the text search looks among segment everything's objects from now on
+        self.text.candidates_combo.reset_choices()
+        self.text.candidates_combo.value = layer
         return layer
 
     def _job_image(self) -> Image | None:
@@ -1183,7 +1188,7 @@ class SamWidget(Container):
 
     def _on_task_error(self, error: BaseException) -> None:
         self._set_status("The job failed (see the notification); nothing was written.")
-        show_error(f"Segment Anything: {error}")
+        notify_error(f"Segment Anything: {error}")
 
 
     # -- layers ------------------------------------------------------------------------------
@@ -1623,7 +1628,7 @@ class SamWidget(Container):
             pass  # the image was removed (already reported) or the model replaced
         elif error is not None:
             self._failed.add(job.key)
-            show_error(
+            notify_error(
                 f"Computing the SAM embedding of '{job.image_name}' ({job.plane_label}) "
                 f"failed: {error}"
             )
@@ -1646,7 +1651,7 @@ class SamWidget(Container):
             return  # a model was set while this one loaded: keep it
         if error is not None:
             self._set_status(f"Loading model '{name}' failed.")
-            show_error(f"Could not load model '{name}': {error}")
+            notify_error(f"Could not load model '{name}': {error}")
             return
         self.set_model(model, name)
         show_info(f"Segment Anything: model '{name}' loaded.")
@@ -1797,7 +1802,7 @@ class SamWidget(Container):
             return
         if error is not None:
             self._failed.add(key)
-            show_error(f"Decoding '{image.name}' ({plane.label()}) in tiles failed: {error}")
+            notify_error(f"Decoding '{image.name}' ({plane.label()}) in tiles failed: {error}")
             return
         if image is not self.image:
             return
