@@ -7,11 +7,12 @@ for them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
 import pytest
-from importlinter.cli import lint_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "napari_sam"
@@ -19,7 +20,7 @@ PACKAGE = ROOT / "src" / "napari_sam"
 #: Modules still over the size limit, with the line count they may not exceed (issue 20: split
 #: them). A module leaves this list when it is split; the list only shrinks.
 OVERSIZED = {
-    "plugin/_widget.py": 1880,
+    "plugin/_widget.py": 1872,
     "plugin/_layers.py": 665,
     "workflows/automatic.py": 965,
     "engine/predictor.py": 685,
@@ -34,11 +35,16 @@ def graph():
     return grimp.build_graph("napari_sam", exclude_type_checking_imports=True)
 
 
-def test_import_linter_contracts_are_kept(monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
-    code = lint_imports()
-    out = capsys.readouterr().out
-    assert code == 0, f"broken import contracts:\n{out[-4000:]}"
+def test_import_linter_contracts_are_kept():
+    # in a process of its own: import-linter configures logging (it disables the loggers that
+    # exist), which would silence the package's warnings for the tests after this one
+    proc = subprocess.run(
+        [sys.executable, "-c", "from importlinter.cli import lint_imports; "
+                               "raise SystemExit(lint_imports())"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    out = proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, f"broken import contracts:\n{out}"
 
 
 def test_no_import_cycles(graph):

@@ -30,11 +30,11 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import create_worker
-from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap, label_colormap
-from napari.utils.colormaps.standardize_color import transform_color
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
+from ._colors import NEGATIVE_COLOR, POSITIVE_COLOR, PREVIEW_COLOR, committed_colormap
 from ._label_ids import max_label
 from ._layers import (
     Plane,
@@ -83,9 +83,6 @@ LABELS_NAME = "SAM labels"
 AUTOMATIC_NAME = "SAM automatic"
 #: "everything from" choices -> AutomaticParams.point_source
 AUTO_PROMPTS = {"bright blobs": "blobs", "regular grid": "grid"}
-POSITIVE_COLOR = "#00ff00"
-NEGATIVE_COLOR = "#ff00ff"
-PREVIEW_COLOR = "#00e5ff"
 #: Loaded when the widget opens (shipped inside the package: no download).
 DEFAULT_MODEL = "default"
 #: More objects than this on one slice are not decoded (each costs a decoder pass).
@@ -255,15 +252,6 @@ def _build_model(name, checkpoint, device):
     except Exception as exc:
         logger.info("loading model %r failed", name, exc_info=True)
         return None, exc
-
-
-def committed_colormap(min_distance: float = 0.45) -> CyclicLabelColormap:
-    """napari's label colours without those close to the preview's (RGB distance in [0, 1]
-    units): a committed object never looks like the preview."""
-    base = label_colormap(49)
-    preview = np.asarray(transform_color(PREVIEW_COLOR)[0][:3])
-    keep = np.linalg.norm(base.colors[1:, :3] - preview, axis=1) >= min_distance
-    return CyclicLabelColormap(colors=np.concatenate([base.colors[:1], base.colors[1:][keep]]))
 
 
 def _model_choices() -> list[str]:
