@@ -174,3 +174,23 @@ def test_small_config_parity(config):
             ref_masks, ref_iou = _decode(ref, ref_emb[i : i + 1], prompt)
             assert rel_err(masks, ref_masks) <= REL_TOL
             assert rel_err(iou, ref_iou) <= REL_TOL
+
+
+@pytest.mark.parametrize("shape", [(300, 420, 3), (517, 203, 3), (64, 999, 3), (1024, 1024, 4)])
+def test_uint8_rgb_input_equals_meta_at_any_size(shape):
+    """The encoder's input for 8-bit RGB(A) is Meta's exactly, whatever the image size (the
+    encoders themselves are compared above, so the embeddings then agree too)."""
+    import numpy as np
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from napari_sam import SamPredictor
+    from napari_sam.models.build import build_sam, tiny_config
+
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    model = build_sam(tiny_config(img_size=1024)).eval()
+    ours, _ = SamPredictor(model).model_input(image)
+    resized = ResizeLongestSide(1024).apply_image(image[..., :3])
+    ref = torch.as_tensor(resized).permute(2, 0, 1)[None].float()
+    ref = (ref - model.pixel_mean) / model.pixel_std  # Sam.preprocess's normalisation
+    ref = torch.nn.functional.pad(ref, (0, 1024 - ref.shape[-1], 0, 1024 - ref.shape[-2]))
+    assert torch.equal(ours, ref)

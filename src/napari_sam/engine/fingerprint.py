@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 #: Bumped when the image preparation (normalisation, resizing) changes what the encoder sees.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3  # 3: uint8 RGB resized like Meta's ResizeLongestSide (PIL)
 
 _HASH_BLOCK_BYTES = 64 << 20
 _WEIGHTS_HASH_ATTR = "_napari_sam_weights_hash"

@@ -20,7 +20,11 @@ import torch.nn.functional as F
 
 from ..modeling import Sam
 from .postprocess import clip_to_box, keep_prompted_pieces
-from .preprocess import ResizeGeometry, denoise_input, to_rgb_uint8_range
+from .preprocess import (
+    ResizeGeometry,
+    denoise_input,
+    resize_to_input,
+)
 from .prompts import prepare_prompts
 
 __all__ = [
@@ -308,16 +312,8 @@ class SamPredictor:
             for start in range(0, len(images), batch_size):
                 inputs, geometries = [], []
                 for image in images[start : start + batch_size]:
-                    rgb = to_rgb_uint8_range(image, intensity_range)
-                    geometry = ResizeGeometry(rgb.shape[:2], self.model.img_size)
-                    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
-                    x = x.permute(2, 0, 1)[None]  # (1, 3, H, W)
-                    x = F.interpolate(
-                        x, size=geometry.input_size, mode="bilinear", align_corners=False,
-                        antialias=True,
-                    )  # fmt: skip
-                    x, _ = denoise_input(x, getattr(self.model, "max_input_noise", None))
-                    inputs.append(self.model.preprocess(x))
+                    x, geometry = self.model_input(image, intensity_range)
+                    inputs.append(x)
                     geometries.append(geometry)
                 with self._encoder_precision():
                     features = self.model.image_encoder(torch.cat(inputs))
@@ -329,6 +325,16 @@ class SamPredictor:
                         ImageEmbedding(row, geometry.original_size, geometry.img_size)
                     )
         return embeddings
+
+    def model_input(
+        self, image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None
+    ) -> tuple[torch.Tensor, ResizeGeometry]:
+        """The image encoder's input for one slice, ``(1, 3, S, S)`` normalised and padded
+        (uint8 RGB resized exactly as Meta's SAM does: :func:`resize_to_input`)."""
+        geometry = ResizeGeometry(np.shape(image)[:2], self.model.img_size)
+        x = resize_to_input(image, intensity_range, geometry.input_size).to(self.device)
+        x, _ = denoise_input(x, getattr(self.model, "max_input_noise", None))
+        return self.model.preprocess(x), geometry
 
     def _encoder_precision(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]

@@ -23,6 +23,7 @@ __all__ = [
     "estimate_intensity_range",
     "input_noise",
     "pixel_noise",
+    "resize_to_input",
     "to_rgb_uint8_range",
 ]
 
@@ -101,6 +102,35 @@ def _take_points(data, idx):
         return np.asarray(data)[idx]
     except Exception:  # pragma: no cover - lazy arrays that do not support fancy indexing
         return np.asarray(data[...])[idx]
+
+
+def resize_to_input(
+    image: npt.ArrayLike,
+    intensity_range: tuple[float, float] | None,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """One slice as a float ``(1, 3, h, w)`` tensor in ``[0, 255]``, resized to ``size``.
+
+    8-bit RGB(A) slices used as they are (no ``intensity_range``) are SAM's own input: they are
+    resized as Meta's ``ResizeLongestSide`` does (PIL's antialiased bilinear filter on the
+    8-bit image, rounded to 8 bits), so embeddings match the reference at any image size. Other
+    slices are scaled to ``[0, 255]`` (:func:`to_rgb_uint8_range`) and resized in float with
+    antialiasing.
+    """
+    import torch  # torch stays out of this module's import (numpy-only users)
+    import torch.nn.functional as F
+
+    arr = np.asarray(image)
+    plain_rgb8 = arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[-1] in (3, 4)
+    if plain_rgb8 and intensity_range is None:
+        from PIL import Image
+
+        pil = Image.fromarray(np.ascontiguousarray(arr[..., :3]))
+        rgb = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+        return torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    rgb = torch.from_numpy(np.ascontiguousarray(to_rgb_uint8_range(arr, intensity_range)))
+    return F.interpolate(rgb.permute(2, 0, 1)[None], size=size, mode="bilinear",
+                         align_corners=False, antialias=True)
 
 
 def to_rgb_uint8_range(
