@@ -53,10 +53,18 @@ def test_model_problems(sam, idle, notes, monkeypatch, tmp_path):
     widget.load_model()
     idle(widget)
     assert widget.predictor is None
+    from napari.utils.notifications import notification_manager
+
+    from napari_sam.plugin._notify import TOAST_CHARS
+
+    # the toast holds the first sentence; the whole message is one click away (Details)
     message = next(m for m in notes if "Could not load model 'vit_b'" in m)
-    assert "Network is unreachable" in message
-    assert "To work offline" in message
-    assert str(tmp_path) in message
+    assert len(message) <= TOAST_CHARS
+    record = next(r for r in reversed(notification_manager.records) if r.message == message)
+    assert [name for name, _ in record.actions] == ["Details"]
+    assert "Network is unreachable" in record.details
+    assert "To work offline" in record.details
+    assert str(tmp_path) in record.details
     assert len(widget.points_layer.data) == 2  # the prompts wait for a model
 
 
