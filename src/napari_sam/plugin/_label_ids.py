@@ -39,8 +39,9 @@ def max_label(labels: Labels) -> int:
     ``data_setitem``, our commits) announce their values through the layer's public ``paint``
     event, which raises the bound without a rescan. Anything else that refreshes the layer
     (undo, redo, fills, new data, and also a new slice of the view) emits ``set_data`` outside
-    our own writes (:func:`set_labels`): the next call rescans. Writes that bypass napari (``layer.data[...] =
-    v`` in a script) are seen only from the next rescan. Only public napari API is used.
+    our own writes (:func:`set_labels`): the next call rescans. Writes that bypass napari
+    (``layer.data[...] = v`` in a script) are seen only from the next rescan. Only public napari
+    API is used.
 
     The bound may be above the current maximum (an erased top object keeps its id reserved
     until a rescan), which only skips ids.
