@@ -20,7 +20,7 @@ PACKAGE = ROOT / "src" / "napari_sam"
 #: Modules still over the size limit, with the line count they may not exceed (issue 20: split
 #: them). A module leaves this list when it is split; the list only shrinks.
 OVERSIZED = {
-    "plugin/_widget.py": 1872,
+    "plugin/_widget.py": 1840,
     "plugin/_layers.py": 665,
     "workflows/automatic.py": 965,
     "engine/predictor.py": 688,

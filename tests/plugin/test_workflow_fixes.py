@@ -122,3 +122,32 @@ def test_a_long_error_fits_the_toast_with_the_rest_one_click_away(sam, notes):
 
     last = notification_manager.records[-1]
     assert [name for name, _ in last.actions] == ["Details"] and long in last.details
+
+
+def test_a_click_never_blocks_the_gui_thread(sam, idle, qtbot, monkeypatch):
+    """A heartbeat on the GUI thread keeps beating while a (slow) decoder works on a click."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    image, gt = nuclei_2d()
+    viewer, widget, layer = sam(image)
+    real = widget.predictor.segment
+
+    def slow_segment(**kwargs):  # a decoder that takes 0.4 s, as ViT-H's can on a laptop
+        time.sleep(0.4)
+        return real(**kwargs)
+
+    monkeypatch.setattr(widget.predictor, "segment", slow_segment)
+    beats = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start()
+    qtbot.wait(50)
+    widget.points_layer.add(object_centre(gt))  # the click
+    qtbot.waitUntil(lambda: widget.preview is not None, timeout=20_000)
+    timer.stop()
+    gaps = np.diff(beats)
+    assert widget.preview.mask.any()
+    assert gaps.max() < 0.1, f"the GUI thread was blocked for {gaps.max():.3f} s"

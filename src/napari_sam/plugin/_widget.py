@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,16 @@ from ._notify import notify_error
 from ._stack import anchor_masks, paint_label_stack, paint_stack, plane_at, volume_view
 from ._tasks import TaskRunner
 from ._text import TextSection
+from ._workers import (
+    TILE_ABOVE_INPUTS,
+    TILE_ABOVE_PIXELS,
+    build_model_worker,
+    compute_embedding,
+    prefetch,
+    segment_objects,
+    segment_tiled,
+    tiled_predictor,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -94,9 +105,6 @@ _NO_LAYER = "__none__"
 _DEBOUNCE_VIEW_MS = 60
 #: Slices on each side of the current one embedded in the background while the user looks.
 PREFETCH_SLICES = 2
-#: Planes larger than this many model inputs (and than TILE_ABOVE_PIXELS) are decoded in tiles.
-TILE_ABOVE_INPUTS = 2
-TILE_ABOVE_PIXELS = 1024
 
 
 def _guarded(method: Callable) -> Callable:
@@ -171,87 +179,6 @@ class _Job:
     plane_label: str
     model_token: int
     cancelled: bool = False
-
-
-def _compute_embedding(embedder, index):
-    """Worker body: the embedding of one plane (memory, disk store, or the encoder).
-
-    Returns ``(embedding, intensity_range, error)``; errors are returned, not raised, so that
-    the GUI thread reports them as one notification.
-    """
-    try:
-        embedding = embedder.get(index)
-        return embedding, embedder.intensity_range, None
-    except Exception as exc:
-        logger.exception("computing the SAM embedding failed")
-        return None, None, exc
-
-
-def _tiled_predictor(cls, model, data, indexer, zoom=False, **kwargs):
-    """A TiledPredictor on one plane of an nD image (the plane is read into memory).
-
-    With ``zoom``, tiles are :func:`napari_sam.engine.zoom.auto_zoom` times smaller than the plane
-    (the model sees small objects magnified), or one tile of the whole plane when its objects
-    are large enough (and the plane is not large).
-    """
-    plane = np.asarray(data[indexer])
-    if zoom:
-        from ..engine.zoom import auto_zoom
-
-        side = max(plane.shape[:2])
-        factor = auto_zoom(plane, model.img_size, kwargs.get("intensity_range"))
-        if factor > 1:
-            kwargs["tile_shape"] = max(16, int(np.ceil(side / factor)))
-            kwargs["overlap"] = kwargs["tile_shape"] // 2
-        elif side <= max(TILE_ABOVE_INPUTS * model.img_size, TILE_ABOVE_PIXELS):
-            kwargs["tile_shape"] = side  # one tile: the whole plane
-    return cls(model, plane, **kwargs)
-
-
-def _segment_tiled(tiled, objects):
-    """Worker body: one mask per object over a whole large plane (tiles embedded on demand).
-
-    ``tiled`` is a TiledPredictor, or a callable building one (first use of a plane).
-    Returns ``(tiled, masks, scores, error)``.
-    """
-    try:
-        if callable(tiled) and not hasattr(tiled, "segment"):
-            tiled = tiled()
-        masks, scores = [], []
-        for obj in objects:
-            mask, score = tiled.segment(**obj)
-            masks.append(np.asarray(mask, dtype=bool))
-            scores.append(float(score))
-        return tiled, masks, scores, None
-    except Exception as exc:
-        logger.exception("decoding in tiles failed")
-        return None, None, None, exc
-
-
-def _prefetch(embedder, indices, cancelled):
-    """Worker body: embed the planes ``indices`` not stored yet, until ``cancelled()``."""
-    done = 0
-    for index in indices:
-        if cancelled():
-            break
-        try:
-            if not embedder.has(index):
-                embedder.get(index)
-                done += 1
-        except Exception:  # prefetching is best effort; the plane is retried when visited
-            logger.debug("prefetching plane %s failed", index, exc_info=True)
-            break
-    return done
-
-
-def _build_model(name, checkpoint, device):
-    try:
-        from .. import build_model
-
-        return build_model(name, checkpoint=checkpoint, device=device), None
-    except Exception as exc:
-        logger.info("loading model %r failed", name, exc_info=True)
-        return None, exc
 
 
 def _model_choices() -> list[str]:
@@ -345,6 +272,8 @@ class SamWidget(Container):
         self._tiled: dict[tuple, Any] = {}
         self._tiled_worker = None
         self._tiled_again = False
+        self._decode_worker = None
+        self._decode_again = False
         self._generation = 0  # bumped whenever cached embeddings are dropped
 
         # -- sub-widgets ---------------------------------------------------------------------
@@ -523,6 +452,7 @@ class SamWidget(Container):
         return (
             self._job is not None
             or self._tiled_worker is not None
+            or self._decode_worker is not None
             or self._model_loading
             or self.tasks.busy
             or (not self._closed and self._timer.isActive())
@@ -575,7 +505,7 @@ class SamWidget(Container):
         self._set_busy(True)
         self._set_status(f"Loading model '{name}'...")
         worker = create_worker(
-            _build_model, name, checkpoint, device, _start_thread=False, _ignore_errors=True
+            build_model_worker, name, checkpoint, device, _start_thread=False, _ignore_errors=True
         )
         # the newest request wins: a load started earlier (the default model's, at opening)
         # or a model set meanwhile makes this result stale
@@ -591,10 +521,12 @@ class SamWidget(Container):
         self.point_mode.value = "negative" if self.point_mode.value == "positive" else "positive"
 
     def refresh(self) -> None:
-        """Re-read the prompts of the current slice and decode them now."""
+        """Re-read the prompts of the current slice and decode them now (for scripts: returns
+        once the preview is there, the viewer's events running meanwhile)."""
         self._timer.stop()
         self._pending_reasons.add("prompts")
         self._on_timer()
+        self.wait_decoded()
 
     @_guarded
     def commit(self) -> list[int]:
@@ -608,8 +540,7 @@ class SamWidget(Container):
         list of int
             The ids written (empty if nothing was committed).
         """
-        if self._timer.isActive():
-            self.refresh()
+        self.wait_decoded()  # commit what the prompts ask for, not an older preview
         if self.viewer.dims.ndisplay != 2:
             show_warning("Segment Anything commits on 2D slices: switch the viewer to 2D display.")
             return []
@@ -761,7 +692,7 @@ class SamWidget(Container):
             return
         cancel = threading.Event()
         worker = create_worker(
-            _prefetch,
+            prefetch,
             self.embedder(image, plane),
             indices,
             cancel.is_set,
@@ -1596,7 +1527,7 @@ class SamWidget(Container):
         self._set_busy(True)
         self._set_status(f"Computing the embedding of {plane.label()} of '{image.name}'...")
         worker = create_worker(
-            _compute_embedding,
+            compute_embedding,
             embedder,
             _lead_index(plane),
             _start_thread=False,
@@ -1690,16 +1621,51 @@ class SamWidget(Container):
         return objects, prompts
 
     def _decode(self, image: Image, plane: Plane) -> None:
+        """Decode the slice's prompts in a worker: the GUI thread never waits for the decoder.
+        Prompts changed meanwhile are decoded again when it returns."""
+        if self._decode_worker is not None:
+            self._decode_again = True
+            return
         found = self._plane_objects(image, plane)
         if found is None:
             return
         objects, prompts = found
-        masks, scores = [], []
-        for obj in objects:
-            mask, score, _ = self.predictor.segment(**obj)
-            masks.append(np.asarray(mask, dtype=bool))
-            scores.append(float(score))
+        ticket = (self._generation, self._model_token, self._embedding_key)
+        worker = create_worker(segment_objects, self.predictor, objects,
+                               _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(functools.partial(
+            self._on_decoded, image, plane, prompts, objects, ticket))
+        self._decode_worker = worker
+        worker.start()
+
+    @_guarded
+    def _on_decoded(self, image, plane, prompts, objects, ticket, result) -> None:
+        masks, scores, error = result
+        self._decode_worker = None
+        if self._decode_again:  # the prompts changed while decoding: the newest ones count
+            self._decode_again = False
+            self._update(user_action=False)
+            return
+        if error is not None:
+            notify_error(f"Segment Anything: decoding failed: {error}")
+            return
+        current = (self._generation, self._model_token, self._embedding_key)
+        if image is not self.image or ticket != current:
+            return  # another slice, model or image by now
         self._set_preview(image, plane, masks, scores, prompts, objects)
+
+    def wait_decoded(self, timeout: float = 10.0) -> None:
+        """Let a running decode deliver its preview (what a commit is about to write)."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while (self._decode_worker is not None or self._timer.isActive()) \
+                and time.monotonic() < end:
+            if self._timer.isActive():
+                self._timer.stop()
+                self._on_timer()
+            QApplication.processEvents()
+            time.sleep(0.005)
 
     def _set_preview(self, image, plane, masks, scores, prompts, objects) -> None:
         self.preview = Preview(
@@ -1743,7 +1709,7 @@ class SamWidget(Container):
 
             data, indexer = image_level0(image), plane.indexer()
             tiled = functools.partial(  # built in the worker: it reads the whole plane
-                _tiled_predictor,
+                tiled_predictor,
                 TiledPredictor,
                 self.predictor.model,
                 data,
@@ -1767,7 +1733,7 @@ class SamWidget(Container):
                 "are embedded, once)..."
             )
         worker = create_worker(
-            _segment_tiled, tiled, objects, _start_thread=False, _ignore_errors=True
+            segment_tiled, tiled, objects, _start_thread=False, _ignore_errors=True
         )
         worker.returned.connect(
             functools.partial(

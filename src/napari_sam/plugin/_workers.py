@@ -1,0 +1,125 @@
+"""Worker bodies the widget starts: model loading, embeddings, prefetch and decoding, all
+off the GUI thread. Each returns its error instead of raising it, for one notification."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = [
+    "TILE_ABOVE_INPUTS",
+    "TILE_ABOVE_PIXELS",
+    "build_model_worker",
+    "compute_embedding",
+    "prefetch",
+    "segment_objects",
+    "segment_tiled",
+    "tiled_predictor",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def segment_objects(predictor, objects):
+    """Worker body: one mask per object of the slice the predictor holds.
+
+    Returns ``(masks, scores, error)``; a failure is returned, not raised, so the GUI thread
+    reports it.
+    """
+    try:
+        masks, scores = [], []
+        for obj in objects:
+            mask, score, _ = predictor.segment(**obj)
+            masks.append(np.asarray(mask, dtype=bool))
+            scores.append(float(score))
+        return masks, scores, None
+    except Exception as exc:
+        logger.exception("decoding the prompts failed")
+        return None, None, exc
+
+
+def segment_tiled(tiled, objects):
+    """Worker body: one mask per object over a whole large plane (tiles embedded on demand).
+
+    ``tiled`` is a TiledPredictor, or a callable building one (first use of a plane).
+    Returns ``(tiled, masks, scores, error)``.
+    """
+    try:
+        if callable(tiled) and not hasattr(tiled, "segment"):
+            tiled = tiled()
+        masks, scores = [], []
+        for obj in objects:
+            mask, score = tiled.segment(**obj)
+            masks.append(np.asarray(mask, dtype=bool))
+            scores.append(float(score))
+        return tiled, masks, scores, None
+    except Exception as exc:
+        logger.exception("decoding in tiles failed")
+        return None, None, None, exc
+
+
+#: Planes larger than this many model inputs (and than TILE_ABOVE_PIXELS) are decoded in tiles.
+TILE_ABOVE_INPUTS = 2
+TILE_ABOVE_PIXELS = 1024
+
+
+def compute_embedding(embedder, index):
+    """Worker body: the embedding of one plane (memory, disk store, or the encoder).
+
+    Returns ``(embedding, intensity_range, error)``; errors are returned, not raised, so that
+    the GUI thread reports them as one notification.
+    """
+    try:
+        embedding = embedder.get(index)
+        return embedding, embedder.intensity_range, None
+    except Exception as exc:
+        logger.exception("computing the SAM embedding failed")
+        return None, None, exc
+
+
+def tiled_predictor(cls, model, data, indexer, zoom=False, **kwargs):
+    """A TiledPredictor on one plane of an nD image (the plane is read into memory).
+
+    With ``zoom``, tiles are :func:`napari_sam.engine.zoom.auto_zoom` times smaller than the plane
+    (the model sees small objects magnified), or one tile of the whole plane when its objects
+    are large enough (and the plane is not large).
+    """
+    plane = np.asarray(data[indexer])
+    if zoom:
+        from ..engine.zoom import auto_zoom
+
+        side = max(plane.shape[:2])
+        factor = auto_zoom(plane, model.img_size, kwargs.get("intensity_range"))
+        if factor > 1:
+            kwargs["tile_shape"] = max(16, int(np.ceil(side / factor)))
+            kwargs["overlap"] = kwargs["tile_shape"] // 2
+        elif side <= max(TILE_ABOVE_INPUTS * model.img_size, TILE_ABOVE_PIXELS):
+            kwargs["tile_shape"] = side  # one tile: the whole plane
+    return cls(model, plane, **kwargs)
+
+
+def prefetch(embedder, indices, cancelled):
+    """Worker body: embed the planes ``indices`` not stored yet, until ``cancelled()``."""
+    done = 0
+    for index in indices:
+        if cancelled():
+            break
+        try:
+            if not embedder.has(index):
+                embedder.get(index)
+                done += 1
+        except Exception:  # prefetching is best effort; the plane is retried when visited
+            logger.debug("prefetching plane %s failed", index, exc_info=True)
+            break
+    return done
+
+
+def build_model_worker(name, checkpoint, device):
+    try:
+        from .. import build_model
+
+        return build_model(name, checkpoint=checkpoint, device=device), None
+    except Exception as exc:
+        logger.info("loading model %r failed", name, exc_info=True)
+        return None, exc
