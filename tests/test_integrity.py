@@ -239,11 +239,11 @@ def _disk_image(shape, centre, radius, seed=0):
 
 def test_segment_decodes_large_planes_in_tiles(tmp_path, cli_model, embedded_shapes,
                                                monkeypatch, capsys):
-    from napari_sam.cli import segment as segment_cli
+    from napari_sam.engine import tiling
     from napari_sam.engine.tiling import TiledPredictor
 
     # the tiny model's input is 64 px: planes longer than 128 px are large
-    monkeypatch.setattr(segment_cli, "TILE_ABOVE_PIXELS", 0)
+    monkeypatch.setattr(tiling, "TILE_ABOVE_PIXELS", 0)
     built = []
     original_init = TiledPredictor.__init__
 

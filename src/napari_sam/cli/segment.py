@@ -105,22 +105,10 @@ def run(args) -> int:
     return 0
 
 
-#: A plane longer than this many model inputs (and than TILE_ABOVE_PIXELS) is decoded in
-#: overlapping tiles, as the viewer does (``napari_sam.plugin._widget``'s constants of the
-#: same names): shrunk whole to the model input, its small objects would vanish, and decoding
-#: it whole takes memory many times the plane's.
-TILE_ABOVE_INPUTS = 2
-TILE_ABOVE_PIXELS = 1024
-
-
-def is_large(shape_hw: tuple[int, ...], img_size: int) -> bool:
-    """Whether a plane of ``shape_hw`` is decoded in tiles (see :data:`TILE_ABOVE_INPUTS`)."""
-    return max(shape_hw[:2]) > max(TILE_ABOVE_INPUTS * img_size, TILE_ABOVE_PIXELS)
-
-
 class PlanePredictor:
     """``set_image`` and ``segment`` of :class:`~napari_sam.SamPredictor` for
-    :func:`~napari_sam.workflows.segment.segment_objects`: a large plane (:func:`is_large`) is
+    :func:`~napari_sam.workflows.segment.segment_objects`: a large plane
+    (:func:`~napari_sam.engine.tiling.is_large`, the viewer's rule) is
     decoded with a :class:`~napari_sam.engine.tiling.TiledPredictor` (only the tiles under the
     prompts are embedded, kept in a bounded memory cache; objects across tile borders come out
     whole), any other plane whole."""
@@ -133,9 +121,9 @@ class PlanePredictor:
         self.tiled = None  # the TiledPredictor of the current plane, when it is large
 
     def set_image(self, plane, intensity_range=None) -> None:
-        if is_large(plane.shape, self.model.img_size):
-            from ..engine.tiling import TiledPredictor
+        from ..engine.tiling import TiledPredictor, is_large  # torch: only when segmenting
 
+        if is_large(plane.shape, self.model.img_size):
             self.whole.reset_image()
             self.tiled = TiledPredictor(self.model, plane, rgb=self.rgb,
                                         intensity_range=intensity_range)

@@ -27,7 +27,20 @@ import numpy.typing as npt
 
 from .embedding_store import StackEmbedder
 
-__all__ = ["TileGrid", "TiledPredictor", "tile_grid"]
+__all__ = ["TILE_ABOVE_INPUTS", "TILE_ABOVE_PIXELS", "TileGrid", "TiledPredictor", "is_large",
+           "tile_grid"]
+
+#: A plane longer than this many model inputs (and than TILE_ABOVE_PIXELS) is decoded in
+#: overlapping tiles, by the viewer and by ``napari-sam segment`` alike: shrunk whole to the
+#: model input its small objects would vanish, and decoding it whole takes memory many times
+#: the plane's.
+TILE_ABOVE_INPUTS = 2
+TILE_ABOVE_PIXELS = 1024
+
+
+def is_large(shape_hw: tuple[int, ...], img_size: int) -> bool:
+    """Whether a plane of ``shape_hw`` is decoded in tiles (see :data:`TILE_ABOVE_INPUTS`)."""
+    return max(shape_hw[:2]) > max(TILE_ABOVE_INPUTS * img_size, TILE_ABOVE_PIXELS)
 
 #: Pixels from a tile edge within which a mask "touches" the edge.
 EDGE_BAND = 2

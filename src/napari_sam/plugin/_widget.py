@@ -35,6 +35,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
+from ..engine.tiling import is_large
 from ._colors import NEGATIVE_COLOR, POSITIVE_COLOR, PREVIEW_COLOR, committed_colormap
 from ._label_ids import max_label
 from ._layers import (
@@ -58,8 +59,6 @@ from ._stack import anchor_masks, paint_label_stack, paint_stack, plane_at, volu
 from ._tasks import TaskRunner
 from ._text import TextSection
 from ._workers import (
-    TILE_ABOVE_INPUTS,
-    TILE_ABOVE_PIXELS,
     build_model_worker,
     compute_embedding,
     prefetch,
@@ -1689,8 +1688,7 @@ class SamWidget(Container):
     def _is_large(self, plane: Plane) -> bool:
         """Planes this much larger than the model input are embedded as overlapping tiles
         (resizing them whole would shrink small objects away)."""
-        return max(plane.shape) > max(TILE_ABOVE_INPUTS * self.predictor.model.img_size,
-                                      TILE_ABOVE_PIXELS)
+        return is_large(plane.shape, self.predictor.model.img_size)
 
     def _decode_tiled(self, image: Image, plane: Plane, key: tuple) -> None:
         """Decode the plane's prompts with a :class:`~napari_sam.engine.tiling.TiledPredictor` in a

@@ -7,9 +7,9 @@ import logging
 
 import numpy as np
 
+from ..engine.tiling import is_large
+
 __all__ = [
-    "TILE_ABOVE_INPUTS",
-    "TILE_ABOVE_PIXELS",
     "build_model_worker",
     "compute_embedding",
     "prefetch",
@@ -59,9 +59,6 @@ def segment_tiled(tiled, objects):
         return None, None, None, exc
 
 
-#: Planes larger than this many model inputs (and than TILE_ABOVE_PIXELS) are decoded in tiles.
-TILE_ABOVE_INPUTS = 2
-TILE_ABOVE_PIXELS = 1024
 
 
 def compute_embedding(embedder, index):
@@ -94,7 +91,7 @@ def tiled_predictor(cls, model, data, indexer, zoom=False, **kwargs):
         if factor > 1:
             kwargs["tile_shape"] = max(16, int(np.ceil(side / factor)))
             kwargs["overlap"] = kwargs["tile_shape"] // 2
-        elif side <= max(TILE_ABOVE_INPUTS * model.img_size, TILE_ABOVE_PIXELS):
+        elif not is_large(plane.shape, model.img_size):
             kwargs["tile_shape"] = side  # one tile: the whole plane
     return cls(model, plane, **kwargs)
 
