@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from .masks import bounding_box
+
 __all__ = ["BOX_MARGIN", "clip_to_box", "keep_prompted_pieces"]
 
 BOX_MARGIN = 0.1
@@ -94,12 +96,12 @@ def keep_prompted_pieces(
     has_box = box is not None and np.size(box) > 0
     if has_box:
         mask = clip_to_box(mask, box, points, labels)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    box = bounding_box(mask)
+    if box is None:
         return mask
     # label inside the mask's bounding box only: a small object on a large slice is cheap
-    r_off, c_off = int(rows[0]), int(cols[0])
-    window = (slice(r_off, int(rows[-1]) + 1), slice(c_off, int(cols[-1]) + 1))
+    r_off, c_off, r1, c1 = box
+    window = (slice(r_off, r1 + 1), slice(c_off, c1 + 1))
     pieces, n = ndimage.label(mask[window], structure=np.ones((3, 3), dtype=bool))
     if n <= 1:
         return mask

@@ -21,6 +21,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _segment_each(segment, objects):
+    """``segment(**obj)`` for every object: ``(masks, scores)``, bool masks and float scores
+    (whatever else ``segment`` returns after the mask and score is dropped)."""
+    masks, scores = [], []
+    for obj in objects:
+        mask, score = segment(**obj)[:2]
+        masks.append(np.asarray(mask, dtype=bool))
+        scores.append(float(score))
+    return masks, scores
+
+
 def segment_objects(predictor, objects):
     """Worker body: one mask per object of the slice the predictor holds.
 
@@ -28,12 +39,7 @@ def segment_objects(predictor, objects):
     reports it.
     """
     try:
-        masks, scores = [], []
-        for obj in objects:
-            mask, score, _ = predictor.segment(**obj)
-            masks.append(np.asarray(mask, dtype=bool))
-            scores.append(float(score))
-        return masks, scores, None
+        return (*_segment_each(predictor.segment, objects), None)
     except Exception as exc:
         logger.exception("decoding the prompts failed")
         return None, None, exc
@@ -48,12 +54,7 @@ def segment_tiled(tiled, objects):
     try:
         if callable(tiled) and not hasattr(tiled, "segment"):
             tiled = tiled()
-        masks, scores = [], []
-        for obj in objects:
-            mask, score = tiled.segment(**obj)
-            masks.append(np.asarray(mask, dtype=bool))
-            scores.append(float(score))
-        return tiled, masks, scores, None
+        return (tiled, *_segment_each(tiled.segment, objects), None)
     except Exception as exc:
         logger.exception("decoding in tiles failed")
         return None, None, None, exc

@@ -27,7 +27,7 @@ from ..engine.decoding import (
     stability_scores,
     upscale_masks,
 )
-from ..engine.masks import farthest_point, mask_iou
+from ..engine.masks import bounding_box, farthest_point, mask_iou
 from ..engine.postprocess import keep_prompted_pieces
 from ..engine.predictor import ImageEmbedding, SamPredictor
 from .mask_stack import MaskStack, Propagation
@@ -207,9 +207,7 @@ class PropagationParams:
 
 
 def _box_of(mask: npt.NDArray[np.bool_], margin: float) -> npt.NDArray[np.float64]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, r1, c0, c1 = rows[0], rows[-1], cols[0], cols[-1]
+    r0, c0, r1, c1 = bounding_box(mask)
     dr = margin * (r1 - r0 + 1) + 1
     dc = margin * (c1 - c0 + 1) + 1
     h, w = mask.shape
@@ -602,9 +600,8 @@ def _near(mask: np.ndarray, prev: np.ndarray, distance: float) -> np.ndarray:
     if not prev.any():
         return mask
     pad = int(np.ceil(distance)) + 1  # the distances are computed in prev's padded box
-    rows, cols = np.flatnonzero(prev.any(axis=1)), np.flatnonzero(prev.any(axis=0))
-    window = (slice(max(rows[0] - pad, 0), rows[-1] + pad + 1),
-              slice(max(cols[0] - pad, 0), cols[-1] + pad + 1))
+    r0, c0, r1, c1 = bounding_box(prev)
+    window = (slice(max(r0 - pad, 0), r1 + pad + 1), slice(max(c0 - pad, 0), c1 + pad + 1))
     near = np.zeros_like(mask)
     near[window] = ndimage.distance_transform_edt(~prev[window]) <= distance
     return mask & near
@@ -632,13 +629,12 @@ def _gray(image: npt.ArrayLike) -> np.ndarray:
 
 def _contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
     """Mean intensity inside ``mask`` minus the mean in a ``ring`` px band around it."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    box = bounding_box(mask)
+    if box is None:
         return 0.0
     h, w = mask.shape
-    r0, r1 = max(rows[0] - ring, 0), min(rows[-1] + ring + 1, h)
-    c0, c1 = max(cols[0] - ring, 0), min(cols[-1] + ring + 1, w)
+    r0, r1 = max(box[0] - ring, 0), min(box[2] + ring + 1, h)
+    c0, c1 = max(box[1] - ring, 0), min(box[3] + ring + 1, w)
     m = mask[r0:r1, c0:c1]
     band = ndimage.binary_dilation(m, iterations=ring) & ~m
     if not band.any():
