@@ -196,3 +196,20 @@ def test_other_outputs_weight_trains_all_three_outputs(weight):
                for mlp in model.mask_decoder.output_hypernetworks_mlps[1:]]
     # the paper's loss trains only the best output; the extra term reaches the other two
     assert sum(trained) == (3 if weight else 1)
+
+
+def test_iou_head_target_is_the_users_mask_at_input_resolution():
+    # a disc of radius 5 px is 2.5 cells wide in the decoder's 4x coarser frame: scored there,
+    # a decoder's smooth logits look perfect, but the mask the user gets (bilinear upsampling,
+    # threshold 0) is not: the IoU head must learn the latter
+    yy, xx = np.mgrid[:64, :64]
+    signed = 5 - np.hypot(yy - 30.5, xx - 30.5)
+    disc = torch.from_numpy(signed >= 0)
+    logits = torch.nn.functional.avg_pool2d(torch.from_numpy(signed).float()[None, None], 4)
+    target = training.image_resolution_iou(logits, disc[None])
+    up = torch.nn.functional.interpolate(logits, size=(64, 64), mode="bilinear") > 0
+    assert target.shape == (1, 1)
+    assert float(target) == pytest.approx(float(training.mask_iou(up[0, 0], disc)))
+    low_truth = torch.nn.functional.avg_pool2d(disc[None, None].float(), 4)[0, 0] > 0.5
+    low_iou = float(training.mask_iou(logits[0, 0] > 0, low_truth))
+    assert low_iou == 1.0 and float(target) < 0.9

@@ -111,6 +111,30 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def image_resolution_iou(low_res_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The IoU that the IoU head must predict: of the mask a user gets, at the input's resolution.
+
+    The predictor upsamples the decoder's low-res logits bilinearly to the model input and
+    thresholds them at 0; the IoU of that mask with the object is the target. (Scored in the
+    low-res frame instead, a 24 px nucleus is 6 cells wide and its IoU comes out far lower than
+    the user's mask has: the head learnt to under-predict, and absolute score thresholds then
+    rejected good masks.)
+
+    Parameters
+    ----------
+    low_res_logits : torch.Tensor, shape (M, K, h, w)
+    masks : torch.Tensor, shape (M, H, W), bool
+        The objects in the model input's frame; ``H / h == W / w`` is an integer.
+
+    Returns
+    -------
+    torch.Tensor, shape (M, K)
+    """
+    size = masks.shape[-2:]
+    up = F.interpolate(low_res_logits, size=size, mode="bilinear", align_corners=False) > 0
+    return mask_iou(up, masks[:, None].expand_as(up))
+
+
 # -- prompt simulation -------------------------------------------------------------------------
 
 
@@ -306,7 +330,7 @@ def train_step(
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             round_loss, round_iou, chosen_low = _round(
                 model, features, coords, labels, boxes, mask_input, use_box_d, target,
-                target_bool, first=r == 0, config=config, focal_weight=focal_weight,
+                masks, first=r == 0, config=config, focal_weight=focal_weight,
             )
         if with_grad:
             total = total + round_loss
@@ -326,9 +350,13 @@ def train_step(
     return loss, {"loss": float(loss.detach()), "iou_first": ious[0], "iou_last": ious[-1]}
 
 
-def _round(model, features, coords, labels, boxes, mask_input, use_box, target, target_bool,
+def _round(model, features, coords, labels, boxes, mask_input, use_box, target, masks,
            *, first: bool, config: TrainConfig, focal_weight: float):
-    """Decode every object once; return its loss, the mean IoU and the chosen low-res logits."""
+    """Decode every object once; return its loss, the mean IoU and the chosen low-res logits.
+
+    ``target`` is the soft low-res target of the mask losses, ``masks`` the objects at the
+    input's resolution (the IoU head's target, :func:`image_resolution_iou`).
+    """
     m, low = target.shape[0], target.shape[-1]
     device = features.device
     rows = torch.arange(m, device=device)
@@ -352,7 +380,7 @@ def _round(model, features, coords, labels, boxes, mask_input, use_box, target, 
     per_mask = focal_weight * focal_loss(out_logits, tgt)
     per_mask = per_mask + config.dice_weight * dice_loss(out_logits, tgt)
     with torch.no_grad():
-        true_iou = mask_iou(out_logits > 0, target_bool[:, None].expand_as(out_logits))
+        true_iou = image_resolution_iou(out_logits, masks)
     iou_loss = F.mse_loss(out_iou, true_iou, reduction="none")
     # Ambiguous prompt (one point, no box, first round): best of the three multimask outputs;
     # otherwise the single-output token (index 0), as SAM does for richer prompts.
