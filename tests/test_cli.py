@@ -244,3 +244,28 @@ def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     assert code == 0
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     assert set(state) == set(build_sam(tiny_config()).state_dict())
+
+
+def test_train_only_updates_the_named_parameters(tmp_path, capsys, monkeypatch):
+    from napari_sam.data.synthetic import make_nuclei_2d
+    from napari_sam.models.build import MODEL_CONFIGS
+
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lab").mkdir()
+    image, labels = make_nuclei_2d((64, 64), seed=4)
+    tifffile.imwrite(tmp_path / "im" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
+    monkeypatch.setitem(MODEL_CONFIGS, "tiny", tiny_config())
+    torch.manual_seed(0)
+    start = build_sam(tiny_config()).state_dict()
+    torch.save(start, tmp_path / "init.pt")
+    common = ["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
+              "--init", str(tmp_path / "init.pt"), "--steps", "3", "--warmup", "1",
+              "--lr", "1e-2", "--out", str(tmp_path / "m.pt")]
+    assert cli.main([*common, "--train-only", "no_such_module"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "matches no parameter" in err and "mask_decoder" in err and "\n" not in err
+    assert cli.main([*common, "--train-only", "mask_decoder.iou_prediction_head"]) == 0
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    changed = {k for k in start if not torch.equal(start[k], state[k])}
+    assert changed and all(k.startswith("mask_decoder.iou_prediction_head") for k in changed)

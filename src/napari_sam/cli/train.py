@@ -62,6 +62,10 @@ def register(sub) -> None:
     tr.add_argument("--no-resume", action="store_true", help="ignore an existing <out>.state.pt")
     tr.add_argument("--log", help="write the training log (JSON lines) here")
     tr.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    tr.add_argument("--train-only", nargs="+", metavar="PREFIX", default=None,
+                    help="train only the parameters whose names start with one of these "
+                         "prefixes (e.g. mask_decoder.iou_prediction_head: recalibrate the IoU "
+                         "head of a fine-tuned model); the others stay frozen")
     tr.set_defaults(handler=run)
 
 
@@ -85,6 +89,8 @@ def run(args) -> int:
     if args.images:
         images, labels = _common.read_pairs(args.images, args.labels, args.holdout_every)
     model, config = _initial_model(args)
+    if args.train_only:
+        _freeze_all_but(model, args.train_only)
     final_size = model.img_size
     if args.img_size and args.img_size != final_size:
         model = training.with_input_size(model, config, args.img_size)
@@ -126,6 +132,18 @@ def _initial_model(args):
     return model.to(resolve_device(args.device)), config
 
 
+def _freeze_all_but(model, prefixes: list[str]) -> None:
+    """Freeze every parameter whose name starts with none of ``prefixes``."""
+    names = [name for name, _ in model.named_parameters()]
+    trained = [name for name in names if name.startswith(tuple(prefixes))]
+    if not trained:
+        heads = sorted({".".join(name.split(".")[:2]) for name in names})
+        raise InputError(f"--train-only {' '.join(prefixes)} matches no parameter of the model; "
+                         f"its modules include: {', '.join(heads)}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trained)
+
+
 def _train_config(args, img_size: int, crop: int):
     """The :class:`~napari_sam.training.TrainConfig` of the options; ``extra`` records the data
     and the model input size in the checkpoint's state."""
@@ -142,7 +160,7 @@ def _train_config(args, img_size: int, crop: int):
                "ranges": args.ranges,
                "synthetic": args.synthetic, "images": args.images,
                "real_fraction": args.real_fraction if args.images and args.synthetic else None,
-               "holdout_every": args.holdout_every},
+               "holdout_every": args.holdout_every, "train_only": args.train_only},
     )
 
 
