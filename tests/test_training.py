@@ -213,3 +213,22 @@ def test_iou_head_target_is_the_users_mask_at_input_resolution():
     low_truth = torch.nn.functional.avg_pool2d(disc[None, None].float(), 4)[0, 0] > 0.5
     low_iou = float(training.mask_iou(logits[0, 0] > 0, low_truth))
     assert low_iou == 1.0 and float(target) < 0.9
+
+
+def test_prepare_example_keeps_a_random_subset_of_the_large_enough_objects():
+    labels = np.zeros((40, 40), np.int32)
+    for k in range(16):  # 16 objects of 2 x 2 px ...
+        r, c = divmod(k, 4)
+        labels[r * 10:r * 10 + 2, c * 10:c * 10 + 2] = k + 1
+    labels[5:9, 5:9] = 99  # ... and one of 4 x 4
+    image = labels.astype(np.float32)
+    _, all_masks = training.prepare_example(image, labels, 40, min_object_pixels=4)
+    assert len(all_masks) == 17
+    _, big = training.prepare_example(image, labels, 40, min_object_pixels=5)
+    assert len(big) == 1 and big[0].sum() == 16
+    _, some = training.prepare_example(image, labels, 40, 4, max_objects=5,
+                                       rng=np.random.default_rng(1))
+    expected = np.sort(np.random.default_rng(1).choice(17, 5, replace=False))
+    assert torch.equal(some, all_masks[torch.from_numpy(expected)])
+    with pytest.raises(ValueError, match="rng"):
+        training.prepare_example(image, labels, 40, 4, max_objects=5)

@@ -223,7 +223,12 @@ def noisy_boxes(
 
 
 def prepare_example(
-    image: np.ndarray, labels: np.ndarray, img_size: int, min_object_pixels: int = 4
+    image: np.ndarray,
+    labels: np.ndarray,
+    img_size: int,
+    min_object_pixels: int = 4,
+    max_objects: int | None = None,
+    rng: np.random.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring a 2D image and its instance labels into the model-input frame.
 
@@ -234,13 +239,21 @@ def prepare_example(
         0 background, other values instances.
     img_size : int
         The model's input side ``S``.
+    min_object_pixels : int
+        Instances with fewer pixels after resizing are dropped.
+    max_objects : int, optional
+        Keep at most this many instances, drawn with ``rng`` (in label order). Only the kept
+        instances' masks are made: a crowded crop of thousands of objects costs no more memory
+        than the few the step trains on.
+    rng : numpy.random.Generator, optional
+        Required with ``max_objects``.
 
     Returns
     -------
     pixels : torch.Tensor, shape (3, h, w), float32 in [0, 255]
         The image resized so that its longest side is ``S`` (not yet normalised or padded).
     masks : torch.Tensor, shape (M, S, S), bool
-        One mask per instance with at least ``min_object_pixels`` pixels after resizing, padded.
+        One mask per kept instance, padded.
     """
     if image.shape[:2] != labels.shape:
         raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
@@ -250,13 +263,16 @@ def prepare_example(
                            align_corners=False, antialias=True)[0]
     lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
     lab = F.interpolate(lab, size=geometry.input_size, mode="nearest")[0, 0].long()
-    ids = torch.unique(lab)
-    ids = ids[ids != 0]
+    ids, counts = torch.unique(lab, return_counts=True)
+    ids = ids[(ids != 0) & (counts >= min_object_pixels)]
+    if max_objects is not None and len(ids) > max_objects:
+        if rng is None:
+            raise ValueError("prepare_example: max_objects needs rng")
+        ids = ids[torch.from_numpy(np.sort(rng.choice(len(ids), max_objects, replace=False)))]
     h, w = geometry.input_size
     masks = torch.zeros((len(ids), img_size, img_size), dtype=torch.bool)
-    if len(ids):
-        masks[:, :h, :w] = lab[None] == ids[:, None, None]
-        masks = masks[masks.flatten(1).sum(-1) >= min_object_pixels]
+    for i, value in enumerate(ids):
+        masks[i, :h, :w] = lab == value
     return pixels, masks
 
 
@@ -483,12 +499,10 @@ def train(
     window: list[dict] = []
     while step < config.steps:
         image, labels = next(examples)
-        pixels, masks = prepare_example(image, labels, model.img_size, config.min_object_pixels)
+        pixels, masks = prepare_example(image, labels, model.img_size, config.min_object_pixels,
+                                        config.objects_per_image, rng)
         if len(masks) == 0:
             continue
-        if len(masks) > config.objects_per_image:
-            keep = rng.choice(len(masks), config.objects_per_image, replace=False)
-            masks = masks[torch.from_numpy(np.sort(keep))]
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
         loss, stats = train_step(model, pixels, masks, config, generator, step)
