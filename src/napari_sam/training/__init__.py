@@ -1,23 +1,19 @@
-"""SAM's promptable training scheme (:mod:`.promptable`), its data sources (:mod:`.data`) and the
-mask refiner's training (:mod:`.refiner`).
+"""SAM's promptable training scheme (:mod:`.promptable`, with its losses in :mod:`.losses` and its
+simulated prompts in :mod:`.simulation`), its data sources (:mod:`.data`) and the mask refiner's
+training (:mod:`.refiner`).
 """
 
 from .data import folder_examples, holdout_split, mixed_examples, synthetic_examples
+from .losses import dice_loss, focal_loss, image_resolution_iou, mask_iou
 from .promptable import (
     TrainConfig,
-    dice_loss,
-    focal_loss,
-    image_resolution_iou,
-    mask_iou,
-    noisy_boxes,
     prepare_example,
-    sample_error_points,
-    sample_points_in_masks,
     save_atomic,
     train,
     train_step,
     with_input_size,
 )
+from .simulation import noisy_boxes, sample_error_points, sample_points_in_masks
 
 __all__ = [
     "TrainConfig",

@@ -28,17 +28,16 @@ import torch.nn.functional as F
 from ..data.files import atomic_path
 from ..engine.preprocess import ResizeGeometry, to_rgb_uint8_range
 from ..modeling import Sam
+from .losses import dice_loss, focal_loss, image_resolution_iou
+from .simulation import noisy_boxes, sample_error_points, sample_points_in_masks
 
 __all__ = [
     "TrainConfig",
-    "dice_loss",
-    "focal_loss",
     "prepare_example",
-    "sample_error_points",
-    "sample_points_in_masks",
-    "noisy_boxes",
+    "save_atomic",
     "train",
     "train_step",
+    "with_input_size",
 ]
 
 
@@ -81,142 +80,6 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     extra: dict = field(default_factory=dict)
-
-
-# -- losses ------------------------------------------------------------------------------------
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
-               gamma: float = 2.0) -> torch.Tensor:
-    """Sigmoid focal loss per mask, averaged over pixels: ``(..., H, W) -> (...)``."""
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = p * target + (1 - p) * (1 - target)
-    loss = ce * (1 - p_t) ** gamma
-    alpha_t = alpha * target + (1 - alpha) * (1 - target)
-    return (alpha_t * loss).flatten(-2).mean(-1)
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Soft dice loss per mask: ``(..., H, W) -> (...)``."""
-    p = torch.sigmoid(logits).flatten(-2)
-    t = target.flatten(-2)
-    return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
-
-
-def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """IoU of boolean masks ``(..., H, W) -> (...)``; 1 where both are empty."""
-    inter = (pred & target).flatten(-2).sum(-1).float()
-    union = (pred | target).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-
-
-def image_resolution_iou(low_res_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """The IoU that the IoU head must predict: of the mask a user gets, at the input's resolution.
-
-    The predictor upsamples the decoder's low-res logits bilinearly to the model input and
-    thresholds them at 0; the IoU of that mask with the object is the target. (Scored in the
-    low-res frame instead, a 24 px nucleus is 6 cells wide and its IoU comes out far lower than
-    the user's mask has: the head learnt to under-predict, and absolute score thresholds then
-    rejected good masks.)
-
-    Parameters
-    ----------
-    low_res_logits : torch.Tensor, shape (M, K, h, w)
-    masks : torch.Tensor, shape (M, H, W), bool
-        The objects in the model input's frame; ``H / h == W / w`` is an integer.
-
-    Returns
-    -------
-    torch.Tensor, shape (M, K)
-    """
-    size = masks.shape[-2:]
-    up = F.interpolate(low_res_logits, size=size, mode="bilinear", align_corners=False) > 0
-    return mask_iou(up, masks[:, None].expand_as(up))
-
-
-# -- prompt simulation -------------------------------------------------------------------------
-
-
-def sample_points_in_masks(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One point uniformly inside each mask.
-
-    Parameters
-    ----------
-    masks : torch.Tensor, shape (M, H, W), bool
-        Non-empty masks.
-
-    Returns
-    -------
-    torch.Tensor, shape (M, 2), float
-        ``(x, y)`` pixel coordinates.
-    """
-    m, h, w = masks.shape
-    weights = masks.reshape(m, -1).float()
-    empty = weights.sum(-1) == 0
-    weights[empty] = 1.0
-    idx = torch.multinomial(weights, 1, generator=generator)[:, 0]
-    return torch.stack([(idx % w).float(), (idx // w).float()], dim=-1)
-
-
-def sample_error_points(
-    pred: torch.Tensor, target: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A corrective click per object, uniform in the error region of the previous prediction.
-
-    Parameters
-    ----------
-    pred, target : torch.Tensor, shape (M, H, W), bool
-
-    Returns
-    -------
-    points : torch.Tensor, shape (M, 2)
-        ``(x, y)``.
-    labels : torch.Tensor, shape (M,), int64
-        1 where the point fell in a false negative, 0 in a false positive, -1 (a padding point
-        that the prompt encoder ignores) where the prediction had no error.
-    """
-    error = pred ^ target
-    points = sample_points_in_masks(error, generator)
-    x, y = points[:, 0].long(), points[:, 1].long()
-    rows = torch.arange(len(points))
-    labels = target[rows, y, x].long()
-    labels[error.flatten(1).sum(-1) == 0] = -1
-    return points, labels
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight ``(x0, y0, x1, y1)`` boxes of ``(M, H, W)`` masks."""
-    m, h, w = masks.shape
-    ys = torch.arange(h, device=masks.device)
-    xs = torch.arange(w, device=masks.device)
-    any_row = masks.any(-1)
-    any_col = masks.any(-2)
-    big = torch.tensor(10**9, device=masks.device)
-    y0 = torch.where(any_row, ys, big).min(-1).values
-    y1 = torch.where(any_row, ys, -big).max(-1).values
-    x0 = torch.where(any_col, xs, big).min(-1).values
-    x1 = torch.where(any_col, xs, -big).max(-1).values
-    return torch.stack([x0, y0, x1, y1], dim=-1).float()
-
-
-def noisy_boxes(
-    masks: torch.Tensor, generator: torch.Generator, noise: float = 0.1, noise_max: float = 20.0
-) -> torch.Tensor:
-    """The masks' boxes with Gaussian noise of ``noise`` x side length, at most ``noise_max`` px."""
-    boxes = masks_to_boxes(masks)
-    side = torch.stack(
-        [boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=-1
-    ).clamp(min=1.0)
-    jitter = torch.randn(boxes.shape, generator=generator) * noise * side
-    jitter = jitter.clamp(-noise_max, noise_max)
-    h, w = masks.shape[-2:]
-    out = boxes + jitter
-    out[:, 0::2] = out[:, 0::2].clamp(0, w - 1)
-    out[:, 1::2] = out[:, 1::2].clamp(0, h - 1)
-    x0, x1 = torch.minimum(out[:, 0], out[:, 2]), torch.maximum(out[:, 0], out[:, 2])
-    y0, y1 = torch.minimum(out[:, 1], out[:, 3]), torch.maximum(out[:, 1], out[:, 3])
-    return torch.stack([x0, y0, x1, y1], dim=-1)
 
 
 # -- data --------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from ..data.files import atomic_path
 from ..engine.refine import _resample, crop_features, mask_crop_box, slice_gray
 from ..evaluation.interactive import farthest_point, next_click
 from ..modeling import MaskRefiner, Sam
-from .promptable import dice_loss, save_atomic
+from .losses import dice_loss
+from .promptable import save_atomic
 
 __all__ = ["RefinerExamples", "attach_refiner", "simulate_refiner_examples", "train_refiner"]
 

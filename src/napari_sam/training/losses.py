@@ -1,0 +1,57 @@
+"""The losses of SAM's training scheme and the IoU head's target (model-input frame)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["dice_loss", "focal_loss", "image_resolution_iou", "mask_iou"]
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
+               gamma: float = 2.0) -> torch.Tensor:
+    """Sigmoid focal loss per mask, averaged over pixels: ``(..., H, W) -> (...)``."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return (alpha_t * loss).flatten(-2).mean(-1)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft dice loss per mask: ``(..., H, W) -> (...)``."""
+    p = torch.sigmoid(logits).flatten(-2)
+    t = target.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
+def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks ``(..., H, W) -> (...)``; 1 where both are empty."""
+    inter = (pred & target).flatten(-2).sum(-1).float()
+    union = (pred | target).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def image_resolution_iou(low_res_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The IoU that the IoU head must predict: of the mask a user gets, at the input's resolution.
+
+    The predictor upsamples the decoder's low-res logits bilinearly to the model input and
+    thresholds them at 0; the IoU of that mask with the object is the target. (Scored in the
+    low-res frame instead, a 24 px nucleus is 6 cells wide and its IoU comes out far lower than
+    the user's mask has: the head learnt to under-predict, and absolute score thresholds then
+    rejected good masks.)
+
+    Parameters
+    ----------
+    low_res_logits : torch.Tensor, shape (M, K, h, w)
+    masks : torch.Tensor, shape (M, H, W), bool
+        The objects in the model input's frame; ``H / h == W / w`` is an integer.
+
+    Returns
+    -------
+    torch.Tensor, shape (M, K)
+    """
+    size = masks.shape[-2:]
+    up = F.interpolate(low_res_logits, size=size, mode="bilinear", align_corners=False) > 0
+    return mask_iou(up, masks[:, None].expand_as(up))
