@@ -188,17 +188,17 @@ def test_blob_points_one_point_per_blob_strongest_first():
 
 
 def test_blobs_decode_fewer_prompts_than_the_grid(default_model, monkeypatch):
-    import napari_sam.workflows.automatic as automatic
+    import napari_sam.workflows.candidates as candidates
 
     img, lab = _discs()
     calls = []
-    real = automatic.decode_low_res_windowed
+    real = candidates.decode_windows
 
     def counting(predictor, emb, points, *args, **kwargs):
         calls.append(len(points))
         return real(predictor, emb, points, *args, **kwargs)
 
-    monkeypatch.setattr(automatic, "decode_low_res_windowed", counting)
+    monkeypatch.setattr(candidates, "decode_windows", counting)
     n = {}
     for source in ("grid", "blobs"):
         calls.clear()

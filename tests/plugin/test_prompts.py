@@ -115,6 +115,7 @@ def test_a_box_preview_stays_in_its_box(sam, idle):
         return torch.full_like(upscale(low_res, geometry), 5.0)
 
     predictor.full_logits = spilling
+    predictor.full_masks = lambda low_res, geometry: (spilling(low_res, geometry) > 0).numpy()
     widget.shapes_layer.add_rectangles(np.array([[20, 10], [39, 49]], dtype=float))
     idle(widget)
     (mask,) = widget.preview.masks

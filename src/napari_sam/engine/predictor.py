@@ -26,6 +26,13 @@ from .preprocess import (
     resize_to_input,
 )
 from .prompts import prepare_prompts
+from .upsample import (
+    positive_window,
+    upsample_weights,
+    upscale_full,
+    upscale_window,
+    window_masks,
+)
 
 __all__ = [
     "ImageEmbedding",
@@ -68,104 +75,6 @@ class ImageEmbedding:
     @property
     def nbytes(self) -> int:
         return self.features.element_size() * self.features.nelement()
-
-
-def upsample_weights(geometry: ResizeGeometry, low_n: int, axis: int) -> tuple:
-    """SAM's mask upsampling along one axis, as a matrix.
-
-    What :meth:`SamPredictor.full_logits` does without the refiner: bilinear from the low-res
-    frame to the model input, the padding cropped, bilinear to the slice (``align_corners=
-    False``, as ``torch.nn.functional.interpolate``). Both steps are linear and separable, so
-    a window of the slice's logits is ``w_rows[window] @ low_res @ w_cols[window].T``.
-
-    Parameters
-    ----------
-    geometry : ResizeGeometry
-        Of the slice.
-    low_n : int
-        Low-res side (256 for the official models).
-    axis : {0, 1}
-        Rows or columns.
-
-    Returns
-    -------
-    w : torch.Tensor, shape (N, n), float32
-        Weights from the first ``n`` low-res pixels (those that show the slice) to the ``N``
-        slice pixels; cached per geometry.
-    lo, hi : numpy.ndarray, shape (N,)
-        Slice pixel ``o`` reads low-res pixels ``lo[o]:hi[o]``.
-    out_lo, out_hi : numpy.ndarray, shape (n,)
-        Low-res pixel ``l`` reaches slice pixels ``out_lo[l]:out_hi[l]`` (the empty ``N:0``
-        for a pixel no slice pixel reads).
-    """
-    return _upsample_weights(
-        geometry.input_size[axis], geometry.original_size[axis], geometry.img_size, low_n)
-
-
-@functools.lru_cache(maxsize=16)  # thread-safe; a few kB to a few MB per slice shape
-def _upsample_weights(n_in: int, n_out: int, img_size: int, low_n: int) -> tuple:
-    scale = img_size // low_n
-    n = min(low_n, -(-n_in // scale) + 1)
-
-    def linear(n_src: int, n_dst: int, ratio: float) -> np.ndarray:
-        # torch's bilinear, align_corners=False: source = (dst + 0.5) * ratio - 0.5, >= 0
-        src = np.maximum((np.arange(n_dst) + 0.5) * ratio - 0.5, 0.0)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_src - 1)
-        i1 = np.minimum(i0 + 1, n_src - 1)
-        lam = src - i0
-        m = np.zeros((n_dst, n_src))
-        np.add.at(m, (np.arange(n_dst), i0), 1.0 - lam)
-        np.add.at(m, (np.arange(n_dst), i1), lam)
-        return m
-
-    w = linear(n, n * scale, 1.0 / scale)[:n_in]
-    if n_out != n_in:
-        w = linear(n_in, n_out, n_in / n_out) @ w
-    nz = w > 0
-    lo, hi = nz.argmax(axis=1), n - nz[:, ::-1].argmax(axis=1)
-    reached = nz.any(axis=0)
-    out_lo = np.where(reached, nz.argmax(axis=0), n_out)
-    out_hi = np.where(reached, n_out - nz[::-1].argmax(axis=0), 0)
-    return torch.from_numpy(w.astype(np.float32)), lo, hi, out_lo, out_hi
-
-
-def positive_window(
-    low_res: torch.Tensor, geometry: ResizeGeometry, threshold: float = 0.0
-) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """The slice window where SAM's upsampled logits of one mask can exceed ``threshold``.
-
-    Bilinear weights are non-negative and sum to one, so outside the slice pixels that
-    low-res pixels above ``threshold`` reach, every upsampled logit is ``<= threshold``.
-
-    Parameters
-    ----------
-    low_res : torch.Tensor, shape (K, h, w) or (h, w)
-        Low-resolution logits of one object (``K`` candidates: the window covers them all).
-    geometry : ResizeGeometry
-        Of the slice the logits belong to.
-    threshold : float
-
-    Returns
-    -------
-    ((int, int), (int, int)) or None
-        ``((row0, row1), (col0, col1))``, end-exclusive slice pixels; None if nothing can exceed
-        ``threshold`` in the slice.
-    """
-    low_h, low_w = low_res.shape[-2:]
-    wr, _, _, r_lo, r_hi = upsample_weights(geometry, low_h, 0)
-    wc, _, _, c_lo, c_hi = upsample_weights(geometry, low_w, 1)
-    above = low_res[..., : wr.shape[1], : wc.shape[1]] > threshold
-    if above.ndim == 3:
-        above = above.any(dim=0)
-    rows = torch.nonzero(above.any(dim=1)).flatten().cpu().numpy()
-    if rows.size == 0:
-        return None
-    cols = torch.nonzero(above.any(dim=0)).flatten().cpu().numpy()
-    o0, o1 = int(r_lo[rows].min()), int(r_hi[rows].max())
-    p0, p1 = int(c_lo[cols].min()), int(c_hi[cols].max())
-    if o1 <= o0 or p1 <= p0:  # only padding, or pixels the resize skips
-        return None
-    return (o0, o1), (p0, p1)
 
 
 def _exclusive(method):
@@ -236,9 +145,11 @@ class SamPredictor:
         self.refine = bool(refine)
         self._embedding: ImageEmbedding | None = None
         self._dense_pe: torch.Tensor | None = None
+        self._prepared: tuple | None = None  # (features, MaskDecoder.prepare of them)
         # the slice's pixels (image, intensity range) for the refiner, and their gray cache
         self._pixels: tuple[npt.ArrayLike, tuple[float, float] | None] | None = None
         self._gray: torch.Tensor | None = None
+        self._gray_features: dict = {}  # the refiner's image features per crop box
         # the image state's lock, and the number of images set (the last one each thread set in
         # its thread-local): see the class's notes on threads
         self._lock = threading.RLock()
@@ -398,6 +309,7 @@ class SamPredictor:
         """Make ``embedding`` (and the slice's pixels) the current image, set by this thread."""
         with self._lock:
             self._embedding = embedding
+            self._prepared = None
             self._set_pixels(image, intensity_range)
             self._generation += 1
             self._thread_image.generation = self._generation
@@ -414,6 +326,7 @@ class SamPredictor:
     def _set_pixels(self, image, intensity_range) -> None:
         self._pixels = None if image is None else (image, intensity_range)
         self._gray = None
+        self._gray_features = {}
 
     @property
     def refines(self) -> bool:
@@ -519,10 +432,10 @@ class SamPredictor:
             geometry, points, labels, box, mask_input
         )
         low_res, iou = self._decode(emb, point_prompts, boxes, masks, multimask)
-        full = self.full_logits(low_res, geometry)
-        with torch.inference_mode():
-            out = full if return_logits else full > 0.0
-        out_np = out.cpu().numpy()
+        if return_logits:
+            out_np = self.full_logits(low_res, geometry).cpu().numpy()
+        else:
+            out_np = self.full_masks(low_res, geometry)
         scores = iou.float().cpu().numpy()
         low_np = low_res.float().cpu().numpy()
         if not batched:
@@ -575,8 +488,7 @@ class SamPredictor:
         scores = iou[0].float().cpu().numpy()
         best = int(np.argmax(scores))
         chosen = low_res[:1, best : best + 1]
-        with torch.inference_mode():
-            mask = (self.full_logits(chosen, geometry)[0, 0] > 0.0).cpu().numpy()
+        mask = self.full_masks(chosen, geometry)[0, 0]
         mask = keep_prompted_pieces(mask, points, labels, box)
         return mask, float(scores[best]), chosen[0].float().cpu().numpy()
 
@@ -597,8 +509,22 @@ class SamPredictor:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
+                prepared=None if masks is not None else self._prepared_image(emb),
             )
         return low_res, iou
+
+    def _prepared_image(self, emb: ImageEmbedding) -> dict | None:
+        """The mask decoder's image-only work for ``emb`` without a mask prompt
+        (:meth:`MaskDecoder.prepare`), kept for the slice's later clicks."""
+        prepare = getattr(self.model.mask_decoder, "prepare", None)
+        if prepare is None or emb.features.shape[0] != 1:
+            return None
+        cached = self._prepared
+        if cached is None or cached[0] is not emb.features:
+            _, no_mask = self.model.prompt_encoder(points=None, boxes=None, masks=None)
+            cached = (emb.features, prepare(emb.features, self._get_dense_pe(), no_mask))
+            self._prepared = cached
+        return cached[1]
 
     def _get_dense_pe(self) -> torch.Tensor:
         """The prompt encoder's positional encoding of the embedding grid, computed once."""
@@ -617,72 +543,45 @@ class SamPredictor:
         full = self._upscale(low_res, geometry)
         if not self.refines:
             return full
-        from .refine import refine_logits, slice_gray
+        from .refine import refine_logits
 
-        if self._gray is None:
-            image, intensity_range = self._pixels
-            self._gray = torch.from_numpy(slice_gray(image, intensity_range))
         b, k, h, w = full.shape
-        refined = refine_logits(self.model.mask_refiner, self._gray, full.reshape(b * k, h, w))
+        refined = refine_logits(self.model.mask_refiner, self._slice_gray(),
+                                full.reshape(b * k, h, w))
         return refined.reshape(b, k, h, w)
 
-    def upscale_window(
-        self,
-        low_res: torch.Tensor,
-        geometry: ResizeGeometry,
-        window: tuple[tuple[int, int], tuple[int, int]],
-    ) -> torch.Tensor:
-        """Upsampled logits of a window of the slice, not refined.
+    def upscale_window(self, low_res: torch.Tensor, geometry: ResizeGeometry,
+                       window: tuple[tuple[int, int], tuple[int, int]]) -> torch.Tensor:
+        """:func:`~napari_sam.engine.upsample.upscale_window` (upsampled logits of a window of
+        the slice, not refined)."""
+        return upscale_window(low_res, geometry, window)
 
-        The values of :meth:`full_logits` without the refiner in ``window`` (up to float
-        rounding), computed from the low-res pixels the window reads only: for a small object
-        on a large slice, a small fraction of upsampling the whole slice.
+    def full_masks(self, low_res: torch.Tensor, geometry: ResizeGeometry
+                   ) -> npt.NDArray[np.bool_]:
+        """Low-res logits ``(B, K, 4h, 4w)`` -> bool masks ``(B, K, H, W)`` of the current slice.
 
-        Parameters
-        ----------
-        low_res : torch.Tensor, shape (..., h, w)
-            Low-resolution logits.
-        geometry : ResizeGeometry
-        window : ((int, int), (int, int))
-            ``((row0, row1), (col0, col1))``, end-exclusive slice pixels (e.g.
-            :func:`positive_window`).
-
-        Returns
-        -------
-        torch.Tensor, shape (..., row1 - row0, col1 - col0), float32
+        ``full_logits(low_res, geometry) > 0``, computed in a window around each mask
+        (:func:`~napari_sam.engine.upsample.window_masks`): on a 1024 px slice a fraction of
+        the work, the refiner included, when the masks are objects rather than the slice.
         """
-        (o0, o1), (p0, p1) = window
-        wr, r_lo, r_hi, _, _ = upsample_weights(geometry, low_res.shape[-2], 0)
-        wc, c_lo, c_hi, _, _ = upsample_weights(geometry, low_res.shape[-1], 1)
-        l0, l1 = int(r_lo[o0:o1].min()), int(r_hi[o0:o1].max())  # the low-res pixels read
-        m0, m1 = int(c_lo[p0:p1].min()), int(c_hi[p0:p1].max())
-        with torch.inference_mode():
-            x = low_res.float()[..., l0:l1, m0:m1]
-            return wr[o0:o1, l0:l1].to(x.device) @ x @ wc[p0:p1, m0:m1].T.to(x.device)
+        if not self.refines:
+            return window_masks(low_res, geometry)
+        if len(self._gray_features) > 256:  # per slice, a few per object: bounded all the same
+            self._gray_features.clear()
+        return window_masks(low_res, geometry, self.model.mask_refiner, self._slice_gray(),
+                            self._gray_features)
+
+    def _slice_gray(self) -> torch.Tensor:
+        """The refiner's view of the current slice (:func:`~napari_sam.engine.refine.slice_gray`),
+        computed once per slice."""
+        if self._gray is None:
+            from .refine import slice_gray
+
+            image, intensity_range = self._pixels
+            self._gray = torch.from_numpy(slice_gray(image, intensity_range))
+        return self._gray
 
     def _upscale(self, low_res: torch.Tensor, geometry: ResizeGeometry) -> torch.Tensor:
-        """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W).
-
-        The same values as SAM's postprocessing (bilinear to the padded model input, crop the
-        padding, bilinear to the slice size), computed with less work: only the low-res rows and
-        columns that cover the image (plus one for the bilinear neighbour) are upsampled, at the
-        same scale (so the kept pixels are unchanged), and the last resize is skipped when it
-        would be the identity.
-        """
-        with torch.inference_mode():
-            b, k, low_h, low_w = low_res.shape
-            h, w = geometry.input_size
-            scale = geometry.img_size // low_h
-            rows = min(low_h, -(-h // scale) + 1)
-            cols = min(low_w, -(-w // scale) + 1)
-            # (B * K, 1, ., .): one channel per mask is several times faster on CPUs than K
-            x = low_res.float()[..., :rows, :cols].reshape(b * k, 1, rows, cols)
-            x = F.interpolate(
-                x, size=(rows * scale, cols * scale), mode="bilinear", align_corners=False
-            )
-            x = x[..., :h, :w]
-            if (h, w) != tuple(geometry.original_size):
-                x = F.interpolate(
-                    x, size=geometry.original_size, mode="bilinear", align_corners=False
-                )
-            return x.reshape(b, k, *x.shape[-2:])
+        """Low-res logits (B, K, 4h, 4w) -> logits at the slice resolution (B, K, H, W)
+        (:func:`~napari_sam.engine.upsample.upscale_full`)."""
+        return upscale_full(low_res, geometry)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from .preprocess import to_rgb_uint8_range
 
-__all__ = ["CROP_LOGIT", "crop_features", "mask_crop_box", "refine_crops", "refine_logits",
-           "slice_gray"]
+__all__ = ["CROP_LOGIT", "crop_features", "gray_features", "logit_features", "mask_crop_box",
+           "refine_crops", "refine_logits", "slice_gray"]
 
 #: Pixels with logits above this are inside or near the mask and are kept in the crop.
 CROP_LOGIT = -2.0
@@ -39,21 +39,27 @@ def slice_gray(image: npt.ArrayLike, intensity_range: tuple[float, float] | None
     return to_rgb_uint8_range(image, intensity_range).mean(axis=-1) / np.float32(255.0)
 
 
-def mask_crop_box(logits: npt.NDArray[np.float32] | torch.Tensor
+def mask_crop_box(logits: npt.NDArray[np.float32] | torch.Tensor,
+                  offset: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None
                   ) -> tuple[int, int, int, int] | None:
     """``(row0, col0, row1, col1)`` (end exclusive) of the refiner's square crop around one
-    mask's logits ``(H, W)``, cut to the slice; None if no pixel is above :data:`CROP_LOGIT`."""
-    near = torch.as_tensor(logits) > CROP_LOGIT
-    rows = torch.nonzero(near.any(dim=1)).flatten()
+    mask's logits ``(H, W)``, cut to the slice; None if no pixel is above :data:`CROP_LOGIT`.
+
+    ``logits`` may be a window of the slice's logits holding every pixel above
+    :data:`CROP_LOGIT`: ``offset`` is its corner ``(row, col)`` in the slice and ``shape`` the
+    slice's ``(H, W)``; the box is then in slice pixels."""
+    logits = torch.as_tensor(logits)
+    # maxima along rows and columns: ~10x faster than any() of a thresholded copy
+    rows = torch.nonzero(logits.amax(dim=1) > CROP_LOGIT).flatten()
     if rows.numel() == 0:
         return None
-    cols = torch.nonzero(near.any(dim=0)).flatten()
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    cols = torch.nonzero(logits.amax(dim=0) > CROP_LOGIT).flatten()
+    r0, r1 = int(rows[0]) + offset[0], int(rows[-1]) + 1 + offset[0]
+    c0, c1 = int(cols[0]) + offset[1], int(cols[-1]) + 1 + offset[1]
     side = max(r1 - r0, c1 - c0)
     half = side / 2 + max(MIN_MARGIN, round(CROP_MARGIN * side))
     cr, cc = (r0 + r1) / 2, (c0 + c1) / 2
-    h, w = near.shape
+    h, w = logits.shape if shape is None else shape
     return (max(int(np.floor(cr - half)), 0), max(int(np.floor(cc - half)), 0),
             min(int(np.ceil(cr + half)), h), min(int(np.ceil(cc + half)), w))
 
@@ -85,24 +91,43 @@ def crop_features(gray: torch.Tensor, logits: torch.Tensor, size: int
     log_scale : float
         ``log(side / size)`` with ``side`` the crop's longer side.
     """
+    image, log_scale = gray_features(gray, size)
+    return torch.cat([image, logit_features(logits, size)]), log_scale
+
+
+def gray_features(gray: torch.Tensor, size: int) -> tuple[torch.Tensor, float]:
+    """The image part of :func:`crop_features`: ``(2, size, size)`` and ``log_scale``.
+
+    It depends on the crop's box only, not on the mask: a caller may keep it per box (a
+    predictor does, per slice: every click's third candidate is often the whole slice).
+    """
     g = gray.float()
     lo, hi = torch.quantile(g.flatten(), torch.tensor([0.01, 0.99], dtype=g.dtype))
     local = ((g - lo) / (hi - lo).clamp(min=1e-3)).clamp(0.0, 1.0)
+    return _resample(torch.stack([g, local]), size), float(np.log(max(g.shape) / size))
+
+
+def logit_features(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """The mask part of :func:`crop_features`: ``(1, size, size)``."""
     lg = (logits.float() / 10.0).clamp(-2.0, 2.0)
-    image = _resample(torch.stack([g, local]), size)
-    lg = F.interpolate(lg[None, None], size=(size, size), mode="bilinear",
-                       align_corners=False)[0]
-    return torch.cat([image, lg]), float(np.log(max(g.shape) / size))
+    return F.interpolate(lg[None, None], size=(size, size), mode="bilinear",
+                         align_corners=False)[0]
 
 
-def refine_crops(refiner: torch.nn.Module, grays: list[torch.Tensor],
-                 logits: list[torch.Tensor]) -> list[torch.Tensor]:
+def refine_crops(refiner: torch.nn.Module, grays: list, logits: list[torch.Tensor]
+                 ) -> list[torch.Tensor]:
     """Refined logits of masks given as crops (each gray crop with its logits crop, any sizes),
-    in one batched call of the refiner."""
+    in one batched call of the refiner.
+
+    An entry of ``grays`` may be the crop's :func:`gray_features` instead of its gray values.
+    """
     if not logits:
         return []
     size = refiner.crop_size
-    feats = [crop_features(g, lg, size) for g, lg in zip(grays, logits, strict=True)]
+    feats = []
+    for g, lg in zip(grays, logits, strict=True):
+        image, log_scale = gray_features(g, size) if isinstance(g, torch.Tensor) else g
+        feats.append((torch.cat([image, logit_features(lg, size)]), log_scale))
     param = next(refiner.parameters())
     crops = torch.stack([f for f, _ in feats]).to(param)
     scales = torch.tensor([s for _, s in feats]).to(param)

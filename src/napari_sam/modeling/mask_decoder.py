@@ -83,6 +83,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        prepared: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode masks for a batch of ``B`` prompts.
 
@@ -99,6 +100,10 @@ class MaskDecoder(nn.Module):
             Mask-prompt embedding from the prompt encoder.
         multimask_output : bool
             Return the ``K`` candidate masks instead of the single-output mask.
+        prepared : dict, optional
+            :meth:`prepare` of this (batch-of-one) image, its encoding and the no-mask dense
+            embedding; the image, encoding and dense embedding passed are then used for their
+            shapes only.
 
         Returns
         -------
@@ -108,10 +113,19 @@ class MaskDecoder(nn.Module):
             Predicted IoU of each mask.
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+            prepared
         )
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
+
+    def prepare(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                dense_prompt_embeddings: torch.Tensor) -> dict:
+        """The decoder's work that depends on the image only, for ``prepared``
+        (:meth:`TwoWayTransformer.prepare`): one image ``(1, C, h, w)``, its encoding, and the
+        dense embedding of "no mask" (``(1, C, h, w)`` or an expanded view)."""
+        return self.transformer.prepare(image_embeddings + dense_prompt_embeddings[:1],
+                                        image_pe)
 
     def predict_masks(
         self,
@@ -119,6 +133,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        prepared: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``K + 1`` masks ``(B, K + 1, 4h, 4w)`` and IoU predictions ``(B, K + 1)``.
 
@@ -151,16 +166,18 @@ class MaskDecoder(nn.Module):
         shared = image_embeddings.shape[0] == 1 and (
             dense_prompt_embeddings.shape[0] == 1 or dense_prompt_embeddings.stride(0) == 0
         )
-        if shared:
-            src = image_embeddings + dense_prompt_embeddings[:1]
-            pos_src = image_pe
-        else:
-            src = image_embeddings.expand(bs, -1, -1, -1) + dense_prompt_embeddings
-            pos_src = image_pe.expand(bs, -1, -1, -1)
-        _, c, h, w = src.shape
+        _, c, h, w = image_embeddings.shape
         b = bs
-
-        hs, src = self.transformer(src, pos_src, tokens)
+        if prepared is not None:  # image, encoding and dense embedding are in it
+            hs, src = self.transformer(None, None, tokens, prepared=prepared)
+        else:
+            if shared:
+                src = image_embeddings + dense_prompt_embeddings[:1]
+                pos_src = image_pe
+            else:
+                src = image_embeddings.expand(bs, -1, -1, -1) + dense_prompt_embeddings
+                pos_src = image_pe.expand(bs, -1, -1, -1)
+            hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

@@ -68,7 +68,15 @@ class MaskRefiner(nn.Module):
         """
         b, _, h, w = crops.shape
         scale = log_scale.to(crops.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
-        x = F.relu(self.inp(torch.cat([crops, scale], dim=1)))
+        # channels-last activations and weights: oneDNN's convolutions run ~2x faster on CPUs
+        x = torch.cat([crops, scale], dim=1).contiguous(memory_format=torch.channels_last)
+        x = F.relu(_conv(self.inp, x))
         for conv in self.body:
-            x = F.relu(x + conv(x))
-        return self.out(x)
+            x = F.relu(x + _conv(conv, x))
+        return _conv(self.out, x).contiguous()
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` with its weight in the channels-last layout (a copy of a few kB)."""
+    weight = conv.weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation)

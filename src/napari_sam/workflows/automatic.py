@@ -33,14 +33,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from ..engine.decoding import decode_low_res_windowed, stability_scores
-from ..engine.predictor import ImageEmbedding, SamPredictor, positive_window
+from ..engine.predictor import ImageEmbedding, SamPredictor
 from ..engine.preprocess import pixel_noise
-from ..engine.refine import mask_crop_box, refine_crops, slice_gray
+from ..engine.refine import slice_gray
+from .candidates import (
+    _Candidate,
+    _decode_crop,
+    _decode_points,  # noqa: F401 (the tests import it from here)
+    _refined,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import Sam
@@ -230,27 +234,6 @@ class AutomaticParams:
                 raise ValueError(f"{name} must be None or in [0, 1], got {v!r}")
 
 
-@dataclass
-class _Candidate:
-    """A kept mask, stored as its bounding box and the mask inside it (global coordinates)."""
-
-    r0: int
-    c0: int
-    mask: npt.NDArray[np.bool_]
-    score: float
-    #: With refinement: the full-resolution logits in the refiner's crop box, and its corner.
-    logits: torch.Tensor | None = None
-    logits_origin: tuple[int, int] = (0, 0)
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        return self.r0, self.c0, self.r0 + self.mask.shape[0], self.c0 + self.mask.shape[1]
-
-    @property
-    def area(self) -> int:
-        return int(np.count_nonzero(self.mask))
-
-
 def _crop_boxes(hw: tuple[int, int], n_layers: int, overlap: float) -> list[tuple[int, tuple]]:
     """``(layer, (r0, c0, r1, c1))`` of the whole image and the crops of each layer."""
     h, w = hw
@@ -419,18 +402,6 @@ def _prompt_points(crop: np.ndarray, intensity_range, layer: int, img_size: int,
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _decode_points(
-    predictor: SamPredictor, emb: ImageEmbedding, points: npt.NDArray, window: int,
-    min_iou: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three candidate masks ``(B, 3, 4h, 4w)`` and IoUs ``(B, 3)`` for each of ``B`` single
-    positive points ``(B, 1, 2)`` (slice pixels), each decoded in a ``window`` of the embedding
-    centred on it (:func:`napari_sam.engine.decoding.decode_low_res_windowed`)."""
-    labels = np.ones(points.shape[:2], dtype=np.int64)
-    return decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
-                                   points[:, 0], window, min_iou)
-
-
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of boxes ``(N, 4)`` and ``(M, 4)`` as ``(r0, c0, r1, c1)`` half-open."""
     r0 = np.maximum(a[:, None, 0], b[None, :, 0])
@@ -559,146 +530,6 @@ def _clean(mask: np.ndarray, min_area: int, max_hole: int) -> np.ndarray:
                 big[1 + int(np.argmax(sizes[1:]))] = True
             mask = big[parts]
     return mask
-
-
-def _cover(covered: np.ndarray, predictor: SamPredictor, low_res: torch.Tensor,
-           geometry) -> None:
-    """Mark the pixels of masks ``(N, h, w)`` (low-res logits) in ``covered``, in place."""
-    for lr in low_res:
-        window = positive_window(lr, geometry)
-        if window is not None:
-            (o0, o1), (p0, p1) = window
-            covered[o0:o1, p0:p1] |= (predictor.upscale_window(lr, geometry, window) > 0
-                                      ).cpu().numpy()
-
-
-def _decode_crop(
-    predictor: SamPredictor,
-    emb: ImageEmbedding,
-    offset: tuple[int, int],
-    full_hw: tuple[int, int],
-    points: npt.NDArray[np.float64],
-    params: AutomaticParams,
-    cancelled: Callable[[], bool] | None,
-    tick: Callable[[], None],
-    keep_logits: bool = False,
-) -> tuple[list[_Candidate], bool]:
-    """The filtered candidates of one crop in global coordinates; False if cancelled. With
-    ``keep_logits`` each keeps its logits around it, for the refiner."""
-    hw = tuple(emb.original_size)
-    geometry = emb.geometry
-    covered = np.zeros(hw, dtype=bool)
-    cands: list[_Candidate] = []
-    low_h, low_w = predictor._low_res_size()
-    in_h, in_w = geometry.input_size
-    # the part of the low-res frame that shows the crop (the rest is padding)
-    valid = (
-        int(np.ceil(in_h * low_h / geometry.img_size)),
-        int(np.ceil(in_w * low_w / geometry.img_size)),
-    )
-    max_low_area = params.max_area_fraction * valid[0] * valid[1]
-    r_off, c_off = offset
-    at_edge = (r_off > 0, c_off > 0, r_off + hw[0] < full_hw[0], c_off + hw[1] < full_hw[1])
-    pos = 0
-    while pos < len(points):
-        if cancelled is not None and cancelled():
-            return cands, False
-        batch = []
-        while pos < len(points) and len(batch) < params.points_per_batch:
-            p = points[pos]
-            pos += 1
-            r, c = int(round(p[0])), int(round(p[1]))
-            r, c = min(max(r, 0), hw[0] - 1), min(max(c, 0), hw[1] - 1)
-            if covered[r, c]:
-                continue
-            batch.append(p)
-        if not batch:
-            break
-        pts = np.asarray(batch)[:, None, :]
-        low_res, iou = _decode_points(predictor, emb, pts, params.decode_window,
-                                      params.pred_iou_thresh)
-        low_res = low_res.flatten(0, 1)[:, None]  # (3B, 1, h, w)
-        iou = iou.flatten()
-        stab = stability_scores(low_res[:, 0], params.stability_offset)
-        area = (low_res[:, 0] > 0).flatten(1).sum(1).float()
-        ok = (
-            (iou >= params.pred_iou_thresh)
-            & (stab >= params.stability_score_thresh)
-            & (area > 0)
-            & (area <= max_low_area)
-        )
-        if params.skip_covered and "blobs" in params.point_source:
-            best = iou.view(-1, 3).argmax(dim=1) + 3 * torch.arange(len(batch))
-            best = best[(area[best] > 0) & (area[best] <= max_low_area)]
-            _cover(covered, predictor, low_res[best, 0], geometry)
-        if params.skip_background:
-            # a confident mask too large to be an object is background: its grid points need
-            # no decoding (objects it does not cover keep theirs)
-            bg = (
-                (iou >= params.pred_iou_thresh)
-                & (stab >= params.stability_score_thresh)
-                & (area > max_low_area)
-            )
-            _cover(covered, predictor, low_res[torch.nonzero(bg).flatten(), 0], geometry)
-        idx = torch.nonzero(ok).flatten()
-        for j, score in zip(idx.tolist(), iou[idx].tolist(), strict=True):
-            # each mask upsampled only where it can be positive (the same mask as upsampling
-            # the whole crop: a few per cent of the work for a nucleus)
-            window = positive_window(low_res[j, 0], geometry)
-            if window is None:
-                continue
-            (w0, _), (v0, _) = window
-            m = (predictor.upscale_window(low_res[j, 0], geometry, window) > 0).cpu().numpy()
-            if not m.any():
-                continue
-            rows = np.flatnonzero(m.any(axis=1))
-            cols = np.flatnonzero(m.any(axis=0))
-            sub = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-            r0, r1 = w0 + int(rows[0]), w0 + int(rows[-1]) + 1
-            c0, c1 = v0 + int(cols[0]), v0 + int(cols[-1]) + 1
-            # masks cut by a crop edge that is not the image's edge belong to another crop
-            if (at_edge[0] and r0 == 0) or (at_edge[1] and c0 == 0) or (
-                at_edge[2] and r1 == hw[0]) or (at_edge[3] and c1 == hw[1]):
-                continue
-            if params.skip_covered:
-                covered[r0:r1, c0:c1] |= sub
-            cand = _Candidate(r0 + r_off, c0 + c_off, sub.copy(), score)
-            if keep_logits:
-                # the refiner's crop, looked for in a window around the mask (a scan of
-                # the whole slice per candidate cost more than the refiner itself)
-                pad = max(8, max(r1 - r0, c1 - c0))
-                wr, wc = max(r0 - pad, 0), max(c0 - pad, 0)
-                near = ((wr, min(r1 + pad, hw[0])), (wc, min(c1 + pad, hw[1])))
-                logits = predictor.upscale_window(low_res[j, 0], geometry, near)
-                lr0, lc0, lr1, lc1 = mask_crop_box(logits)
-                cand.logits = logits[lr0:lr1, lc0:lc1].to(torch.float16).cpu()
-                cand.logits_origin = (wr + lr0 + r_off, wc + lc0 + c_off)
-            cands.append(cand)
-        tick()
-    return cands, True
-
-
-def _refined(cands: list[_Candidate], refiner, gray: npt.NDArray[np.float32]
-             ) -> list[_Candidate]:
-    """The candidates' masks redrawn by the mask refiner (only those left after NMS: one
-    refiner call per object, not per prompt); masks the refiner empties are dropped."""
-    gray_t = torch.from_numpy(gray)
-    grays = []
-    for c in cands:
-        r0, c0 = c.logits_origin
-        grays.append(gray_t[r0:r0 + c.logits.shape[0], c0:c0 + c.logits.shape[1]])
-    out = []
-    for c, logits in zip(cands, refine_crops(refiner, grays, [c.logits for c in cands]),
-                         strict=True):
-        m = (logits > 0).numpy()
-        if not m.any():
-            continue
-        rows = np.flatnonzero(m.any(axis=1))
-        cols = np.flatnonzero(m.any(axis=0))
-        r0, c0 = c.logits_origin
-        out.append(_Candidate(r0 + int(rows[0]), c0 + int(cols[0]),
-                              m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], c.score))
-    return out
 
 
 def _paint(cands: list[_Candidate], hw: tuple[int, int], params: AutomaticParams) -> np.ndarray:
