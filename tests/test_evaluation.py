@@ -390,3 +390,92 @@ def test_masks_are_scored_as_the_viewer_shows_them_unless_raw(prompt):
     assert shown["miou"] == [1.0, 1.0]  # the stray piece holds no click / lies outside the box
     assert raw["miou"][0] < 1.0
     assert shown["protocol"]["masks"] == "prompted_pieces" and raw["protocol"]["masks"] == "raw"
+
+
+# -- batched evaluation --------------------------------------------------------------------
+
+
+def _per_object(result, key="iou"):
+    return np.array([o[key] for o in result["per_object"]])
+
+
+@pytest.fixture(scope="module")
+def nuclei_12():
+    return make_nuclei_2d((96, 96), seed=3)  # 12 objects: rounds of several decoder calls
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+@pytest.mark.parametrize("zoom", [None, 2])
+def test_batched_evaluation_matches_object_by_object(predictor, nuclei_12, prompt, zoom):
+    from napari_sam.engine.zoom import ZoomPredictor
+
+    image, labels = nuclei_12
+    make = (lambda: predictor) if zoom is None else (
+        lambda: ZoomPredictor(predictor.model, zoom=zoom))
+    kw = {"prompt": prompt, "clicks": 3, "model_name": "tiny"}
+    old = evaluate_image(make(), image, labels, batched=False, **kw)
+    new = evaluate_image(make(), image, labels, batched=True, **kw)
+    assert old["n_objects"] == new["n_objects"] > 3
+    assert [(o["id"], o["slice"]) for o in old["per_object"]] == [
+        (o["id"], o["slice"]) for o in new["per_object"]]
+    # the same clicks and masks up to float rounding of the batched decoder
+    for key in ("iou", "iou_oracle"):
+        np.testing.assert_allclose(_per_object(new, key), _per_object(old, key), atol=0.01)
+    assert (_per_object(new) == _per_object(old)).all(axis=1).mean() >= 0.75
+    assert new["protocol"] == old["protocol"]
+
+
+def test_batched_rounds_cover_every_object_in_order(predictor, nuclei_12):
+    from napari_sam.evaluation.batched import batched_decoder, evaluate_objects
+
+    image, labels = nuclei_12
+    objects = ground_truth_objects(labels)
+    predictor.set_image(image)
+    decode = batched_decoder(predictor)
+    masks = [o.mask(labels.shape) for o in objects]
+    ticks = []
+    # batches of 5: 12 objects in rounds of 5, 5 and 2
+    results = evaluate_objects(decode, iter(masks), "point", clicks=2, batch_size=5,
+                               progress=lambda: ticks.append(1))
+    assert len(results) == len(objects) == len(ticks)
+    for gt, result in zip(masks, results):
+        one = evaluate_object(predictor, gt, "point", clicks=2)
+        assert result.points == one.points and result.point_labels == one.point_labels
+        np.testing.assert_allclose(result.iou, one.iou, atol=0.01)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_objects(decode, iter(masks), batch_size=0)
+
+
+def test_stand_in_predictors_are_evaluated_object_by_object():
+    from napari_sam.evaluation.batched import batched_decoder
+
+    labels = _three_disks()
+    # subclasses that decode their own way have no batched path: their predict() is what counts
+    assert batched_decoder(GroundTruthPredictorForTests(labels)) is None
+    assert batched_decoder(object()) is None
+
+
+def test_a_perfect_decoder_stops_clicking_in_a_batch():
+    # objects whose mask becomes exact leave the round; the others go on
+    from napari_sam.evaluation.batched import evaluate_objects
+
+    labels = _three_disks()
+    masks = [labels == i for i in (1, 2, 3)]
+    calls = []
+
+    def decode(points, point_labels, boxes, mask_input, origins, single_output):
+        calls.append(len(points))
+        out = []
+        for pts in points:  # exact for objects 1 and 3; object 2 misses its last row
+            m = labels == labels[int(pts[0][0]), int(pts[0][1])]
+            if labels[int(pts[0][0]), int(pts[0][1])] == 2:
+                m = m & (np.arange(m.shape[0]) < np.flatnonzero(m.any(axis=1))[-1])[:, None]
+            out.append(np.repeat(m[None], 4 if single_output else 3, 0))
+        k = out[0].shape[0]
+        return (np.stack(out), np.ones((len(out), k), np.float32),
+                np.zeros((len(out), k, 16, 16), np.float32), np.zeros((len(out), 2), int))
+
+    results = evaluate_objects(decode, masks, "point", clicks=3)
+    assert calls == [3, 1, 1]
+    assert results[0].iou == [1.0, 1.0, 1.0] and results[2].iou == [1.0, 1.0, 1.0]
+    assert results[1].iou[0] < 1.0 and len(results[1].points) == 3

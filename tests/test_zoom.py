@@ -82,10 +82,18 @@ def test_small_objects_are_segmented_in_a_magnified_crop(model):
 
 
 def test_the_evaluation_protocol_runs_on_a_zoom_predictor(model):
-    img, lab = _discs(256, 4, 20)
-    r = evaluate_image(ZoomPredictor(model, zoom=2), img, lab, clicks=2)
+    img, lab = _discs(128, 4, 20)  # 36 discs, in the 4 x 4 crops of 64 px that zoom 2 cuts
+    r = evaluate_image(ZoomPredictor(model, zoom=2), img, lab, clicks=2)  # batched
     assert r["n_objects"] == lab.max() and len(r["miou"]) == 2
     assert r["miou"][0] > 0.5
+    # object by object (one predict() per mask kind and click) on some of them: the same scores
+    few = np.where(lab <= 8, lab, 0)
+    old = evaluate_image(ZoomPredictor(model, zoom=2), img, few, clicks=2, batched=False)
+    new = {o["id"]: o for o in r["per_object"]}
+    assert len(old["per_object"]) == 8
+    for o in old["per_object"]:
+        for key in ("iou", "iou_oracle"):
+            np.testing.assert_allclose(new[o["id"]][key], o[key], atol=0.01)
 
 
 @pytest.mark.parametrize("kwargs", [dict(zoom=0.5), dict(zoom="big"), dict(overlap=1.0)])
@@ -98,3 +106,25 @@ def test_bad_settings_are_rejected(model, kwargs):
     zoomed.set_image(np.random.default_rng(0).random((64, 64)))
     with pytest.raises(ValueError, match="earlier predict"):  # logits from nowhere
         zoomed.predict(mask_input=np.zeros((1, 256, 256), np.float32))
+
+
+def test_every_output_of_several_objects_at_once(model):
+    img, lab = _discs(128, 4, 20)
+    zoomed = ZoomPredictor(model, zoom=2)
+    zoomed.set_image(img, (0.0, 1.0))
+    centres = np.array([np.argwhere(lab == k).mean(axis=0) for k in (1, 6, 36)])[:, None]
+    masks, scores, logits, origins = zoomed.predict_every_output(centres, np.ones((3, 1)), None)
+    assert masks.shape == (3, 4, 128, 128) and scores.shape == (3, 4)
+    assert len({tuple(o) for o in origins}) == 3  # three crops
+    for i in range(3):  # predict() on one object: its crop, its masks
+        multi, multi_scores, _ = zoomed.predict(centres[i], np.array([1]))
+        single, _, _ = zoomed.predict(centres[i], np.array([1]), multimask=False)
+        assert tuple(zoomed._last) == tuple(origins[i])
+        np.testing.assert_allclose(scores[i], np.r_[scores[i, :1], multi_scores], atol=1e-4)
+        assert (masks[i, 1:] != multi).mean() < 1e-3 and (masks[i, 0] != single[0]).mean() < 1e-3
+    # the next click decodes in the same crops, given them with the logits
+    again = zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1], origins,
+                                        single_output=False)
+    assert again[0].shape == (3, 3, 128, 128) and (again[3] == origins).all()
+    with pytest.raises(ValueError, match="origins"):
+        zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1])

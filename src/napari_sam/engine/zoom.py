@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from .every_output import predict_every_output
 from .lru import LRUCache
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
 from .prompts import check_boxes, check_points
@@ -310,6 +311,93 @@ class ZoomPredictor:
         masks, scores, logits = self.predict(points, labels, box, mask_input, multimask)
         k = int(np.argmax(scores)) if multimask else 0
         return keep_prompted_pieces(masks[k], points, labels, box), float(scores[k]), logits[k]
+
+    def predict_every_output(
+        self,
+        points: npt.ArrayLike | None,
+        labels: npt.ArrayLike | None,
+        boxes: npt.ArrayLike | None,
+        mask_input: npt.ArrayLike | None = None,
+        origins: npt.ArrayLike | None = None,
+        single_output: bool = True,
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32], npt.NDArray[np.float32],
+               npt.NDArray[np.int64]]:
+        """Decode ``B`` objects at once with every output of the decoder (batched
+        :meth:`predict`, see :func:`napari_sam.engine.every_output.predict_every_output`).
+
+        Each object is decoded in its own crop, the one :meth:`predict` would choose for its
+        prompts; objects that share a crop are decoded in one call.
+
+        Parameters
+        ----------
+        points : array-like, shape (B, N, 2), optional
+            ``(row, col)`` in slice pixels.
+        labels : array-like, shape (B, N), optional
+        boxes : array-like, shape (B, 4), optional
+        mask_input : array-like, shape (B, 1, 4h, 4w), optional
+            Low-resolution logits of an earlier call (in the frames of its ``origins``).
+        origins : array-like of int, shape (B, 2), optional
+            The crops to decode in, as an earlier call returned them; required with
+            ``mask_input``. By default each object's crop is chosen from its prompts.
+        single_output : bool
+            Return the single-output mask before the candidates.
+
+        Returns
+        -------
+        masks : numpy.ndarray, shape (B, K + 1, H, W) or (B, K, H, W), bool
+            In slice coordinates; index 0 the single-output mask with ``single_output``.
+        scores : numpy.ndarray, shape (B, K + 1) or (B, K)
+        low_res_logits : numpy.ndarray, shape (B, K + 1, 4h, 4w) or (B, K, 4h, 4w)
+            In the frame of each object's crop.
+        origins : numpy.ndarray of int, shape (B, 2)
+            ``(row0, col0)`` of each object's crop (zeros without zoom).
+        """
+        if self._image is None:
+            raise RuntimeError("no image is set: call set_image() first")
+        h, w = self._image.shape[:2]
+        pts = None if points is None else np.asarray(points, dtype=np.float64)
+        bxs = None if boxes is None else np.asarray(boxes, dtype=np.float64)
+        if pts is not None and pts.size:
+            check_points(pts, (h, w))
+        if bxs is not None and bxs.size:
+            check_boxes(bxs.reshape(-1, 4), (h, w))
+        self._last = None  # batched logits are not a single predict()'s
+        if self.crop_shape == (h, w):  # no zoom: the whole slice
+            masks, scores, logits = predict_every_output(self._predictor, pts, labels, bxs,
+                                                         mask_input, single_output)
+            return masks, scores, logits, np.zeros((len(masks), 2), dtype=np.int64)
+        n = len(pts) if pts is not None and pts.size else len(bxs)
+        if origins is None:
+            if mask_input is not None:
+                raise ValueError("low-resolution logits as mask_input need the origins of the "
+                                 "call that returned them")
+            labs = None if labels is None else np.asarray(labels)
+            origins = [self._crop_for(None if pts is None or not pts.size else pts[i],
+                                      None if labs is None else labs[i],
+                                      None if bxs is None else bxs[i], None) for i in range(n)]
+        origins = np.asarray(origins, dtype=np.int64).reshape(n, 2)
+        ch, cw = self.crop_shape
+        masks = scores = logits = None
+        for origin in np.unique(origins, axis=0):
+            idx = np.flatnonzero((origins == origin).all(axis=1))
+            r0, c0 = (int(v) for v in origin)
+            self._predictor.set_embedding(self._embedding((r0, c0)),
+                                          self._image[r0:r0 + ch, c0:c0 + cw], self._range)
+            m, s, lg = predict_every_output(
+                self._predictor,
+                None if pts is None or not pts.size else pts[idx] - [r0, c0],
+                None if labels is None else np.asarray(labels)[idx],
+                None if bxs is None else bxs[idx] - [r0, c0, r0, c0],
+                None if mask_input is None else np.asarray(mask_input)[idx],
+                single_output,
+            )
+            if masks is None:
+                masks = np.zeros((n, m.shape[1], h, w), dtype=bool)
+                scores = np.zeros((n, *s.shape[1:]), dtype=s.dtype)
+                logits = np.zeros((n, *lg.shape[1:]), dtype=lg.dtype)
+            masks[idx, :, r0:r0 + ch, c0:c0 + cw] = m
+            scores[idx], logits[idx] = s, lg
+        return masks, scores, logits, origins
 
     # -- crops -------------------------------------------------------------------------------
 

@@ -16,6 +16,11 @@ Each mask is scored as the viewer shows it: cut to the box and kept to the promp
 pieces (:func:`napari_sam.engine.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
 returns); ``raw=True`` scores the model's masks unchanged.
 
+:func:`evaluate_image` decodes all objects of a slice together, one round per click, with one
+decoder pass for a click's kept mask and candidates (:mod:`napari_sam.evaluation.batched`);
+``batched=False`` runs :func:`evaluate_object` object by object (the same clicks and scores up to
+float rounding; the reference the batched path is tested and benchmarked against).
+
 This follows RITM (Sofiiuk et al., 2022) as adopted by SAM (Kirillov et al., 2023, sec. 7.1). The
 code is model-agnostic: anything with SamPredictor's ``set_image`` and ``predict`` can be
 evaluated, which is how the tests check the metric against predictors that are right or wrong by
@@ -27,14 +32,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import groupby
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from ..engine.masks import bounding_box, deepest_point, farthest_point, mask_iou
-from ..engine.postprocess import keep_prompted_pieces
+from ..engine.masks import farthest_point, mask_iou
+from .batched import batched_decoder, evaluate_objects
+from .clicks import ClickSession, ObjectEvaluation, check_protocol, next_click
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.predictor import SamPredictor
@@ -50,8 +57,6 @@ __all__ = [
     "next_click",
 ]
 
-PROMPTS = ("point", "box")
-
 #: Names of the protocol's choices, recorded in every result so that numbers are never read
 #: without knowing how they were made.
 FIRST_CLICK = "farthest_from_boundary"
@@ -61,90 +66,7 @@ ORACLE = "best_true_iou_of_candidates"
 MASKS = {False: "prompted_pieces", True: "raw"}
 
 
-# -- clicks ----------------------------------------------------------------------------------
-
-
-def _as_2d_bool(mask: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"{name} must be a 2D (H, W) mask, got an array of shape {m.shape}")
-    return m.astype(bool, copy=False)
-
-
-def next_click(
-    pred: npt.ArrayLike, gt: npt.ArrayLike
-) -> tuple[tuple[int, int], int] | None:
-    """The corrective click a simulated user places after seeing ``pred``.
-
-    The error is split into the false-negative region (``gt`` missed by ``pred``) and the
-    false-positive region (``pred`` outside ``gt``). The larger of the two, measured as in RITM by
-    its depth (the maximum of its distance transform, so a thin sliver along the boundary loses
-    against a compact blob of the same area), gets the click, at the pixel farthest from that
-    region's boundary. Equal depths go to the larger area, then to the false negative.
-
-    Parameters
-    ----------
-    pred, gt : array-like, shape (H, W)
-        Predicted and ground-truth masks (nonzero inside).
-
-    Returns
-    -------
-    ((int, int), int) or None
-        ``((row, col), label)`` with label 1 (positive) in a false negative and 0 (negative) in a
-        false positive; ``None`` when ``pred`` equals ``gt``.
-    """
-    p = _as_2d_bool(pred, "pred")
-    g = _as_2d_bool(gt, "gt")
-    if p.shape != g.shape:
-        raise ValueError(f"pred of shape {p.shape} and gt of shape {g.shape} differ")
-    candidates = []
-    for region, label in ((g & ~p, 1), (p & ~g, 0)):
-        area = int(np.count_nonzero(region))
-        if area:
-            point, depth = deepest_point(region)
-            candidates.append((depth, area, label, point))
-    if not candidates:
-        return None
-    _, _, label, point = max(candidates)
-    return point, label
-
-
 # -- one object --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ObjectEvaluation:
-    """The outcome of the click protocol on one object.
-
-    Attributes
-    ----------
-    iou : list of float
-        IoU after each click (index 0 = first prompt) of the mask the protocol keeps: the
-        candidate with the highest predicted IoU for a single point, the single output otherwise.
-    iou_oracle : list of float
-        Best true IoU among the masks decoded for the same prompts at each click (the three
-        candidates and the kept mask), so ``iou_oracle[k] >= iou[k]``. For one point this is SAM's
-        "oracle" (best of three).
-    points : list of (int, int)
-        The clicks placed, ``(row, col)``, the first one included in point mode.
-    point_labels : list of int
-        1 for positive, 0 for negative clicks.
-    box : (int, int, int, int) or None
-        The box prompt in box mode.
-    """
-
-    iou: list[float]
-    iou_oracle: list[float]
-    points: list[tuple[int, int]]
-    point_labels: list[int]
-    box: tuple[int, int, int, int] | None = None
-
-
-def _check_protocol(prompt: str, clicks: int) -> None:
-    if prompt not in PROMPTS:
-        raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    if isinstance(clicks, bool) or not isinstance(clicks, (int, np.integer)) or clicks < 1:
-        raise ValueError(f"clicks must be a positive integer, got {clicks!r}")
 
 
 def evaluate_object(
@@ -178,63 +100,20 @@ def evaluate_object(
         ``len(iou) == len(iou_oracle) == clicks``. If the mask becomes exact before the last
         click, no click is left to place and the remaining entries repeat that IoU of 1.0.
     """
-    gt = _as_2d_bool(gt_mask, "gt_mask")
-    _check_protocol(prompt, clicks)
-    gt_area = int(np.count_nonzero(gt))
-    if gt_area == 0:
-        raise ValueError("the ground-truth mask is empty")
-    (gr0, gc0, gr1, gc1) = bounding_box(gt)
-    gt_window = (slice(gr0, gr1 + 1), slice(gc0, gc1 + 1))
-    gt_crop = gt[gt_window]
-
-    def iou(mask: npt.NDArray[np.bool_]) -> float:
-        if mask.shape != gt.shape:
-            raise ValueError(
-                f"the predictor returned masks of shape {mask.shape} for a ground truth of shape "
-                f"{gt.shape}: was set_image() called with this object's slice?"
-            )
-        inter = int(np.count_nonzero(mask[gt_window] & gt_crop))
-        return inter / (gt_area + int(np.count_nonzero(mask)) - inter)
-
-    box = (gr0, gc0, gr1, gc1) if prompt == "box" else None
-    points: list[tuple[int, int]] = []
-    point_labels: list[int] = []
-    if prompt == "point":
-        points.append(farthest_point(gt))
-        point_labels.append(1)
-
-    ious: list[float] = []
-    oracle: list[float] = []
-    mask_input = None
-    pred = None
-    for k in range(clicks):
-        if k > 0:
-            click = next_click(pred, gt)
-            if click is None:  # exact already: a user would stop clicking
-                ious += [ious[-1]] * (clicks - k)
-                oracle += [oracle[-1]] * (clicks - k)
-                break
-            points.append(click[0])
-            point_labels.append(click[1])
-        pts = np.asarray(points, dtype=np.float64) if points else None
-        labs = np.asarray(point_labels, dtype=np.int64) if points else None
+    session = ClickSession(gt_mask, prompt, clicks, raw)
+    while not session.done:
+        session.advance()
+        if session.done:
+            break
+        pts, labs, box, mask_input = session.prompts()
         multi, scores, multi_logits = predictor.predict(pts, labs, box, mask_input, multimask=True)
-        if not raw:
-            multi = [keep_prompted_pieces(m, pts, labs, box) for m in multi]
-        if k == 0 and prompt == "point":  # a single point is ambiguous: trust SAM's IoU head
-            best = int(np.argmax(scores))
-            pred, logits = multi[best], multi_logits[best]
-        else:
-            single, _, single_logits = predictor.predict(
-                pts, labs, box, mask_input, multimask=False
-            )
-            pred, logits = single[0], single_logits[0]
-            if not raw:
-                pred = keep_prompted_pieces(pred, pts, labs, box)
-        ious.append(iou(pred))
-        oracle.append(max([ious[-1], *(iou(m) for m in multi)]))
-        mask_input = np.asarray(logits)[None]
-    return ObjectEvaluation(ious, oracle, points, point_labels, box)
+        single = single_logits = None
+        if not session.ambiguous:
+            single, _, single_logits = predictor.predict(pts, labs, box, mask_input,
+                                                         multimask=False)
+            single, single_logits = single[0], single_logits[0]
+        session.record(multi, scores, multi_logits, single, single_logits)
+    return session.result()
 
 
 # -- ground-truth objects ----------------------------------------------------------------------
@@ -414,6 +293,7 @@ def evaluate_image(
     min_area: int = 1,
     progress: Callable[[int, int], None] | None = None,
     raw: bool = False,
+    batched: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a predictor with the click protocol on every ground-truth object of an image.
 
@@ -443,6 +323,12 @@ def evaluate_image(
     raw : bool
         Score the model's masks unchanged instead of what the prompt asked for of them (see
         :func:`evaluate_object`).
+    batched : bool
+        Decode all objects of a slice together, round by round
+        (:func:`napari_sam.evaluation.batched.evaluate_objects`: the same clicks and scores up to
+        float rounding, several times faster) when the predictor can (a
+        :class:`~napari_sam.engine.zoom.ZoomPredictor` or a plain ``SamPredictor``); False:
+        object by object with :func:`evaluate_object`.
 
     Returns
     -------
@@ -457,7 +343,7 @@ def evaluate_image(
         If the image and labels do not match, the labels are not integers or hold no object, or
         ``axis`` is missing, superfluous or out of range.
     """
-    _check_protocol(prompt, clicks)
+    check_protocol(prompt, clicks)
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     lab, axis = check_labels(labels, axis)
@@ -471,19 +357,27 @@ def evaluate_image(
         intensity_range = estimate_intensity_range(image)
 
     per_object = []
-    current = object()
-    for done, obj in enumerate(objects, start=1):
-        if obj.slice != current:
-            current = obj.slice
-            plane = _plane(image, axis, obj.slice)
-            predictor.set_image(plane, intensity_range)
-            plane_shape = plane.shape[:2]
-        result = evaluate_object(predictor, obj.mask(plane_shape), prompt, clicks, raw)
-        per_object.append(
-            {"id": obj.id, "slice": obj.slice, "iou": result.iou, "iou_oracle": result.iou_oracle}
-        )
-        if progress is not None:
-            progress(done, len(objects))
+    for index, group in groupby(objects, key=lambda o: o.slice):
+        plane = _plane(image, axis, index)
+        predictor.set_image(plane, intensity_range)
+        shape = plane.shape[:2]
+        group = list(group)
+
+        def record(obj: GroundTruthObject, result: ObjectEvaluation) -> None:
+            per_object.append({"id": obj.id, "slice": obj.slice, "iou": result.iou,
+                               "iou_oracle": result.iou_oracle})
+            if progress is not None:
+                progress(len(per_object), len(objects))
+
+        decode = batched_decoder(predictor) if batched else None
+        if decode is None:  # object by object
+            for obj in group:
+                record(obj, evaluate_object(predictor, obj.mask(shape), prompt, clicks, raw))
+            continue
+        results = evaluate_objects(decode, (obj.mask(shape) for obj in group), prompt, clicks,
+                                   raw)
+        for obj, result in zip(group, results, strict=True):
+            record(obj, result)
 
     protocol = {
         "prompt": prompt,
