@@ -18,6 +18,7 @@ from napari_sam.models.build import (
     tiny_config,
 )
 from napari_sam.models.checkpoint import CheckpointError
+from napari_sam.models.configs import MICROSAM_MODELS
 from napari_sam.modeling import Sam
 
 # -- configurations ----------------------------------------------------------------------------
@@ -48,7 +49,10 @@ def test_published_hyperparameters(name, dim, depth, heads, global_blocks):
 
 def test_list_models(monkeypatch):
     assert list_models() == list(MODEL_CONFIGS)
-    assert [n for n in list_models() if n.startswith("vit_")] == ["vit_t", "vit_b", "vit_l", "vit_h"]
+    sam = [n for n in list_models() if n.startswith("vit_") and n not in MICROSAM_MODELS]
+    assert sam == ["vit_t", "vit_b", "vit_l", "vit_h"]
+    for name in MICROSAM_MODELS:  # micro-sam's models: SAM's architectures, other weights
+        assert name in list_models() and MODEL_CONFIGS[name] is MODEL_CONFIGS[name[:5]]
     monkeypatch.setitem(MODEL_ALIASES, "fast", "vit_b")
     assert list_models(include_aliases=True) == [*MODEL_CONFIGS, *MODEL_ALIASES]
     assert resolve_model_name("fast") == "vit_b"

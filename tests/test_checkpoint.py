@@ -158,7 +158,9 @@ def test_duplicate_keys_after_prefix_stripping(tmp_path):
 
 @pytest.mark.parametrize("name", list(MODEL_CONFIGS))
 def test_infer_registry_types(name):
-    assert infer_model_type(_meta_state(name)) == name
+    # micro-sam's models share SAM's architectures: detected as the SAM type of the same shapes
+    expected = name[:5] if MODEL_CONFIGS[name] is MODEL_CONFIGS.get(name[:5]) else name
+    assert infer_model_type(_meta_state(name)) == expected
 
 
 def test_infer_custom_types(tiny_state):

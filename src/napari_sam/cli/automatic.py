@@ -1,7 +1,10 @@
-"""``napari-sam automatic IMAGE --out LABELS.tif [--axis 0]``: segment everything, no prompts.
+"""``napari-sam automatic IMAGE --out LABELS.tif [--axis 0] [--mode decoder]``: segment
+everything, no prompts.
 
-Its segmentation options are shared with ``evaluate --automatic``
-(:func:`._common.add_automatic_options`).
+``--mode points`` (the default): SAM's automatic mode; its options are shared with
+``evaluate --automatic`` (:func:`._common.add_automatic_options`). ``--mode decoder``: the
+model's instance-segmentation decoder and a seeded watershed (micro-sam's models,
+:mod:`napari_sam.workflows.instance_decoder`), with the ``--*-threshold`` options below.
 """
 
 from __future__ import annotations
@@ -9,6 +12,17 @@ from __future__ import annotations
 from ..data.io import read_image, write_labels
 from . import _common
 from ._common import InputError
+
+#: Segmentation modes: point prompts (SAM's automatic mode) or the model's instance decoder.
+MODES = ("points", "decoder")
+#: DecoderParams fields exposed as options of ``--mode decoder``.
+DECODER_OPTIONS = [
+    ("center_distance_threshold", "seeds: predicted centre distance below this (0.5)"),
+    ("boundary_distance_threshold", "seeds: predicted boundary distance below this (0.5)"),
+    ("foreground_threshold", "foreground: probability above this (0.5)"),
+    ("distance_smoothing", "Gaussian sigma of the distance maps, pixels (1.6)"),
+    ("min_size", "remove objects smaller than this many pixels (0)"),
+]
 
 
 def register(sub) -> None:
@@ -20,7 +34,9 @@ def register(sub) -> None:
             "SAM's automatic mode: a grid of point prompts, multimask output, filtering by "
             "predicted IoU and stability, non-maximum suppression, small regions and holes "
             "removed. For a stack, each slice along --axis is segmented and the objects of "
-            "neighbouring slices are linked into 3D objects by overlap."
+            "neighbouring slices are linked into 3D objects by overlap. With --mode decoder, "
+            "a micro-sam model's instance-segmentation decoder and a seeded watershed replace "
+            "the point prompts (docs/models.md)."
         ),
     )
     au.add_argument("image", help="image file: 2D (Y, X), RGB (Y, X, 3) or a stack (Z, Y, X)")
@@ -30,7 +46,14 @@ def register(sub) -> None:
                     help="only these slices along --axis (Python range, e.g. 4:10)")
     au.add_argument("--no-link", action="store_true",
                     help="stacks: do not link objects across slices (every 2D object its own id)")
+    au.add_argument("--mode", choices=MODES, default="points",
+                    help="points: SAM's automatic mode, point prompts over the image (default); "
+                         "decoder: the model's instance-segmentation decoder (micro-sam's models, "
+                         "e.g. --model vit_b_lm), one decoder pass per slice and a watershed")
     _common.add_automatic_options(au)
+    decoder = au.add_argument_group("--mode decoder (defaults: micro-sam's)")
+    for name, text in DECODER_OPTIONS:
+        decoder.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
     _common.add_model_args(au)
     au.set_defaults(handler=run)
 
@@ -67,12 +90,35 @@ def run(args) -> int:
     params = _common.automatic_params(args)
     indices = None if args.axis is None else _parse_slices(args.slices, shape[args.axis])
     model = _common.load_model(args)
+    if args.mode == "decoder":
+        from ..workflows import instance_decoder
+
+        if not instance_decoder.has_instance_decoder(model):
+            raise InputError(f"--mode decoder: the model {args.model!r} has no "
+                             "instance-segmentation decoder; use a micro-sam model (see "
+                             "`napari-sam models`) or the default --mode points")
+        segment_everything_nd = instance_decoder.segment_everything_nd
+        params = _decoder_params(args, params.link_overlap)
     labels = segment_everything_nd(model, image, axis=args.axis, indices=indices, params=params,
                                    link_3d=not args.no_link)
     write_labels(args.out, labels)
     n = int(labels.max())
     print(f"wrote {args.out}: {n} object(s), shape {labels.shape}")
     return 0
+
+
+def _decoder_params(args, link_overlap: float):
+    """The DecoderParams of the ``--mode decoder`` options given."""
+    from ..workflows.instance_decoder import DecoderParams
+
+    given = {name: getattr(args, name) for name, _ in DECODER_OPTIONS
+             if getattr(args, name, None) is not None}
+    if "min_size" in given:
+        given["min_size"] = int(given["min_size"])
+    try:
+        return DecoderParams(link_overlap=link_overlap, **given)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def _parse_slices(text: str | None, n: int) -> range | None:

@@ -6,6 +6,7 @@ they are. Coordinates inside the model are SAM's ``(x, y)`` in pixels of the mod
 
 from .common import MLP, LayerNorm2d, MLPBlock
 from .image_encoder import ImageEncoderViT
+from .instance_decoder import InstanceDecoder
 from .mask_decoder import MaskDecoder
 from .mask_refiner import MaskRefiner
 from .prompt_encoder import PositionEmbeddingRandom, PromptEncoder
@@ -16,6 +17,7 @@ from .transformer import TwoWayAttentionBlock, TwoWayTransformer
 __all__ = [
     "MLP",
     "ImageEncoderViT",
+    "InstanceDecoder",
     "LayerNorm2d",
     "MLPBlock",
     "MaskDecoder",

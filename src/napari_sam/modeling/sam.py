@@ -70,6 +70,9 @@ class Sam(nn.Module):
         #: Optional :class:`~napari_sam.modeling.MaskRefiner` (the default model has one, loaded
         #: with its weights); used by :class:`napari_sam.SamPredictor`, never by ``forward``.
         self.mask_refiner: nn.Module | None = None
+        #: Optional :class:`~napari_sam.modeling.instance_decoder.InstanceDecoder` (micro-sam's
+        #: models have one): automatic instance segmentation from the image embedding.
+        self.instance_decoder: nn.Module | None = None
 
     @property
     def img_size(self) -> int:

@@ -4,7 +4,8 @@ Checkpoint files are untrusted input: they are read with ``torch.load(weights_on
 refuses pickled Python objects other than tensors and plain containers. Official checkpoints are
 bare state dicts; training tools often wrap the state dict (``{"model": ...}``) or prefix its keys
 (``module.`` from DistributedDataParallel, ``_orig_mod.`` from ``torch.compile``). Both are undone
-here.
+here. micro-sam's checkpoints (``{"model_state": ..., "decoder_state": ...}``, SAM's keys possibly
+prefixed ``sam.``) load too: SAM's part as SAM, the instance-segmentation decoder beside it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ _IGNORED_KEYS = frozenset({"pixel_mean", "pixel_std"})
 #: Keys of the optional mask refiner (:class:`napari_sam.modeling.MaskRefiner`): not part of
 #: SAM's own weights (official checkpoints have none), so model types are told apart without them.
 REFINER_PREFIX = "mask_refiner."
+#: Keys of the optional instance-segmentation decoder
+#: (:class:`napari_sam.modeling.instance_decoder.InstanceDecoder`, micro-sam's models): like the
+#: refiner, not part of SAM's weights. micro-sam stores it beside the model's state dict, under
+#: ``"decoder_state"``; :func:`load_state_dict` returns it under this prefix.
+DECODER_PREFIX = "instance_decoder."
+#: The key under which micro-sam (torch_em) checkpoints keep the decoder's state dict.
+DECODER_STATE_KEY = "decoder_state"
+#: Key prefixes of the optional parts: model types are told apart without them.
+_EXTRA_PREFIXES = (REFINER_PREFIX, DECODER_PREFIX)
 #: How many key names an error message lists per kind of problem.
 _MAX_LISTED = 4
 
@@ -61,7 +71,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ----------
     path : str or os.PathLike
         A file written by ``torch.save``: a state dict, or a dict holding one under ``"model"``,
-        ``"model_state"`` or ``"state_dict"`` (nesting is followed).
+        ``"model_state"`` or ``"state_dict"`` (nesting is followed). A micro-sam checkpoint's
+        instance-segmentation decoder (``"decoder_state"`` beside ``"model_state"``) is
+        returned too, its keys prefixed with ``instance_decoder.``.
 
     Returns
     -------
@@ -126,6 +138,7 @@ def _not_a_checkpoint(path: Path, exc: BaseException | str) -> str:
 
 def _extract_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
     """Unwrap, strip prefixes and keep the tensors of a loaded checkpoint object."""
+    decoder = obj.get(DECODER_STATE_KEY) if isinstance(obj, Mapping) else None
     seen = 0
     while isinstance(obj, Mapping) and seen < 10:
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -151,6 +164,9 @@ def _extract_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
         state[name] = value
     if not state:
         raise CheckpointError(f"checkpoint {source!r} contains no tensors")
+    if isinstance(decoder, Mapping):
+        state.update({DECODER_PREFIX + k: v for k, v in decoder.items()
+                      if isinstance(k, str) and isinstance(v, torch.Tensor)})
     return state
 
 
@@ -283,7 +299,7 @@ def require_model_type(
 
 def _given_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state_dict.items()
-            if k not in _IGNORED_KEYS and not k.startswith(REFINER_PREFIX)}
+            if k not in _IGNORED_KEYS and not k.startswith(_EXTRA_PREFIXES)}
 
 
 def describe_mismatch(
@@ -338,7 +354,8 @@ def load_weights(
 
     A state dict with ``mask_refiner.*`` keys gives the model a
     :class:`~napari_sam.modeling.MaskRefiner` with those weights (one without them keeps the
-    model's refiner, if any, as it is).
+    model's refiner, if any, as it is); one with ``instance_decoder.*`` keys gives it an
+    ``instance_decoder`` (:class:`~napari_sam.modeling.instance_decoder.InstanceDecoder`) alike.
 
     Raises
     ------
@@ -348,8 +365,10 @@ def load_weights(
     """
     refiner_state = {k[len(REFINER_PREFIX):]: v for k, v in state_dict.items()
                      if k.startswith(REFINER_PREFIX)}
+    decoder_state = {k[len(DECODER_PREFIX):]: v for k, v in state_dict.items()
+                     if k.startswith(DECODER_PREFIX)}
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()
-                if not k.startswith(REFINER_PREFIX)}
+                if not k.startswith(_EXTRA_PREFIXES)}
     given = _given_shapes(state_dict)
     if expected != given:
         what = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"
@@ -367,11 +386,30 @@ def load_weights(
             f"{what} does not fit a {name!r} model: {describe_mismatch(expected, given)}.{hint}"
         )
     weights = {k: v for k, v in state_dict.items()
-               if k not in _IGNORED_KEYS and not k.startswith(REFINER_PREFIX)}
+               if k not in _IGNORED_KEYS and not k.startswith(_EXTRA_PREFIXES)}
     with torch.no_grad():
         if refiner_state:
             _load_refiner(model, refiner_state, source)
+        if decoder_state:
+            _load_instance_decoder(model, decoder_state, source)
         model.load_state_dict({**model.state_dict(), **weights}, strict=True)
+
+
+def _load_instance_decoder(model: nn.Module, state: Mapping[str, torch.Tensor], source) -> None:
+    from ..modeling.instance_decoder import InstanceDecoder
+
+    try:
+        decoder = InstanceDecoder.from_state_dict(state)
+    except ValueError as exc:
+        what = f"checkpoint {str(source)!r}" if source is not None else "the checkpoint"
+        raise CheckpointError(f"{what}: {exc}") from None
+    width = model.prompt_encoder.embed_dim
+    if decoder.embed_dim != width:
+        raise CheckpointError(
+            f"the instance-segmentation decoder takes {decoder.embed_dim}-channel embeddings, "
+            f"the model's image encoder gives {width}"
+        )
+    model.instance_decoder = decoder.to(next(model.parameters()).device).eval()
 
 
 def _load_refiner(model: nn.Module, state: Mapping[str, torch.Tensor], source) -> None:

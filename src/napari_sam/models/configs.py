@@ -23,8 +23,10 @@ from ..modeling import (
     TwoWayTransformer,
 )
 from ..modeling.sam import IMAGENET_MEAN, IMAGENET_STD
+from .microsam import MICROSAM_MODELS
 
 __all__ = [
+    "MICROSAM_MODELS",
     "MODEL_ALIASES",
     "MODEL_CONFIGS",
     "SamConfig",
@@ -254,6 +256,10 @@ VIT_T_CONFIG = SamConfig(
 )
 # smallest first
 MODEL_CONFIGS = {"default": DEFAULT_CONFIG, "vit_t": VIT_T_CONFIG, **MODEL_CONFIGS}
+#: micro-sam's fine-tuned models (Archit et al. 2025): SAM's architectures unchanged (the same
+#: config objects), other weights, and an instance-segmentation decoder (see
+#: napari_sam.models.weights). A checkpoint's type is detected as the plain SAM name.
+MODEL_CONFIGS.update({name: MODEL_CONFIGS[name[:5]] for name in MICROSAM_MODELS})
 
 #: Other names :func:`build_model` accepts.
 MODEL_ALIASES: dict[str, str] = {}

@@ -24,6 +24,8 @@ The SHA256 values are those of Meta's published files (the same values pin these
 micro-sam's model registry); MobileSAM's ``vit_t`` is pinned to the ``mobile_sam.pt`` of its
 repository. Other models are added with :func:`register_weights` by the modules that can build
 them.
+
+micro-sam's models, pinned by xxh128 hashes, are registered by :mod:`napari_sam.models.microsam`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "cache_root",
     "download_file",
     "fetch_weights",
+    "file_digest",
     "file_sha256",
     "register_weights",
     "resolve_checkpoint",
@@ -68,7 +71,12 @@ _HEX = frozenset(string.hexdigits.lower())
 
 
 class WeightsDownloadError(RuntimeError):
-    """A checkpoint could not be downloaded, or the download did not match its SHA256."""
+    """A checkpoint could not be downloaded, or the download did not match its hash."""
+
+
+#: Hash algorithms an entry can be pinned with, and the number of hex digits of each.
+_DIGEST_LENGTHS = {"sha256": 64, "xxh128": 32}
+_LABELS = {"sha256": "SHA256", "xxh128": "xxh128"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ class WeightsEntry:
     url : str
         Where the file is downloaded from.
     sha256 : str
-        SHA256 of the file, 64 hex digits (stored lower case).
+        SHA256 of the file, 64 hex digits (stored lower case); may be empty when ``xxh128`` is
+        given (the publisher gives no SHA256).
     filename : str
         File name in the cache folder (a bare name, no directories). For published checkpoints,
         the publisher's name, so a file downloaded by hand is recognised.
@@ -90,6 +99,14 @@ class WeightsEntry:
         Approximate size in megabytes (10**6 bytes), for display.
     description : str
         One line for users choosing a model.
+    xxh128 : str
+        xxh128 (XXH3, 128 bits) of the file, 32 hex digits: checked when ``sha256`` is empty.
+    family : str
+        Who published the model and for what, for display: ``"SAM"``, ``"MobileSAM"``,
+        ``"micro-sam LM"``, ...
+    decoder : str
+        Registry name of the model's instance-segmentation decoder weights (micro-sam's
+        models), loaded with the model; empty: none.
     """
 
     name: str
@@ -98,16 +115,25 @@ class WeightsEntry:
     filename: str
     size_mb: float
     description: str = ""
+    xxh128: str = ""
+    family: str = ""
+    decoder: str = ""
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("WeightsEntry.name must not be empty")
-        digest = self.sha256.lower().removeprefix("sha256:")
-        if len(digest) != 64 or not set(digest) <= _HEX:
+        for algorithm, length in _DIGEST_LENGTHS.items():
+            given = getattr(self, algorithm)
+            digest = given.lower().removeprefix(algorithm + ":")
+            if digest and (len(digest) != length or not set(digest) <= _HEX):
+                raise ValueError(f"WeightsEntry {self.name!r}: {algorithm} must be {length} hex "
+                                 f"digits, got {given!r}")
+            object.__setattr__(self, algorithm, digest)
+        if not self.sha256 and not self.xxh128:
             raise ValueError(
-                f"WeightsEntry {self.name!r}: sha256 must be 64 hex digits, got {self.sha256!r}"
+                f"WeightsEntry {self.name!r}: sha256 must be 64 hex digits, got {self.sha256!r} "
+                "(or give an xxh128)"
             )
-        object.__setattr__(self, "sha256", digest)
         if (
             not self.filename
             or Path(self.filename).name != self.filename
@@ -118,6 +144,11 @@ class WeightsEntry:
                 f"WeightsEntry {self.name!r}: filename must be a bare file name, "
                 f"got {self.filename!r}"
             )
+
+    @property
+    def digest(self) -> tuple[str, str]:
+        """``(algorithm, hex digest)`` the file is checked with: SHA256 if known, else xxh128."""
+        return ("sha256", self.sha256) if self.sha256 else ("xxh128", self.xxh128)
 
 
 _META_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -132,6 +163,7 @@ WEIGHTS: dict[str, WeightsEntry] = {
             sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
             filename="sam_vit_b_01ec64.pth",
             size_mb=375.0,
+            family="SAM",
             description="SAM ViT-B (91M parameters): the fastest official SAM model.",
         ),
         WeightsEntry(
@@ -140,6 +172,7 @@ WEIGHTS: dict[str, WeightsEntry] = {
             sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
             filename="sam_vit_l_0b3195.pth",
             size_mb=1249.5,
+            family="SAM",
             description="SAM ViT-L (308M parameters): close to ViT-H quality, about half its cost.",
         ),
         WeightsEntry(
@@ -148,6 +181,7 @@ WEIGHTS: dict[str, WeightsEntry] = {
             sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
             filename="sam_vit_h_4b8939.pth",
             size_mb=2564.6,
+            family="SAM",
             description="SAM ViT-H (636M parameters): the largest and most accurate SAM model.",
         ),
         WeightsEntry(
@@ -156,6 +190,7 @@ WEIGHTS: dict[str, WeightsEntry] = {
             sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
             filename="mobile_sam.pt",
             size_mb=40.7,
+            family="MobileSAM",
             description=(
                 "MobileSAM (10M parameters): a TinyViT encoder distilled from ViT-H, several "
                 "times faster than ViT-B on a CPU."
@@ -198,7 +233,7 @@ def register_weights(entry: WeightsEntry, *, overwrite: bool = False) -> Weights
         if (
             other.name != entry.name
             and other.filename == entry.filename
-            and other.sha256 != entry.sha256
+            and other.digest != entry.digest
         ):
             raise ValueError(
                 f"weights {entry.name!r}: file name {entry.filename!r} is already used by "
@@ -243,11 +278,26 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file by ``"sha256"`` (:func:`file_sha256`) or ``"xxh128"`` (which needs
+    the ``xxhash`` package: :class:`WeightsDownloadError` without it)."""
+    if algorithm == "sha256":
+        return file_sha256(path)
+    if algorithm != "xxh128":
+        raise ValueError(f"unknown hash algorithm {algorithm!r}: use sha256 or xxh128")
+    digest = _require_xxhash().xxh128()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def fetch_weights(name: str, *, progress: bool = True) -> Path:
     """Path of a verified checkpoint in the cache, downloading it if needed.
 
     A file already in :func:`cache_dir` under the entry's file name (downloaded earlier or copied
-    there by hand) is returned without any network access if its SHA256 matches. A file that does
+    there by hand) is returned without any network access if its hash (SHA256, or xxh128 for
+    micro-sam's files) matches. A file that does
     not match is reported with a warning and replaced by a fresh download. Downloads go to a
     temporary file in the cache folder that is moved into place only once its hash is verified, so
     an interrupted or corrupt download never leaves a file behind.
@@ -269,27 +319,28 @@ def fetch_weights(name: str, *, progress: bool = True) -> Path:
     ValueError
         ``name`` is not a registered model.
     WeightsDownloadError
-        The download failed (no network, server error, disk full) or the downloaded file's SHA256
+        The download failed (no network, server error, disk full) or the downloaded file's hash
         did not match. The message says where to put the file to work offline.
     """
     entry = _entry(name)
+    algorithm, expected = entry.digest
     target = cache_dir() / entry.filename
     if target.is_file():
-        if _is_verified(target, entry.sha256):
+        if _is_verified(target, expected, algorithm):
             return target
-        actual = file_sha256(target)
-        if actual == entry.sha256:
-            _record_verified(target, actual)
+        actual = file_digest(target, algorithm)
+        if actual == expected:
+            _record_verified(target, actual, algorithm)
             return target
         warnings.warn(
-            f"{target} is not the expected {entry.name!r} checkpoint (SHA256 {actual}, expected "
-            f"{entry.sha256}): an incomplete copy or a different file. Downloading it again "
-            f"from {entry.url}.",
+            f"{target} is not the expected {entry.name!r} checkpoint ({_LABELS[algorithm]} "
+            f"{actual}, expected {expected}): an incomplete copy or a different file. "
+            f"Downloading it again from {entry.url}.",
             UserWarning,
             stacklevel=2,
         )
     _download(entry, target, progress=progress)
-    _record_verified(target, entry.sha256)
+    _record_verified(target, expected, algorithm)
     return target
 
 
@@ -335,7 +386,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], *, progress: bool =
 
 
 def _known_names() -> str:
-    return ", ".join(sorted(WEIGHTS)) or "(none)"
+    parts = {entry.decoder for entry in WEIGHTS.values()}  # loaded with their models
+    return ", ".join(sorted(n for n in WEIGHTS if n not in parts)) or "(none)"
 
 
 def _entry(name: str) -> WeightsEntry:
@@ -349,8 +401,19 @@ def _stamp_path(target: Path) -> Path:
     return target.with_name(target.name + _VERIFIED_SUFFIX)
 
 
-def _is_verified(target: Path, sha256: str) -> bool:
-    """Whether ``target`` is unchanged since it last matched ``sha256``.
+def _require_xxhash():
+    try:
+        import xxhash
+    except ImportError:
+        raise WeightsDownloadError(
+            "checking micro-sam's weights (pinned by xxh128 hashes) needs the xxhash package: "
+            "pip install xxhash"
+        ) from None
+    return xxhash
+
+
+def _is_verified(target: Path, digest: str, algorithm: str = "sha256") -> bool:
+    """Whether ``target`` is unchanged since it last matched ``digest``.
 
     Re-hashing a 2.5 GB file on every start takes seconds, so a successful check is recorded with
     the file's size and modification time and trusted while both stay the same.
@@ -359,7 +422,7 @@ def _is_verified(target: Path, sha256: str) -> bool:
         record = json.loads(_stamp_path(target).read_text(encoding="utf-8"))
         stat = target.stat()
         return (
-            record["sha256"] == sha256
+            record[algorithm] == digest
             and record["size"] == stat.st_size
             and record["mtime_ns"] == stat.st_mtime_ns
         )
@@ -367,10 +430,10 @@ def _is_verified(target: Path, sha256: str) -> bool:
         return False
 
 
-def _record_verified(target: Path, sha256: str) -> None:
+def _record_verified(target: Path, digest: str, algorithm: str = "sha256") -> None:
     try:
         stat = target.stat()
-        record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        record = {algorithm: digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         _stamp_path(target).write_text(json.dumps(record), encoding="utf-8")
     except OSError as exc:  # a read-only cache still works; it is just re-hashed next time
         logger.debug("could not record the hash check of %s: %s", target, exc)
@@ -388,16 +451,18 @@ def _tqdm_available() -> bool:
 def _offline_hint(entry: WeightsEntry, target: Path) -> str:
     return (
         f"To work offline, download {entry.url} on another machine and copy it to {target} "
-        f"(it is recognised by that name and checked against SHA256 {entry.sha256}), or pass "
+        f"(it is recognised by that name and checked against {_LABELS[entry.digest[0]]} "
+        f"{entry.digest[1]}), or pass "
         f"the path of a checkpoint file instead of the model name. Set {CACHE_ENV_VAR} to use "
         "another cache folder."
     )
 
 
 def download_file(url: str, target: Path, *, sha256: str | None = None,
-                  progress: bool = False) -> None:
+                  progress: bool = False, xxh128: str | None = None) -> None:
     """Download ``url`` to ``target`` with pooch: through a temporary file, checked against
-    ``sha256`` when given (a mismatch raises ``ValueError`` and saves nothing).
+    ``sha256`` (or ``xxh128``, which needs the ``xxhash`` package) when given (a mismatch raises
+    ``ValueError`` and saves nothing).
 
     The one downloader of the project (SAM and micro-sam weights, CLIP weights). Network
     failures raise ``requests`` exceptions or ``OSError``.
@@ -413,7 +478,7 @@ def download_file(url: str, target: Path, *, sha256: str | None = None,
     target.parent.mkdir(parents=True, exist_ok=True)
     pooch.retrieve(
         url,
-        known_hash=f"sha256:{sha256}" if sha256 else None,
+        known_hash=(f"sha256:{sha256}" if sha256 else f"xxh128:{xxh128}" if xxh128 else None),
         fname=target.name,
         path=target.parent,
         progressbar=progressbar,
@@ -425,7 +490,10 @@ def _download(entry: WeightsEntry, target: Path, *, progress: bool) -> None:
     import requests
 
     try:
-        download_file(entry.url, target, sha256=entry.sha256, progress=progress)
+        algorithm, expected = entry.digest
+        if algorithm == "xxh128":
+            _require_xxhash()  # before downloading a file that could not be checked
+        download_file(entry.url, target, progress=progress, **{algorithm: expected})
     except ValueError as exc:
         # pooch reports a hash mismatch as "... expected sha256:<hex> but got <hex>. ..."
         got = re.search(r"but got ([0-9a-fA-F]+)", str(exc))
@@ -436,7 +504,8 @@ def _download(entry: WeightsEntry, target: Path, *, progress: bool) -> None:
             ) from exc
         raise WeightsDownloadError(
             f"The file downloaded from {entry.url} does not match the {entry.name!r} weights: "
-            f"SHA256 expected {entry.sha256}, got {got.group(1).lower()}. The download was "
+            f"{_LABELS[entry.digest[0]]} expected {entry.digest[1]}, got {got.group(1).lower()}. "
+            "The download was "
             f"discarded, nothing was saved. The file at that address may have changed or been "
             f"corrupted in transit; try again later. " + _offline_hint(entry, target)
         ) from exc
