@@ -46,6 +46,20 @@ SCRIPT = textwrap.dedent(
         app.processEvents()
         time.sleep(0.01)
     assert widget.preview is not None, widget.status_label.value
+
+    # SAM 2 after the GL context too: its modules, the registry, clicks and memory tracking
+    from napari_sam.engine.sam2_predictor import predictor_for
+    from napari_sam.models.sam2_configs import build_sam2, tiny_sam2_config
+    from napari_sam.workflows.propagation import PropagationParams, Seed, propagate
+    build_model("sam2.1_hiera_tiny", pretrained=False)
+    sam2 = build_sam2(tiny_sam2_config())
+    stack = np.random.default_rng(1).random((3, 64, 64)).astype("float32")
+    clicks = predictor_for(sam2)
+    clicks.set_image(stack[0])
+    clicks.segment(points=[[30, 30]])
+    run = propagate(sam2, None, 3, [Seed(1, 1, points=np.array([[30, 30]]))],
+                    slice_image=lambda i: stack[i], params=PropagationParams(min_score=0.0))
+    assert run.complete
     bad = sorted(m for m in ("torchvision", "triton", "open_clip", "torch._dynamo") if m in sys.modules)
     assert not bad, bad
     viewer.close()

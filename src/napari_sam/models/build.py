@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..modeling import Sam
-from .checkpoint import load_state_dict, load_weights, require_model_type
+from .checkpoint import DECODER_PREFIX, load_state_dict, load_weights, require_model_type
 from .configs import (
     MODEL_ALIASES,
     MODEL_CONFIGS,
@@ -27,6 +27,7 @@ from .configs import (
     tiny_config,
 )
 from .device import resolve_device
+from .sam2_build import build_sam2_model, sam2_request
 
 __all__ = [
     "MODEL_ALIASES",
@@ -56,7 +57,9 @@ def build_model(
     ----------
     name : str or os.PathLike
         A registry name (:func:`list_models`, or an alias from :data:`MODEL_ALIASES`), or the path
-        of a checkpoint file whose model type is then detected from its tensor shapes.
+        of a checkpoint file whose model type is then detected from its tensor shapes. SAM 2.1
+        names (``"sam2.1_hiera_tiny"``, ...) and checkpoints build a
+        :class:`~napari_sam.modeling.sam2.Sam2` (:func:`~napari_sam.models.sam2_build.build_sam2_model`).
     checkpoint : str or os.PathLike, optional
         Weights for the registry model ``name`` (a fine-tuned model, or an official file kept
         elsewhere). Not allowed when ``name`` is itself a file.
@@ -81,6 +84,10 @@ def build_model(
     napari_sam.models.weights.WeightsDownloadError
         The official weights are not cached and could not be downloaded.
     """
+    sam2_state = sam2_request(name)  # SAM 2.1: a name of SAM2_CONFIGS or a SAM 2 checkpoint
+    if sam2_state is not None:
+        return build_sam2_model(name, checkpoint, device, pretrained=pretrained,
+                                state=sam2_state or None)
     dev = resolve_device(device)
     model_type, state, source = _resolve_weights(name, checkpoint, pretrained)
     config = MODEL_CONFIGS[model_type]
@@ -93,6 +100,19 @@ def build_model(
     model = build_sam(config).to(dev)
     load_weights(model, state, model_type, source=source)
     return model.eval()
+
+
+def _with_decoder(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the registry's separate instance-decoder file of model ``name`` added
+    (micro-sam publishes SAM's weights and the decoder as two files), if it has one."""
+    from .weights import WEIGHTS, fetch_weights
+
+    entry = WEIGHTS.get(name)
+    decoder = entry.decoder if entry is not None else ""
+    if not decoder or any(k.startswith(DECODER_PREFIX) for k in state):
+        return state
+    parts = load_state_dict(fetch_weights(decoder))
+    return {**state, **{DECODER_PREFIX + k: v for k, v in parts.items()}}
 
 
 def _resolve_weights(
@@ -124,7 +144,7 @@ def _resolve_weights(
                 f"no official weights are registered for {name!r}: pass checkpoint=PATH, or "
                 "pretrained=False for random weights"
             ) from exc
-        return model_type, load_state_dict(path), str(path)
+        return model_type, _with_decoder(model_type, load_state_dict(path)), str(path)
 
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"name must be a model name or a path, got {type(name).__name__}")

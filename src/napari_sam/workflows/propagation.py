@@ -30,7 +30,9 @@ from ..engine.decoding import (
 from ..engine.masks import bounding_box, farthest_point, mask_iou
 from ..engine.postprocess import keep_prompted_pieces
 from ..engine.predictor import ImageEmbedding, SamPredictor
+from ..modeling.sam2 import Sam2
 from .mask_stack import MaskStack, Propagation
+from .sam2_propagation import propagate_sam2
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import Sam
@@ -319,7 +321,8 @@ def propagate(
 
     Parameters
     ----------
-    model : Sam
+    model : Sam or Sam2
+        A SAM 2 model is tracked with its memory (:func:`propagate_sam2`, needs ``slice_image``).
     embed : callable
         ``embed(i)`` returns the :class:`ImageEmbedding` of slice ``i``. It is called on the
         worker's thread, at most twice per slice (once per sweep), so pass a cached embedder.
@@ -349,6 +352,9 @@ def propagate(
     params = PropagationParams() if params is None else params
     n_slices = int(n_slices)
     by_object = _check_seeds(seeds, n_slices)
+    if isinstance(model, Sam2):  # tracked with SAM 2's memory (embed unused)
+        return propagate_sam2(model, n_slices, by_object, params, slice_image=slice_image,
+                              progress=progress, cancelled=cancelled, intensity_range=intensity_range)
     predictor = SamPredictor(model, refine=params.refine)
     result = Propagation(masks={oid: MaskStack() for oid in by_object}, complete=False,
                          scores={oid: {} for oid in by_object},

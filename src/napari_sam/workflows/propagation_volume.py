@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine.predictor import ImageEmbedding, SamPredictor
+from ..modeling.sam2 import Sam2
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import Sam
@@ -147,6 +148,10 @@ def propagate_in_crops(
     from ..engine.preprocess import estimate_intensity_range
     from ..engine.zoom import auto_zoom, crop_origin, prompt_centre, zoomed_crop_shape
 
+    if isinstance(model, Sam2):  # whole slices: SAM 2's memory is per slice, not per crop
+        return propagate(model, None, n_slices, seeds, params=params, progress=progress,
+                         cancelled=cancelled, slice_image=slice_image,
+                         intensity_range=intensity_range)
     if not (zoom == "auto" or (isinstance(zoom, (int, float)) and zoom >= 1)):
         raise ValueError(f"zoom must be 'auto' or a number >= 1, got {zoom!r}")
     by_object = _check_seeds(seeds, int(n_slices))
