@@ -167,14 +167,14 @@ def test_segment_everything_all_slices_result_is_written_as_label_planes(sam):
     found[1, 2:6, 2:6] = 1
     found[1, 8:12, 8:12] = 4
     found[3, 2:6, 2:6] = 4
-    widget._on_automatic(layer, plane, 0, "all slices", found, False)
+    widget.stack.write_automatic(layer, plane, 0, "all slices", found, False)
     auto = viewer.layers[AUTOMATIC_NAME]
     first = np.where(found == 4, 2, found)  # ids 1, 4 -> fresh 1, 2
     np.testing.assert_array_equal(auto.data, first)
     found2 = np.zeros_like(found)
     found2[1, 0:4, 0:4] = 7  # overlaps object 1: existing pixels are kept
     found2[4, 0:2, 0:2] = 7
-    widget._on_automatic(layer, plane, 0, "all slices", found2, False)
+    widget.stack.write_automatic(layer, plane, 0, "all slices", found2, False)
     assert (auto.data[1, 2:4, 2:4] == 1).all() and (auto.data[1, 0:2, 0:4] == 3).all()
     assert (auto.data[4, 0:2, 0:2] == 3).all()
     auto.undo()  # one step per run

@@ -81,7 +81,7 @@ def test_paint_stack_overwrite():
 
 
 def test_time_axis_is_recognised_by_its_label():
-    from napari_sam.plugin._widget import _is_time_axis
+    from napari_sam.plugin._stack_section import _is_time_axis
 
     assert _is_time_axis(Image(np.zeros((3, 4, 5)), axis_labels=("t", "y", "x")), 0)
     assert _is_time_axis(Image(np.zeros((3, 2, 4, 5)), axis_labels=("Time", "z", "y", "x")), 0)

@@ -25,7 +25,7 @@ def test_large_plane_is_decoded_in_tiles(sam, idle, tiny_model, encoder_calls, n
     n_tiles = len(list(TiledPredictor(tiny_model, image).grid.tiles()))
     assert n_tiles > 100
     assert 1 <= encoder_calls.calls <= 16  # the tiles around the object, not the image
-    reference = TiledPredictor(tiny_model, image, intensity_range=widget._ranges.get(layer.unique_id))
+    reference = TiledPredictor(tiny_model, image, intensity_range=widget.session.intensity_range(layer.unique_id))
     expected, _ = reference.segment(points=[rc], labels=[1])
     np.testing.assert_array_equal(widget.preview.mask, expected)
     n = encoder_calls.calls
@@ -59,7 +59,7 @@ def test_small_objects_are_decoded_in_magnified_crops(sam, idle):
     widget.points_layer.add([130.0, 130.0])
     idle(widget, 60_000)
     assert widget.preview is not None and "zoomed in" in widget.status_label.value
-    tiled = next(t for t in widget._tiled.values() if hasattr(t, "grid"))
+    tiled = next(t for t in widget.session.tiled_predictors() if hasattr(t, "grid"))
     assert max(tiled.grid.tile_shape) < 512  # crops smaller than the plane: magnified
     mask, truth = widget.preview.mask, gt == target
     assert (mask & truth).sum() / (mask | truth).sum() > 0.5

@@ -29,7 +29,7 @@ def test_a_model_set_while_the_default_loads_is_kept(make_napari_viewer, qtbot, 
     viewer.add_image(nuclei_2d()[0])
     widget = SamWidget(viewer)
     widget.set_model(tiny_model, "tiny")  # before the background load returns
-    qtbot.waitUntil(lambda: widget._model_worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.session.model_loading, timeout=60_000)
     assert widget.model_name == "tiny"
 
 
@@ -103,7 +103,7 @@ def test_text_search_looks_among_segment_everything_once_it_exists(sam, idle):
     idle(widget)
     widget.commit()  # "SAM labels" exists first, and is the text search's choice
     assert widget.text.candidates_combo.value is viewer.layers[LABELS_NAME]
-    auto = widget._automatic_layer(layer)  # what segment everything writes into
+    auto = widget.stack.automatic_layer(layer)  # what segment everything writes into
     assert widget.text.candidates_combo.value is auto
 
 
@@ -115,7 +115,7 @@ def test_a_long_error_fits_the_toast_with_the_rest_one_click_away(sam, notes):
     long = ("CLIP weights ViT-B-32:openai are not on this machine and could not be downloaded "
             "(no network). Download https://example.org/weights.bin on a machine with internet "
             "access and save it as /cache/clip/ViT-B-32-openai.bin.")
-    widget._on_task_error(RuntimeError(long))
+    widget.report_task_error(RuntimeError(long))
     shown = notes[-1]
     assert len(shown) <= TOAST_CHARS and shown.startswith("Segment Anything: CLIP weights")
     from napari.utils.notifications import notification_manager

@@ -462,7 +462,12 @@ class StackEmbedder(PlaneGeometry):
             why = f"the automatic embedding store {store.path} is read-only"
         if why:
             _warn_memory_only(store.path.parent, why)
-        return ImageEmbedding(half, emb.original_size, emb.img_size)
+        result = ImageEmbedding(half, emb.original_size, emb.img_size)
+        if store is None or not self._store_writable:
+            # still under the compute lock: a thread waiting for this plane finds it in memory
+            # instead of encoding it a second time
+            self._memory.put(idx, result)
+        return result
 
 
 def _warn_memory_only(folder: Path, message: str) -> None:

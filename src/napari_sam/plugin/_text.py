@@ -17,12 +17,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSlider, LineEdit, PushButton
+from magicgui.widgets import ComboBox, FloatSlider, LineEdit, PushButton
 from napari.layers import Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 
 from ._layers import PromptError, current_plane, image_level0, sample_labels_on_plane
+from ._section import Section
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._widget import SamWidget
@@ -36,7 +37,7 @@ DEFAULT_CLIP = "ViT-B-32:openai"
 _DEBOUNCE_MS = 400
 
 
-class TextSection(Container):
+class TextSection(Section):
     """Text box, negatives, CLIP model, candidates layer and threshold, bound to a SamWidget.
 
     Attributes
@@ -61,15 +62,10 @@ class TextSection(Container):
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=0.5)
         self.find_button = PushButton(text="Find objects")
         super().__init__(
-            widgets=[
-                self.query,
-                self.negatives,
-                self.clip_spec,
-                self.candidates_combo,
-                self.threshold,
-                self.find_button,
-            ],
-            labels=True,
+            "Text: find objects by a description",
+            [self.query, self.negatives, self.clip_spec, self.candidates_combo, self.threshold,
+             self.find_button],
+            expanded=False,
         )
         self.scores = None
         self.plane = None
@@ -98,7 +94,7 @@ class TextSection(Container):
         if not query:
             show_warning("Type what to find (for example 'nucleus') in the text box first.")
             return False
-        image = owner._job_image()
+        image = owner.job_image()
         if image is None:
             return False
         source = self.candidates_combo.value
@@ -120,7 +116,7 @@ class TextSection(Container):
         pixels = np.asarray(image_level0(image)[plane.indexer()])
         negatives = tuple(s.strip() for s in str(self.negatives.value).split(",") if s.strip())
         spec = str(self.clip_spec.value).strip() or DEFAULT_CLIP
-        intensity_range = owner._ranges.get(image.unique_id)
+        intensity_range = owner.session.intensity_range(image.unique_id)
         if spec != self._scorer_spec:
             self.close()
             self._scorer_spec = spec
@@ -148,8 +144,8 @@ class TextSection(Container):
             return objects, score_embeddings(section._scorer, objects, query, negatives)
 
         done = functools.partial(self._on_scored, image, plane, source, key, candidates)
-        owner._set_status(f"Scoring the objects of '{source.name}' against '{query}'...")
-        return owner.tasks.start(f"Finding '{query}'", body, done, owner._on_task_error,
+        owner.set_status(f"Scoring the objects of '{source.name}' against '{query}'...")
+        return owner.tasks.start(f"Finding '{query}'", body, done, owner.report_task_error,
                                  owner=image.unique_id)
 
     def close(self) -> None:
@@ -174,7 +170,7 @@ class TextSection(Container):
     # -- internals -----------------------------------------------------------------------------
 
     def _on_text_edited(self, value=None) -> None:
-        if self.owner._closed:
+        if self.owner.closed:
             return
         try:
             self._timer.start(_DEBOUNCE_MS)
@@ -189,7 +185,7 @@ class TextSection(Container):
         owner = self.owner
         objects, scores = result
         if cancelled or not objects.complete:
-            owner._set_status("Text search cancelled; nothing was changed.", sticky=True)
+            owner.set_status("Text search cancelled; nothing was changed.", sticky=True)
             return
         self._objects, self._objects_key = objects, key
         self.scores, self.plane, self._source = scores, plane, source
@@ -200,7 +196,7 @@ class TextSection(Container):
         top = ", ".join(
             f"{int(scores.ids[i])}: {float(scores.probability[i]):.2f}" for i in best
         )
-        owner._set_status(
+        owner.set_status(
             f"'{scores.query}': {len(kept)} of {len(scores.ids)} objects of '{source.name}' "
             f"reach {float(self.threshold.value):.2f} (best {top}); they are in '{TEXT_NAME}' "
             "and are the mask prompts: click to correct, K to commit.",
@@ -243,7 +239,7 @@ class TextSection(Container):
         owner = self.owner
         layers = [
             layer
-            for layer in owner._labels_layers()
+            for layer in owner.labels_layers()
             if layer is not self._layer and layer.name not in (TEXT_NAME, "SAM preview")
         ]
         # the automatic result first: it is what the text usually picks among

@@ -4,14 +4,20 @@ off the GUI thread. Each returns its error instead of raising it, for one notifi
 from __future__ import annotations
 
 import logging
+import re
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..engine.tiling import is_large
 
 __all__ = [
+    "PrefetchCancelled",
+    "PrefetchState",
     "build_model_worker",
     "compute_embedding",
+    "install_yield_points",
     "prefetch",
     "segment_objects",
     "segment_tiled",
@@ -60,8 +66,6 @@ def segment_tiled(tiled, objects):
         return None, None, None, exc
 
 
-
-
 def compute_embedding(embedder, index):
     """Worker body: the embedding of one plane (memory, disk store, or the encoder).
 
@@ -97,19 +101,81 @@ def tiled_predictor(cls, model, data, indexer, zoom=False, **kwargs):
     return cls(model, plane, **kwargs)
 
 
-def prefetch(embedder, indices, cancelled):
-    """Worker body: embed the planes ``indices`` not stored yet, until ``cancelled()``."""
+class PrefetchCancelled(Exception):
+    """Raised inside the image encoder of a prefetch whose plane is no longer wanted."""
+
+
+@dataclass
+class PrefetchState:
+    """What a prefetch worker shares with the GUI thread (all fields thread-safe to read).
+
+    Attributes
+    ----------
+    stop : threading.Event
+        Set: start no further plane.
+    abort : threading.Event
+        Set: abandon the plane being encoded now, at the encoder's next part (it holds the
+        embedder's compute lock, which the plane on screen needs).
+    current : tuple of int or None
+        The plane being embedded now.
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    abort: threading.Event = field(default_factory=threading.Event)
+    current: tuple | None = None
+
+
+_local = threading.local()
+
+
+def _abort_point(module, args) -> None:
+    abort = getattr(_local, "abort", None)
+    if abort is not None and abort.is_set():
+        raise PrefetchCancelled
+
+
+def install_yield_points(model) -> list:
+    """Let prefetch workers abandon an encoding between two parts of ``model``'s image encoder.
+
+    The hooks act only in a thread running :func:`prefetch` whose ``abort`` is set: other
+    encodings (the slice on screen, jobs, tests) never see them. Returns the hook handles
+    (``handle.remove()`` uninstalls).
+    """
+    encoder = getattr(model, "image_encoder", None)
+    if encoder is None:
+        return []
+    # each block and each of its parts (norms, attention, MLP): a default-model block is a
+    # quarter of the encoder, its parts a sixteenth
+    parts = [m for name, m in encoder.named_modules()
+             if re.search(r"blocks\.\d+(\.[^.]+)?$", name) or name == "neck"]
+    return [m.register_forward_pre_hook(_abort_point) for m in parts or [encoder]]
+
+
+def prefetch(embedder, indices, state: PrefetchState) -> int:
+    """Worker body: embed the planes ``indices`` not stored yet, until ``state.stop`` is set.
+
+    With :func:`install_yield_points` on the model, setting ``state.abort`` abandons the plane
+    being encoded within one part of an encoder block. Returns the number of planes computed.
+    """
     done = 0
-    for index in indices:
-        if cancelled():
-            break
-        try:
-            if not embedder.has(index):
-                embedder.get(index)
-                done += 1
-        except Exception:  # prefetching is best effort; the plane is retried when visited
-            logger.debug("prefetching plane %s failed", index, exc_info=True)
-            break
+    _local.abort = state.abort
+    try:
+        for index in indices:
+            if state.stop.is_set() or state.abort.is_set():
+                break
+            state.current = tuple(index)
+            try:
+                if not embedder.has(index):
+                    embedder.get(index)
+                    done += 1
+            except PrefetchCancelled:
+                break
+            except Exception:  # best effort; the plane is retried when visited
+                logger.debug("prefetching plane %s failed", index, exc_info=True)
+                break
+    finally:
+        _local.abort = None
+        state.current = None
     return done
 
 

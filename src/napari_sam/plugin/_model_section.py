@@ -1,0 +1,88 @@
+"""The widget's "Model" section: which SAM model, on which device, and what is loaded."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
+from napari.utils.notifications import show_warning
+
+from ._section import Section, elide_width
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._widget import SamWidget
+
+__all__ = ["CHECKPOINT_CHOICE", "ModelSection"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_CHOICE = "checkpoint file..."
+
+
+def _model_choices() -> list[str]:
+    try:
+        from .. import list_models
+
+        names = list(list_models())
+    except Exception:  # the widget still opens; loading reports the problem
+        logger.exception("listing the models failed")
+        names = []
+    return [*names, CHECKPOINT_CHOICE]
+
+
+def _device_choices() -> list[str]:
+    try:
+        from ..models.device import available_devices
+
+        return ["auto", *available_devices()]
+    except Exception:
+        logger.exception("listing the devices failed")
+        return ["auto", "cpu"]
+
+
+class ModelSection(Section):
+    """Model name (or checkpoint file), device, *Load model*, and the loaded model's name.
+
+    Attributes
+    ----------
+    model_combo, device_combo : ComboBox
+    checkpoint_edit : FileEdit
+        Shown when ``model_combo`` is "checkpoint file...".
+    load_button : PushButton
+    model_label : Label
+        "name (device)" of the loaded model.
+    """
+
+    def __init__(self, host: SamWidget, expanded: bool = False) -> None:
+        self.model_combo = ComboBox(label="model", choices=_model_choices())
+        self.checkpoint_edit = FileEdit(
+            label="checkpoint", mode="r", filter="*.pth *.pt *.ckpt", visible=False
+        )
+        self.device_combo = ComboBox(label="device", choices=_device_choices())
+        self.load_button = PushButton(text="Load model")
+        self.model_label = Label(label="loaded", value="no model")
+        elide_width(self.model_label)
+        super().__init__("Model", [self.model_combo, self.checkpoint_edit, self.device_combo,
+                                   self.load_button, self.model_label], expanded=expanded)
+        self.model_combo.changed.connect(self._on_model_choice)
+        self.load_button.changed.connect(lambda _=None: host.load_model())
+
+    def chosen_name(self) -> str | None:
+        """The model name, or the checkpoint file's path; ``None`` (warned) when the file is
+        still to be chosen."""
+        name = self.model_combo.value
+        if name == CHECKPOINT_CHOICE:
+            path = str(self.checkpoint_edit.value or "")
+            if not path or path == ".":
+                show_warning("Choose a checkpoint file first.")
+                return None
+            name = path
+        return name
+
+    def show_loaded(self, name: str, device: str) -> None:
+        self.model_label.value = f"{name} ({device})"
+        self.collapsible.setText(f"Model: {name}")
+
+    def _on_model_choice(self, value=None) -> None:
+        self.checkpoint_edit.visible = self.model_combo.value == CHECKPOINT_CHOICE

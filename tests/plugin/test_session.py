@@ -1,0 +1,158 @@
+"""The plugin's session without a viewer: model, embeddings, prefetch, decoding (no Qt, no napari).
+
+The plane on screen never waits behind the prefetch of its neighbours: asking for it abandons
+the neighbour being encoded at the encoder's next block.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest import nuclei_3d, object_centre, reference_mask
+
+from napari_sam.plugin.session import EmbeddingJob, SamSession
+
+
+def test_the_session_imports_neither_qt_nor_napari():
+    code = (
+        "import sys; import napari_sam.plugin.session; "
+        "bad = [m for m in ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'magicgui')"
+        " if m in sys.modules]; print(bad); raise SystemExit(bool(bad))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _embed(session, embedder, z, uid="img"):
+    key = (uid, (z,), session.model_token)
+    errors = []
+    job = EmbeddingJob(key, uid, "img", f"z={z}", session.model_token, index=(z,))
+    assert session.request_embedding(job, embedder, lambda j, e: errors.append(e))
+    return key, job, errors
+
+
+def test_a_session_embeds_and_decodes_a_plane_headless(tiny_model):
+    image, gt = nuclei_3d((6, 64, 64))
+    session = SamSession()
+    session.set_model(tiny_model, "tiny")
+    embedder = session.embedder("img", image, (1, 2), disk=False)
+    key, _, errors = _embed(session, embedder, 3)
+    assert session.busy
+    assert session.wait(30)
+    assert errors == [None] and session.cache.get(key) is not None
+    assert session.intensity_range("img") == embedder.intensity_range
+
+    session.use_embedding(key, image[3])
+    point = np.array([object_centre(gt[3])], dtype=float)
+    results = []
+    assert session.decode([{"points": point, "labels": np.array([1])}], results.append)
+    assert session.wait(30)
+    [result] = results
+    assert result.error is None and not result.stale and not result.again
+    expected = reference_mask(tiny_model, image[3], embedder.intensity_range,
+                              points=point, labels=np.array([1]))
+    np.testing.assert_array_equal(result.masks[0], expected)
+
+
+def test_a_new_model_makes_a_running_embedding_stale(tiny_model):
+    image, _ = nuclei_3d((4, 48, 48))
+    session = SamSession()
+    session.set_model(tiny_model, "tiny")
+    key, _, errors = _embed(session, session.embedder("img", image, (1, 2), disk=False), 1)
+    session.set_model(tiny_model, "tiny again")  # before the result is delivered
+    assert session.wait(30)
+    assert errors == [None] and session.cache.get(key) is None  # not cached under the new model
+    assert session.model_token == 2 and session.embedding_key is None
+
+
+class _Blocks:
+    """Counts the image-encoder blocks each thread runs; the first block of a prefetch waits
+    until the test lets it go (so the test can ask for another plane mid-encode)."""
+
+    def __init__(self, model):
+        self.runs: list[str] = []
+        self.prefetch_inside = threading.Event()
+        self.release = threading.Event()
+        self._handles = [b.register_forward_pre_hook(self._hook)
+                         for b in model.image_encoder.blocks]
+
+    def _hook(self, module, args):
+        name = threading.current_thread().name
+        self.runs.append(name)
+        if name == "prefetch" and not self.release.is_set():
+            self.prefetch_inside.set()
+            assert self.release.wait(20)
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+@pytest.fixture
+def blocks(tiny_model):
+    counter = _Blocks(tiny_model)
+    yield counter
+    counter.release.set()
+    counter.remove()
+
+
+def _named_runner(session):
+    """The default runner, with the prefetch thread named "prefetch"."""
+    from napari_sam.plugin import _workers
+
+    runner = session.runner
+
+    def run(fn, args, on_done):
+        if fn is _workers.prefetch:
+            original = fn
+
+            def fn(*a):  # the same body, in a thread with a name
+                threading.current_thread().name = "prefetch"
+                return original(*a)
+        return runner(fn, args, on_done)
+
+    run.process_events = runner.process_events
+    return run
+
+
+def test_the_plane_on_screen_does_not_wait_behind_prefetch(tiny_model, blocks):
+    image, _ = nuclei_3d((10, 48, 48))
+    session = SamSession()
+    session.runner = _named_runner(session)
+    session.set_model(tiny_model, "tiny")
+    embedder = session.embedder("img", image, (1, 2), disk=False)
+    assert session.start_prefetch(embedder, [(4,), (2,), (5,)])
+    assert blocks.prefetch_inside.wait(20)  # the prefetch is encoding plane 4
+
+    key, _, errors = _embed(session, embedder, 8)  # the user moved to z=8
+    blocks.release.set()
+    assert session.wait(30)
+    assert errors == [None] and session.cache.get(key) is not None
+    depth = len(tiny_model.image_encoder.blocks)
+    # the neighbour was abandoned at its next block; none of the others was started
+    assert blocks.runs.count("prefetch") == 1
+    assert blocks.runs.count("prefetch") + depth == len(blocks.runs)
+    assert not embedder.has((4,)) and not embedder.has((2,))
+
+
+def test_asking_for_the_plane_being_prefetched_keeps_its_work(tiny_model, blocks):
+    image, _ = nuclei_3d((10, 48, 48))
+    session = SamSession()
+    session.runner = _named_runner(session)
+    session.set_model(tiny_model, "tiny")
+    embedder = session.embedder("img", image, (1, 2), disk=False)
+    assert session.start_prefetch(embedder, [(4,), (2,)])
+    assert blocks.prefetch_inside.wait(20)
+
+    key, _, errors = _embed(session, embedder, 4)  # the very plane being prefetched
+    blocks.release.set()
+    assert session.wait(30)
+    assert errors == [None] and session.cache.get(key) is not None
+    depth = len(tiny_model.image_encoder.blocks)
+    assert len(blocks.runs) == depth  # encoded once, by the prefetch; then it stopped
+    assert not embedder.has((2,))
