@@ -156,3 +156,37 @@ def test_asking_for_the_plane_being_prefetched_keeps_its_work(tiny_model, blocks
     depth = len(tiny_model.image_encoder.blocks)
     assert len(blocks.runs) == depth  # encoded once, by the prefetch; then it stopped
     assert not embedder.has((2,))
+
+
+def test_long_jobs_run_one_at_a_time_with_progress_and_owner_cancel():
+    """Propagation, precompute, segment everything and text search run as the session's long
+    job: progress and cancel from any thread, partial results kept, errors reported."""
+    session = SamSession()
+    started, results, errors = threading.Event(), [], []
+
+    def body(ctx):
+        ctx.progress(0, 100, "working")
+        started.set()
+        done = 0
+        while not ctx.cancelled() and done < 10_000:
+            done += 1
+            ctx.progress(done, 10_000)
+            threading.Event().wait(0.001)
+        return done
+
+    ctx = session.start_task("Job", body, lambda r, c: results.append((r, c)), owner="img")
+    assert ctx is session.task and started.wait(10)
+    assert session.start_task("Other", lambda c: 1, results.append) is None  # one at a time
+    assert ctx.snapshot()[2] == "working"
+    assert session.cancel_task(owner="other image") is None and not ctx.cancelled()
+    assert session.cancel_task(owner="img") is ctx and ctx.cancelled()
+    assert session.wait(30)
+    [(done, cancelled)] = results
+    assert cancelled and 0 < done < 10_000 and session.task is None
+
+    def fail(ctx):
+        raise ValueError("bad slice")
+
+    session.start_task("Fail", fail, results.append, errors.append)
+    assert session.wait(30)
+    assert len(results) == 1 and "bad slice" in str(errors[0])

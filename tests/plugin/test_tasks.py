@@ -1,4 +1,5 @@
-"""The background job runner: progress, cancel keeping partial work, one job at a time, errors."""
+"""The long jobs in the viewer: the session runs them through its Qt runner, the panel shows
+progress and cancels; partial work is kept, one job at a time, errors reported."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import threading
 
 import pytest
 
-from napari_sam.plugin._tasks import TaskRunner
+from napari_sam.plugin._tasks import TaskPanel, qt_runner
+from napari_sam.plugin.session import SamSession
 
 
 @pytest.fixture
 def runner(qtbot):
     busy: list[bool] = []
-    r = TaskRunner(on_busy=busy.append)
+    session = SamSession(runner=qt_runner)
+    r = TaskPanel(session, on_busy=busy.append)
     qtbot.addWidget(r.native)
     r.busy_log = busy
     return r
@@ -29,6 +32,7 @@ def test_result_arrives_on_done_with_progress_shown(runner, qtbot):
 
     assert runner.start("Job", body, lambda res, cancelled: results.append((res, cancelled)))
     assert runner.busy and runner.visible
+    assert runner.session.task is runner.context and runner.context.title == "Job"
     qtbot.waitUntil(lambda: runner.bar.max == 10 and runner.bar.value == 3, timeout=5000)
     assert "3/10" in runner.text.value and "working" in runner.text.value
     release.set()
@@ -85,3 +89,27 @@ def test_errors_go_to_on_error_not_on_done(runner):
     assert results == []
     assert len(errors) == 1 and "bad slice" in str(errors[0])
     assert not runner.busy
+
+
+def test_a_job_cancelled_through_the_session_shows_it(runner, qtbot):
+    """The widget cancels the jobs of a removed image through the session: the panel follows."""
+    started, release = threading.Event(), threading.Event()
+    results = []
+
+    def body(ctx):
+        started.set()
+        while not ctx.cancelled():
+            threading.Event().wait(0.005)
+        release.wait(10)  # still finishing its slice while the panel shows the cancel
+        return "partial"
+
+    runner.start("Mine", body, lambda res, c: results.append((res, c)), owner="img")
+    assert started.wait(5)
+    assert runner.session.cancel_task(owner="other") is None  # another image's job goes on
+    assert not runner.context.cancelled()
+    assert runner.session.cancel_task(owner="img") is runner.context
+    qtbot.waitUntil(lambda: not runner.cancel_button.enabled, timeout=2000)
+    assert "cancelling" in runner.text.value
+    release.set()
+    runner.wait()
+    assert results == [("partial", True)]

@@ -6,8 +6,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
-from napari.utils.notifications import show_warning
+from napari.utils.notifications import show_info, show_warning
 
+from ._notify import guarded, notify_error
 from ._section import Section, elide_width
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +56,7 @@ class ModelSection(Section):
     """
 
     def __init__(self, host: SamWidget, expanded: bool = False) -> None:
+        self.host = host
         self.model_combo = ComboBox(label="model", choices=_model_choices())
         self.checkpoint_edit = FileEdit(
             label="checkpoint", mode="r", filter="*.pth *.pt *.ckpt", visible=False
@@ -83,6 +85,43 @@ class ModelSection(Section):
     def show_loaded(self, name: str, device: str) -> None:
         self.model_label.value = f"{name} ({device})"
         self.collapsible.setText(f"Model: {name}")
+
+    def model_set(self, name: str, model) -> None:
+        """A model is in use: show it, bring back the prompt layers, decode again."""
+        host = self.host
+        host.warned.discard("no-model")
+        self.show_loaded(name, str(getattr(model, "device", "cpu")))
+        host.restore_prompt_layers()
+        host.loop.schedule("model")
+
+    def load(self, name: str | None = None, checkpoint: str | None = None,
+             device: str | None = None) -> None:
+        """See :meth:`SamWidget.load_model`."""
+        host = self.host
+        if name is None:
+            name = self.chosen_name()
+            if name is None:
+                return
+        if device is None:
+            device = self.device_combo.value
+        device = None if device in (None, "auto") else device
+        self.load_button.enabled = False
+        host.set_busy(True)
+        host.set_status(f"Loading model '{name}'...")
+        host.session.set_refine(bool(host.refine_masks.value))
+        host.session.load_model(name, checkpoint, device, self._on_model_loaded)
+
+    @guarded
+    def _on_model_loaded(self, name: str, error: BaseException | None, applied: bool) -> None:
+        host = self.host
+        self.load_button.enabled = True
+        host.set_busy(host.session.job is not None)
+        if error is not None:
+            host.set_status(f"Loading model '{name}' failed.")
+            notify_error(f"Could not load model '{name}': {error}")
+        elif applied:
+            self.model_set(name, host.session.predictor.model)
+            show_info(f"Segment Anything: model '{name}' loaded.")
 
     def _on_model_choice(self, value=None) -> None:
         self.checkpoint_edit.visible = self.model_combo.value == CHECKPOINT_CHOICE

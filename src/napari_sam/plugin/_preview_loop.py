@@ -163,7 +163,9 @@ class PreviewLoop:
     def start_prefetch(self) -> None:
         """Embed the neighbouring slices of the current one in the background, while idle."""
         session, image = self.host.session, self.host.image
-        if self.host.closed or session.predictor is None or self.host.tasks.busy or image is None:
+        if self.host.closed or session.predictor is None or image is None:
+            return
+        if session.task is not None:  # a long job uses the model: no prefetch meanwhile
             return
         try:
             plane = current_plane(image, self.host.viewer.dims)

@@ -1,16 +1,25 @@
 """The widget's "Prompts" section: where commits go, mask prompts, positive / negative points,
-decoding options, and *Commit* / *Clear slice*."""
+decoding options, and *Commit* / *Clear slice* (what they do is here too)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, RadioButtons
+from napari.layers import Labels
+from napari.utils.notifications import show_warning
 
+from ._label_ids import max_label
+from ._layers import PromptError, current_plane, mask_prompts_from_labels, paint_mask
+from ._notify import guarded, notify_error
 from ._section import Section
 
 if TYPE_CHECKING:  # pragma: no cover
+    from napari.layers import Image
+
     from ._widget import SamWidget
+    from .session import Preview
 
 __all__ = ["KEY_CLEAR", "KEY_COMMIT", "KEY_TOGGLE", "LABELS_NAME", "PromptSection"]
 
@@ -71,6 +80,137 @@ class PromptSection(Section):
         ])
         self.commit_button.changed.connect(lambda _=None: host.commit())
         self.clear_button.changed.connect(lambda _=None: host.clear())
+        self.point_mode.changed.connect(self._on_point_mode)
+        self.refine_masks.changed.connect(self._on_refine_changed)
+        self.zoom_small.changed.connect(lambda _=None: host.loop.schedule("prompts"))
+        self.mask_combo.changed.connect(self._on_mask_source_changed)
+
+    @property
+    def target_layer(self) -> Labels | None:
+        """The Labels layer commits write into (``None`` until a new one is created)."""
+        value = self.target_combo.value
+        return value if isinstance(value, Labels) else None
+
+    @property
+    def mask_source(self) -> Labels | None:
+        """The Labels layer whose objects are mask prompts, if one is chosen."""
+        value = self.mask_combo.value
+        return value if isinstance(value, Labels) else None
+
+    def toggle_point_mode(self) -> None:
+        """Switch the next points between positive and negative."""
+        self.host.restore_prompt_layers()
+        self.point_mode.value = "negative" if self.point_mode.value == "positive" else "positive"
+
+    # -- commit and clear ------------------------------------------------------------------------
+
+    def commit(self) -> list[int]:
+        """See :meth:`SamWidget.commit`."""
+        host = self.host
+        host.wait_decoded()  # commit what the prompts ask for, not an older preview
+        image, preview = host.image, host.preview
+        target = self._commit_target(image, preview)
+        if target is None:
+            return []
+        current = max_label(target)
+        dtype = np.asarray(target.data[(0,) * target.ndim]).dtype
+        if np.issubdtype(dtype, np.integer) and current + len(preview.masks) > np.iinfo(dtype).max:
+            notify_error(f"Labels layer '{target.name}' ({dtype}) has no free ids left: "
+                         "choose another target layer.")
+            return []
+        overwrite = bool(self.overwrite_checkbox.value)
+        ids: list[int] = []
+        with target.block_history():
+            for mask in preview.masks:
+                if paint_mask(target, image, preview.plane, mask, current + 1 + len(ids),
+                              overwrite):
+                    ids.append(current + 1 + len(ids))
+        if not ids:
+            show_warning("Nothing was written: the preview lies entirely on existing objects "
+                         "(tick 'overwrite existing objects' to replace them).")
+            return []
+        if preview.mask_objects and self.mask_source is not None:
+            host.consumed_for(self.mask_source, image, preview.plane).update(
+                preview.mask_objects)
+        host.prompt_layers.remove_on(image, preview.plane)
+        host.drop_preview()
+        target.selected_label = ids[-1]
+        host.prompt_layers.activate_points()
+        host.set_status(
+            f"Committed object{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
+            f"into '{target.name}' ({preview.plane.label()}). Ctrl+Z on that layer undoes it.",
+            sticky=True,
+        )
+        return ids
+
+    def _commit_target(self, image: Image | None, preview: Preview | None) -> Labels | None:
+        """The layer a commit of ``preview`` writes into, or ``None`` (the user was told why)."""
+        host = self.host
+        if host.viewer.dims.ndisplay != 2:
+            show_warning("Segment Anything commits on 2D slices: switch the viewer to 2D display.")
+            return None
+        if image is None:
+            show_warning("No image layer: open an image and choose it in the widget.")
+            return None
+        if preview is None or preview.empty:
+            if preview is not None:
+                message = "The preview is empty: SAM found no object for these prompts."
+            elif host.session.job is not None and host.has_prompts():
+                message = "This slice is still being prepared: commit when the preview appears."
+            else:
+                message = "Nothing to commit: place a point or draw a box on this slice first."
+            show_warning(message)
+            return None
+        target = self.target_layer
+        if target is not None and target is self.mask_source:
+            show_warning(f"'{target.name}' is both the mask prompt and the target: choose "
+                         "another target layer (or 'new layer').")
+            return None
+        return target if target is not None else host.new_labels_layer(image)
+
+    def clear(self) -> None:
+        """See :meth:`SamWidget.clear`."""
+        host = self.host
+        image = host.image
+        if image is None:
+            show_warning("No image layer: nothing to clear.")
+            return
+        host.restore_prompt_layers()
+        try:
+            plane = current_plane(image, host.viewer.dims)
+        except PromptError as exc:
+            show_warning(str(exc))
+            return
+        if self.mask_source is not None:
+            consumed = host.consumed_for(self.mask_source, image, plane)
+            for value, _, digest in mask_prompts_from_labels(self.mask_source, image, plane):
+                consumed[value] = digest
+        host.prompt_layers.remove_on(image, plane)
+        host.drop_preview()
+        host.set_status(f"Cleared the prompts of {plane.label()}.", sticky=True)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    @guarded
+    def _on_point_mode(self, value=None) -> None:
+        positive = self.point_mode.value == "positive"
+        if self.host.points_layer is not None:
+            self.host.points_layer.feature_defaults = {"positive": positive}
+        self.host.set_status(f"Next points are {'positive' if positive else 'negative'}.")
+
+    @guarded
+    def _on_refine_changed(self, value=None) -> None:
+        """The preview is decoded again with or without the mask refiner."""
+        self.host.session.set_refine(bool(self.refine_masks.value))
+        self.host.loop.schedule("prompts")
+
+    def _on_mask_source_changed(self, value=None) -> None:
+        source = self.mask_source
+        if source is not None:
+            connect = self.host.prompt_layers.connect
+            connect(source, source.events.paint, self.host.on_prompts_changed)
+            connect(source, source.events.data, self.host.on_prompts_changed)
+        self.host.loop.schedule("prompts")
 
     def _target_choices(self, _widget=None) -> list[tuple[str, Any]]:
         return [(f"new layer '{LABELS_NAME}'", NEW_LAYER)] + [

@@ -1,7 +1,7 @@
 """The widget's "Stack" section: propagate objects along an axis, precompute the embeddings of
-every slice, segment everything on a slice or a whole stack. Each runs as one background job
-of the widget's :class:`~._tasks.TaskRunner` (progress, cancel) and writes its result as one undo
-step."""
+every slice, segment everything on a slice or a whole stack. Each runs as the session's long
+job (:meth:`~.session.SamSession.start_task`: progress, cancel) and writes its result as one
+undo step."""
 
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ jobs) live in a Qt-free :class:`~.session.SamSession`; the prompt and preview la
 :class:`~._prompt_layers.PromptLayers`; :class:`~._preview_loop.PreviewLoop` keeps the preview
 up to date with the plane on screen; the rows are grouped in collapsible sections, each in its
 own module (:mod:`._model_section`, :mod:`._prompt_section`, :mod:`._stack_section`,
-:mod:`._text`). What lives here is the assembly and the wiring: the viewer's events, the model,
-commit and clear, and turning every failure into one notification.
+:mod:`._text`), which also hold what their buttons do (load, commit and clear, stack jobs, text
+search). What lives here is the assembly and the wiring: the viewer's events, the public API,
+and turning every failure into one notification. All background work, the long jobs included,
+is started and cancelled by the session (:mod:`._tasks` shows the long job's progress).
 """
 
 from __future__ import annotations
@@ -19,21 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import Container, Label, ProgressBar
 from napari.layers import Image, Labels, Points, Shapes
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 
 from ._colors import NEGATIVE_COLOR, POSITIVE_COLOR, PREVIEW_COLOR, committed_colormap
-from ._label_ids import max_label
-from ._layers import (
-    Plane,
-    PromptError,
-    current_plane,
-    image_level0,
-    image_spatial_shape,
-    mask_prompts_from_labels,
-    paint_mask,
-    transform_kwargs,
-)
+from ._layers import Plane, image_level0, image_spatial_shape, transform_kwargs
 from ._model_section import ModelSection
 from ._notify import guarded, notify_error
 from ._preview_loop import PreviewLoop
@@ -41,7 +32,7 @@ from ._prompt_layers import PromptLayers
 from ._prompt_section import KEY_CLEAR, KEY_COMMIT, KEY_TOGGLE, LABELS_NAME, PromptSection
 from ._section import elide_width
 from ._stack_section import AUTOMATIC_NAME, KEY_PROPAGATE, StackSection
-from ._tasks import TaskRunner
+from ._tasks import TaskPanel, qt_runner
 from ._text import TextSection
 from .session import Preview, SamSession
 
@@ -61,15 +52,6 @@ logger = logging.getLogger(__name__)
 #: Loaded when the widget opens (shipped inside the package: no download).
 DEFAULT_MODEL = "default"
 _DEBOUNCE_VIEW_MS = 60
-
-
-def _qt_runner(fn: Callable, args: tuple, on_done: Callable[[Any], None]):
-    """The session's runner: ``fn(*args)`` in a napari thread worker, ``on_done(result)`` on the
-    GUI thread (worker bodies return their errors, never raise)."""
-    worker = create_worker(fn, *args, _start_thread=False, _ignore_errors=True)
-    worker.returned.connect(on_done)
-    worker.start()
-    return worker
 
 
 class SamWidget(Container):
@@ -102,19 +84,20 @@ class SamWidget(Container):
         propagate_button, auto_button, disk_cache, precompute_button`` (stack).
     image_combo : ComboBox
     progress_bar, status_label
-    tasks : TaskRunner
-        The long jobs (propagation, segment everything, precompute, text), with cancel.
+    tasks : TaskPanel
+        Progress and *Cancel* of the session's long job (propagation, segment everything,
+        precompute, text search).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, load_default: bool = True) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
         self.closed = False
-        self.session = SamSession(runner=_qt_runner)
-        self.prompt_layers = PromptLayers(viewer, self._on_prompts_changed)
+        self.session = SamSession(runner=qt_runner)
+        self.prompt_layers = PromptLayers(viewer, self.on_prompts_changed)
         self._image: Image | None = None
         self.status_sticky = False
-        self._warned: set[str] = set()
+        self.warned: set[str] = set()  # tags of the warnings shown (each once per plane)
         self._build()
         self.loop = PreviewLoop(self)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -161,15 +144,11 @@ class SamWidget(Container):
         self.progress_bar = ProgressBar(label="", min=0, max=1, value=0, visible=False)
         self.status_label = Label(label="status", value="")
         elide_width(self.status_label)
-        self.tasks = TaskRunner(on_busy=self._on_task_busy)
+        self.tasks = TaskPanel(self.session, on_busy=self._on_task_busy)
         self.extend([Container(widgets=[self.image_combo], labels=True), self.model_section,
                      self.prompts, self.stack, self.text, self.progress_bar, self.status_label,
                      self.tasks])
-        self.zoom_small.changed.connect(lambda _: self.loop.schedule("prompts"))
-        self.refine_masks.changed.connect(self._on_refine_changed)
-        self.point_mode.changed.connect(self._on_point_mode)
         self.image_combo.changed.connect(self._on_image_changed)
-        self.mask_combo.changed.connect(self._on_mask_source_changed)
         self.disk_cache.changed.connect(lambda _=None: self.session.drop_embedders())
 
     # -- public API ----------------------------------------------------------------------------
@@ -198,14 +177,12 @@ class SamWidget(Container):
     @property
     def target_layer(self) -> Labels | None:
         """The Labels layer commits write into (``None`` until a new one is created)."""
-        value = self.target_combo.value
-        return value if isinstance(value, Labels) else None
+        return self.prompts.target_layer
 
     @property
     def mask_source(self) -> Labels | None:
         """The Labels layer whose objects are mask prompts, if one is chosen."""
-        value = self.mask_combo.value
-        return value if isinstance(value, Labels) else None
+        return self.prompts.mask_source
 
     @property
     def predictor(self) -> SamPredictor | None:
@@ -248,7 +225,7 @@ class SamWidget(Container):
     @property
     def is_busy(self) -> bool:
         """Whether an embedding, a decode, a model load, a job or a refresh is pending."""
-        return self.session.busy or self.tasks.busy or self.loop.pending
+        return self.session.busy or self.session.task is not None or self.loop.pending
 
     def set_model(self, model: Any, name: str = "model") -> None:
         """Use ``model`` (a :class:`napari_sam.modeling.Sam`) from now on.
@@ -257,10 +234,7 @@ class SamWidget(Container):
         """
         self.session.set_refine(bool(self.refine_masks.value))
         self.session.set_model(model, name)
-        self._warned.discard("no-model")
-        self.model_section.show_loaded(name, str(getattr(model, "device", "cpu")))
-        self._restore_prompt_layers()
-        self.loop.schedule("model")
+        self.model_section.model_set(name, model)
 
     def load_model(self, name: str | None = None, checkpoint: str | None = None,
                    device: str | None = None) -> None:
@@ -269,38 +243,11 @@ class SamWidget(Container):
         Parameters default to the widget's choices. Failures (unknown name, missing weights,
         no network) are shown as one notification with the weights module's message.
         """
-        if name is None:
-            name = self.model_section.chosen_name()
-            if name is None:
-                return
-        if device is None:
-            device = self.device_combo.value
-        device = None if device in (None, "auto") else device
-        self.load_button.enabled = False
-        self.set_busy(True)
-        self.set_status(f"Loading model '{name}'...")
-        self.session.set_refine(bool(self.refine_masks.value))
-        self.session.load_model(name, checkpoint, device, self._on_model_loaded)
-
-    @guarded
-    def _on_model_loaded(self, name: str, error: BaseException | None, applied: bool) -> None:
-        self.load_button.enabled = True
-        self.set_busy(self.session.job is not None)
-        if error is not None:
-            self.set_status(f"Loading model '{name}' failed.")
-            notify_error(f"Could not load model '{name}': {error}")
-        elif applied:
-            model = self.session.predictor.model
-            self._warned.discard("no-model")
-            self.model_section.show_loaded(name, str(getattr(model, "device", "cpu")))
-            self._restore_prompt_layers()
-            self.loop.schedule("model")
-            show_info(f"Segment Anything: model '{name}' loaded.")
+        self.model_section.load(name, checkpoint, device)
 
     def toggle_point_mode(self) -> None:
         """Switch the next points between positive and negative."""
-        self._restore_prompt_layers()
-        self.point_mode.value = "negative" if self.point_mode.value == "positive" else "positive"
+        self.prompts.toggle_point_mode()
 
     def refresh(self) -> None:
         """Re-read the prompts of the current slice and decode them now (for scripts: returns
@@ -320,86 +267,12 @@ class SamWidget(Container):
         list of int
             The ids written (empty if nothing was committed).
         """
-        self.wait_decoded()  # commit what the prompts ask for, not an older preview
-        image, preview = self.image, self.preview
-        target = self._commit_target(image, preview)
-        if target is None:
-            return []
-        current = max_label(target)
-        dtype = np.asarray(target.data[(0,) * target.ndim]).dtype
-        if np.issubdtype(dtype, np.integer) and current + len(preview.masks) > np.iinfo(dtype).max:
-            notify_error(f"Labels layer '{target.name}' ({dtype}) has no free ids left: "
-                         "choose another target layer.")
-            return []
-        overwrite = bool(self.overwrite_checkbox.value)
-        ids: list[int] = []
-        with target.block_history():
-            for mask in preview.masks:
-                if paint_mask(target, image, preview.plane, mask, current + 1 + len(ids),
-                              overwrite):
-                    ids.append(current + 1 + len(ids))
-        if not ids:
-            show_warning("Nothing was written: the preview lies entirely on existing objects "
-                         "(tick 'overwrite existing objects' to replace them).")
-            return []
-        if preview.mask_objects and self.mask_source is not None:
-            self.consumed_for(self.mask_source, image, preview.plane).update(
-                preview.mask_objects)
-        self.prompt_layers.remove_on(image, preview.plane)
-        self.drop_preview()
-        target.selected_label = ids[-1]
-        self.prompt_layers.activate_points()
-        self.set_status(
-            f"Committed object{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} "
-            f"into '{target.name}' ({preview.plane.label()}). Ctrl+Z on that layer undoes it.",
-            sticky=True,
-        )
-        return ids
-
-    def _commit_target(self, image, preview) -> Labels | None:
-        """The layer a commit of ``preview`` writes into, or ``None`` (the user was told why)."""
-        if self.viewer.dims.ndisplay != 2:
-            show_warning("Segment Anything commits on 2D slices: switch the viewer to 2D display.")
-            return None
-        if image is None:
-            show_warning("No image layer: open an image and choose it in the widget.")
-            return None
-        if preview is None or preview.empty:
-            if preview is not None:
-                message = "The preview is empty: SAM found no object for these prompts."
-            elif self.session.job is not None and self.has_prompts():
-                message = "This slice is still being prepared: commit when the preview appears."
-            else:
-                message = "Nothing to commit: place a point or draw a box on this slice first."
-            show_warning(message)
-            return None
-        target = self.target_layer
-        if target is not None and target is self.mask_source:
-            show_warning(f"'{target.name}' is both the mask prompt and the target: choose "
-                         "another target layer (or 'new layer').")
-            return None
-        return target if target is not None else self.new_labels_layer(image)
+        return self.prompts.commit()
 
     @guarded
     def clear(self) -> None:
         """Drop the prompts of the current slice and the preview."""
-        image = self.image
-        if image is None:
-            show_warning("No image layer: nothing to clear.")
-            return
-        self._restore_prompt_layers()
-        try:
-            plane = current_plane(image, self.viewer.dims)
-        except PromptError as exc:
-            show_warning(str(exc))
-            return
-        if self.mask_source is not None:
-            consumed = self.consumed_for(self.mask_source, image, plane)
-            for value, _, digest in mask_prompts_from_labels(self.mask_source, image, plane):
-                consumed[value] = digest
-        self.prompt_layers.remove_on(image, plane)
-        self.drop_preview()
-        self.set_status(f"Cleared the prompts of {plane.label()}.", sticky=True)
+        self.prompts.clear()
 
     @guarded
     def precompute(self) -> bool:
@@ -453,8 +326,8 @@ class SamWidget(Container):
 
     def job_image(self) -> Image | None:
         """The image a background job can start on, else say why (one notification)."""
-        if self.tasks.busy:
-            show_info(f"Another job is running ({self.tasks.context.title}): wait or cancel it.")
+        if self.session.task is not None:
+            show_info(f"Another job is running ({self.session.task.title}): wait or cancel it.")
             return None
         image = self.image
         if image is None:
@@ -511,9 +384,8 @@ class SamWidget(Container):
         if isinstance(layer, Image):
             uid = layer.unique_id
             self.session.forget_image(uid)
-            job = self.tasks.context
-            if job is not None and job.owner == uid and not job.cancelled():
-                self.tasks.cancel()  # its bodies poll this every slice or batch
+            job = self.session.cancel_task(owner=uid)  # its bodies poll this every slice
+            if job is not None:
                 show_warning(f"Image layer '{layer.name}' was removed: '{job.title}' is cancelled.")
             if self.session.cancel_embedding_of(uid):
                 show_warning(
@@ -550,7 +422,7 @@ class SamWidget(Container):
         if self.prompt_layers.ensure(image, self.point_mode.value == "positive"):
             self.reset_choices()
 
-    def _restore_prompt_layers(self) -> None:
+    def restore_prompt_layers(self) -> None:
         """Bring back prompt layers the user deleted, when the widget is used again."""
         if self._image is not None and self._image in self.viewer.layers:
             self._ensure_prompt_layers(self._image)
@@ -563,7 +435,7 @@ class SamWidget(Container):
 
     # -- events --------------------------------------------------------------------------------
 
-    def _on_prompts_changed(self, event=None) -> None:
+    def on_prompts_changed(self, event=None) -> None:
         action = getattr(event, "action", None)
         if action is not None and str(getattr(action, "value", action)) in (
             "adding", "removing", "changing",
@@ -576,33 +448,13 @@ class SamWidget(Container):
             self.axis_combo.reset_choices()
         self.loop.schedule("view", _DEBOUNCE_VIEW_MS)
 
-    def _on_mask_source_changed(self, value=None) -> None:
-        source = self.mask_source
-        if source is not None:
-            self.prompt_layers.connect(source, source.events.paint, self._on_prompts_changed)
-            self.prompt_layers.connect(source, source.events.data, self._on_prompts_changed)
-        self.loop.schedule("prompts")
-
     @guarded
     def _on_ndisplay(self, event=None) -> None:
         self.axis_combo.reset_choices()
         if self.viewer.dims.ndisplay == 2:
-            self._warned.discard("3d")
-            self._warned.discard("axes")
+            self.warned.discard("3d")
+            self.warned.discard("axes")
         self.loop.schedule("view")
-
-    @guarded
-    def _on_refine_changed(self, value=None) -> None:
-        """The preview is decoded again with or without the mask refiner."""
-        self.session.set_refine(bool(self.refine_masks.value))
-        self.loop.schedule("prompts")
-
-    @guarded
-    def _on_point_mode(self, value=None) -> None:
-        positive = self.point_mode.value == "positive"
-        if self.points_layer is not None:
-            self.points_layer.feature_defaults = {"positive": positive}
-        self.set_status(f"Next points are {'positive' if positive else 'negative'}.")
 
     def _on_task_busy(self, busy: bool) -> None:
         self.stack.set_enabled(not busy)
@@ -620,9 +472,7 @@ class SamWidget(Container):
             self.viewer.dims.events.current_step.disconnect(self._on_view_changed)
             self.viewer.dims.events.order.disconnect(self._on_view_changed)
             self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
-            if self.tasks.context is not None:
-                self.tasks.context.cancel()
-            self.session.close()
+            self.session.close()  # cancels the long job too
             self.text.close()
             self.prompt_layers.disconnect_all()
         except Exception:  # the viewer may be half torn down already
@@ -637,12 +487,12 @@ class SamWidget(Container):
 
     def forget_warnings(self, keep: tuple[str, ...] = ()) -> None:
         """Warn again about everything but ``keep`` (the plane on screen changed)."""
-        self._warned = {w for w in self._warned if w in keep}
+        self.warned = {w for w in self.warned if w in keep}
 
     def warn_once(self, tag: str, message: str) -> None:
-        if tag in self._warned:
+        if tag in self.warned:
             return
-        self._warned.add(tag)
+        self.warned.add(tag)
         show_warning(message)
 
 

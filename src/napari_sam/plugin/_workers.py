@@ -1,12 +1,15 @@
-"""Worker bodies the widget starts: model loading, embeddings, prefetch and decoding, all
-off the GUI thread. Each returns its error instead of raising it, for one notification."""
+"""Worker bodies the session starts: model loading, embeddings, prefetch, decoding and the long
+jobs (:func:`run_task`), all off the GUI thread. Each returns its error instead of raising it,
+for one notification."""
 
 from __future__ import annotations
 
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,10 +18,12 @@ from ..engine.tiling import is_large
 __all__ = [
     "PrefetchCancelled",
     "PrefetchState",
+    "TaskContext",
     "build_model_worker",
     "compute_embedding",
     "install_yield_points",
     "prefetch",
+    "run_task",
     "segment_objects",
     "segment_tiled",
     "tiled_predictor",
@@ -186,4 +191,50 @@ def build_model_worker(name, checkpoint, device):
         return build_model(name, checkpoint=checkpoint, device=device), None
     except Exception as exc:
         logger.info("loading model %r failed", name, exc_info=True)
+        return None, exc
+
+
+@dataclass
+class TaskContext:
+    """What the body of a long job receives: report progress, ask whether it was cancelled.
+
+    Every method is safe to call from any thread. The engine's long functions take
+    ``progress=ctx.progress, cancelled=ctx.cancelled`` and return what they finished when
+    cancelled.
+    """
+
+    title: str
+    #: What the job works on (the plugin: the image layer's id), so it can be cancelled with it.
+    owner: Any = None
+    _event: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _progress: tuple[int, int] = (0, 0)
+    _message: str = ""
+    started: float = field(default_factory=time.monotonic)
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        """Record ``done`` of ``total`` units (``total == 0``: unknown)."""
+        with self._lock:
+            self._progress = (int(done), int(total))
+            if message:
+                self._message = message
+
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def snapshot(self) -> tuple[int, int, str]:
+        """``(done, total, message)`` as last reported."""
+        with self._lock:
+            return (*self._progress, self._message)
+
+
+def run_task(body, ctx: TaskContext):
+    """Worker body of a long job: ``(body(ctx), None)``, or ``(None, error)`` if it raised."""
+    try:
+        return body(ctx), None
+    except Exception as exc:  # reported on the calling thread
+        logger.exception("%s failed", ctx.title)
         return None, exc

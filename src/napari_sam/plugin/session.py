@@ -3,9 +3,11 @@
 The session holds what the "Segment Anything" widget works with -- the model and its predictor,
 the embeddings (an LRU of decoded planes, one
 :class:`~napari_sam.engine.embedding_store.StackEmbedder` per image, plane axes and model), the
-preview, and the background jobs: loading a model, embedding the plane on screen, prefetching
-its neighbours, decoding prompts. The widget reads the viewer and shows the results; the
-session can be driven without one (see ``tests/plugin/test_session.py``).
+preview, and the background work: loading a model, embedding the plane on screen, prefetching
+its neighbours, decoding prompts, and one long job at a time (propagation, precompute, segment
+everything, text search: :meth:`SamSession.start_task`, with progress and cancel). The widget
+reads the viewer and shows the results; the session can be driven without one (see
+``tests/plugin/test_session.py``).
 
 Work runs through a *runner*, ``runner(fn, args, on_done)``: it calls ``fn(*args)`` off the
 calling thread and later ``on_done(result)`` on the calling thread. The widget's runner uses
@@ -34,15 +36,17 @@ import numpy as np
 
 from ._workers import (
     PrefetchState,
+    TaskContext,
     build_model_worker,
     compute_embedding,
     install_yield_points,
     prefetch,
+    run_task,
     segment_objects,
     segment_tiled,
 )
 
-__all__ = ["DecodeResult", "EmbeddingJob", "Preview", "SamSession", "ThreadRunner"]
+__all__ = ["DecodeResult", "EmbeddingJob", "Preview", "SamSession", "TaskContext", "ThreadRunner"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +183,8 @@ class SamSession:
         The embedding being computed for the plane on screen.
     generation : int
         Bumped whenever cached embeddings are dropped.
+    task : TaskContext or None
+        The long job running (progress, cancel), see :meth:`start_task`.
     """
 
     def __init__(self, runner: Runner | None = None) -> None:
@@ -193,6 +199,7 @@ class SamSession:
         self.prefetch_slices = PREFETCH_SLICES
         self.refine = True
         self.job: EmbeddingJob | None = None
+        self.task: TaskContext | None = None
         self.generation = 0
         self.embedding_key: tuple | None = None
         self.model_loading = False
@@ -444,6 +451,40 @@ class SamSession:
         """The :class:`~napari_sam.engine.tiling.TiledPredictor` s kept (large or zoomed planes)."""
         return list(self._tiled.values())
 
+    # -- long jobs ---------------------------------------------------------------------------------
+
+    def start_task(self, title: str, body: Callable[[TaskContext], Any],
+                   on_done: Callable[[Any, bool], None],
+                   on_error: Callable[[BaseException], None] | None = None,
+                   owner: Any = None) -> TaskContext | None:
+        """Run the long job ``body(ctx)`` through the runner, one at a time; then
+        ``on_done(result, cancelled)``, or ``on_error(error)`` if it raised. ``owner`` (an image
+        id) lets :meth:`cancel_task` stop it with its image. ``None`` while another job runs."""
+        if self.task is not None:
+            return None
+        ctx = self.task = TaskContext(title, owner)
+        self.runner(run_task, (body, ctx),
+                    functools.partial(self._task_done, ctx, on_done, on_error))
+        return ctx
+
+    def _task_done(self, ctx, on_done, on_error, result) -> None:
+        value, error = result
+        if self.task is ctx:
+            self.task = None
+        if error is None:
+            on_done(value, ctx.cancelled())
+        elif on_error is not None:
+            on_error(error)
+
+    def cancel_task(self, owner: Any = None) -> TaskContext | None:
+        """Ask the long job (with ``owner``: only if it works on it) to stop; it returns what it
+        finished. Returns the job so asked, ``None`` if there was none."""
+        ctx = self.task
+        if ctx is None or ctx.cancelled() or (owner is not None and ctx.owner != owner):
+            return None
+        ctx.cancel()
+        return ctx
+
     # -- state -------------------------------------------------------------------------------------
 
     @property
@@ -456,11 +497,11 @@ class SamSession:
         return self._decoding or self._tiling
 
     def wait(self, timeout: float = 30.0, prefetch: bool = True) -> bool:
-        """With a :class:`ThreadRunner`: deliver results until idle (and done prefetching); whether
-        that happened within ``timeout`` s."""
+        """With a :class:`ThreadRunner`: deliver results until idle, no long job running (and
+        done prefetching); whether that happened within ``timeout`` s."""
         end = time.monotonic() + timeout
         process = getattr(self.runner, "process_events", None)
-        while self.busy or (prefetch and self.is_prefetching):
+        while self.busy or self.task is not None or (prefetch and self.is_prefetching):
             if time.monotonic() > end:
                 return False
             if process is not None:
@@ -470,8 +511,9 @@ class SamSession:
         return True
 
     def close(self) -> None:
-        """Stop background work and uninstall the model hooks."""
+        """Stop background work (the long job is cancelled) and uninstall the model hooks."""
         self.stop_prefetch()
+        self.cancel_task()
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
