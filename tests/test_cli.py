@@ -269,3 +269,33 @@ def test_train_only_updates_the_named_parameters(tmp_path, capsys, monkeypatch):
     state = torch.load(tmp_path / "m.pt", weights_only=True)
     changed = {k for k in start if not torch.equal(start[k], state[k])}
     assert changed and all(k.startswith("mask_decoder.iou_prediction_head") for k in changed)
+
+
+def test_synthetic_crop_sizes_the_generator_apart_from_real_crops(tmp_path, capsys, monkeypatch):
+    from napari_sam import training
+    from napari_sam.data.synthetic import make_nuclei_2d
+    from napari_sam.models.build import MODEL_CONFIGS
+
+    assert cli.main(["train", "--synthetic", "--synthetic-crop", "8",
+                     "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--synthetic-crop" in err and "\n" not in err
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lab").mkdir()
+    image, labels = make_nuclei_2d((96, 96), seed=4)
+    tifffile.imwrite(tmp_path / "im" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
+    monkeypatch.setitem(MODEL_CONFIGS, "tiny", tiny_config())
+    shapes, real_crops = [], []
+    original, original_folder = training.synthetic_examples, training.folder_examples
+    monkeypatch.setattr(training, "synthetic_examples",
+                        lambda seed, shape, **kw: shapes.append(shape) or original(seed, shape, **kw))
+    monkeypatch.setattr(training, "folder_examples",
+                        lambda im, lab, crop, seed=0: real_crops.append(crop)
+                        or original_folder(im, lab, crop, seed))
+    code = cli.main(["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
+                     "--synthetic", "--init", "tiny", "--from-scratch", "--steps", "2",
+                     "--warmup", "1", "--crop", "96", "--synthetic-crop", "48",
+                     "--out", str(tmp_path / "m.pt")])
+    assert code == 0
+    assert shapes == [(48, 48)] and real_crops == [96]

@@ -34,6 +34,10 @@ def register(sub) -> None:
                          "output is converted back to the architecture's size")
     tr.add_argument("--crop", type=int, default=None,
                     help="image side for training crops (default: the input size)")
+    tr.add_argument("--synthetic-crop", type=int, default=None,
+                    help="side of the generator's images when mixed with --images (default: "
+                         "--crop): e.g. whole real images (--crop 1024) beside synthetic ones at "
+                         "the model's own scale (--synthetic-crop 512)")
     tr.add_argument("--size-range", type=int, nargs=2, metavar=("MIN", "MAX"),
                     help="synthetic images of random sides in this range (resized to the input)")
     tr.add_argument("--size-log", action="store_true",
@@ -80,6 +84,8 @@ def run(args) -> int:
                           [("--init model", args.init), *_common.training_inputs(args)])
     if not 0.0 <= args.stack_fraction <= 1.0:
         raise InputError(f"--stack-fraction must be in [0, 1], got {args.stack_fraction}")
+    if args.synthetic_crop is not None and args.synthetic_crop < 16:
+        raise InputError(f"--synthetic-crop must be at least 16 px, got {args.synthetic_crop}")
     if not args.other_outputs_weight >= 0:
         raise InputError(f"--other-outputs-weight must be >= 0, got {args.other_outputs_weight}")
     if args.threads:
@@ -95,10 +101,12 @@ def run(args) -> int:
     if args.img_size and args.img_size != final_size:
         model = training.with_input_size(model, config, args.img_size)
     crop = args.crop or model.img_size
+    synthetic_crop = args.synthetic_crop or crop
     size_range = tuple(args.size_range) if args.size_range else None
     examples = _common.training_examples(
         args, images, labels,
-        lambda: training.synthetic_examples(args.seed, (crop, crop), size_range=size_range,
+        lambda: training.synthetic_examples(args.seed, (synthetic_crop, synthetic_crop),
+                                            size_range=size_range,
                                             stack_fraction=args.stack_fraction,
                                             size_log=args.size_log, ranges=args.ranges),
         crop)
@@ -155,7 +163,8 @@ def _train_config(args, img_size: int, crop: int):
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         other_outputs_weight=args.other_outputs_weight,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": img_size,
-               "crop": crop, "size_range": args.size_range,
+               "crop": crop, "synthetic_crop": args.synthetic_crop,
+               "size_range": args.size_range,
                "stack_fraction": args.stack_fraction, "size_log": args.size_log,
                "ranges": args.ranges,
                "synthetic": args.synthetic, "images": args.images,
