@@ -18,23 +18,13 @@ import time
 
 import numpy as np
 import torch
+from bench_models import _timed  # the same median CPU / wall timing as the model table
 
 from napari_sam.engine.predictor import SamPredictor
 from napari_sam.engine.sam2_predictor import Sam2Predictor
 from napari_sam.engine.sam2_video import Sam2Tracker
 from napari_sam.models.build import MODEL_CONFIGS, build_sam
 from napari_sam.models.sam2_configs import SAM2_CONFIGS, build_sam2
-
-
-def _timed(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up
-    cpu, wall = [], []
-    for _ in range(repeats):
-        c, w = time.process_time(), time.perf_counter()
-        fn()
-        cpu.append(time.process_time() - c)
-        wall.append(time.perf_counter() - w)
-    return statistics.median(cpu), statistics.median(wall)
 
 
 def _track_time(model, image, repeats: int) -> float:

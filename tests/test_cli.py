@@ -246,15 +246,21 @@ def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     assert set(state) == set(build_sam(tiny_config()).state_dict())
 
 
-def test_train_only_updates_the_named_parameters(tmp_path, capsys, monkeypatch):
+def _annotated_folder(tmp_path, size: int) -> None:
+    """tmp_path/im/a.tif and tmp_path/lab/a.tif: a synthetic nuclei image and its labels."""
     from napari_sam.data.synthetic import make_nuclei_2d
-    from napari_sam.models.build import MODEL_CONFIGS
 
     (tmp_path / "im").mkdir()
     (tmp_path / "lab").mkdir()
-    image, labels = make_nuclei_2d((64, 64), seed=4)
+    image, labels = make_nuclei_2d((size, size), seed=4)
     tifffile.imwrite(tmp_path / "im" / "a.tif", image)
     tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
+
+
+def test_train_only_updates_the_named_parameters(tmp_path, capsys, monkeypatch):
+    from napari_sam.models.build import MODEL_CONFIGS
+
+    _annotated_folder(tmp_path, 64)
     monkeypatch.setitem(MODEL_CONFIGS, "tiny", tiny_config())
     torch.manual_seed(0)
     start = build_sam(tiny_config()).state_dict()
@@ -273,18 +279,13 @@ def test_train_only_updates_the_named_parameters(tmp_path, capsys, monkeypatch):
 
 def test_synthetic_crop_sizes_the_generator_apart_from_real_crops(tmp_path, capsys, monkeypatch):
     from napari_sam import training
-    from napari_sam.data.synthetic import make_nuclei_2d
     from napari_sam.models.build import MODEL_CONFIGS
 
     assert cli.main(["train", "--synthetic", "--synthetic-crop", "8",
                      "--out", str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "--synthetic-crop" in err and "\n" not in err
-    (tmp_path / "im").mkdir()
-    (tmp_path / "lab").mkdir()
-    image, labels = make_nuclei_2d((96, 96), seed=4)
-    tifffile.imwrite(tmp_path / "im" / "a.tif", image)
-    tifffile.imwrite(tmp_path / "lab" / "a.tif", labels)
+    _annotated_folder(tmp_path, 96)
     monkeypatch.setitem(MODEL_CONFIGS, "tiny", tiny_config())
     shapes, real_crops = [], []
     original, original_folder = training.synthetic_examples, training.folder_examples
