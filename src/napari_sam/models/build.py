@@ -27,7 +27,8 @@ from .configs import (
     tiny_config,
 )
 from .device import resolve_device
-from .sam2_build import build_sam2_model, sam2_request
+from .sam2_build import build_sam2_model, is_sam2_state
+from .sam2_configs import is_sam2_name
 
 __all__ = [
     "MODEL_ALIASES",
@@ -84,12 +85,12 @@ def build_model(
     napari_sam.models.weights.WeightsDownloadError
         The official weights are not cached and could not be downloaded.
     """
-    sam2_state = sam2_request(name)  # SAM 2.1: a name of SAM2_CONFIGS or a SAM 2 checkpoint
-    if sam2_state is not None:
-        return build_sam2_model(name, checkpoint, device, pretrained=pretrained,
-                                state=sam2_state or None)
+    if is_sam2_name(name):
+        return build_sam2_model(name, checkpoint, device, pretrained=pretrained)
     dev = resolve_device(device)
     model_type, state, source = _resolve_weights(name, checkpoint, pretrained)
+    if model_type == _SAM2_FILE:  # read once by _resolve_weights, handed over
+        return build_sam2_model(name, device=device, state=state)
     config = MODEL_CONFIGS[model_type]
     if state is None:
         return build_sam(config).to(dev).eval()
@@ -113,6 +114,10 @@ def _with_decoder(name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.
         return state
     parts = load_state_dict(fetch_weights(decoder))
     return {**state, **{DECODER_PREFIX + k: v for k, v in parts.items()}}
+
+
+#: What :func:`_resolve_weights` returns as the model type of a SAM 2.1 checkpoint file.
+_SAM2_FILE = "<sam2 checkpoint>"
 
 
 def _resolve_weights(
@@ -157,4 +162,6 @@ def _resolve_weights(
             "pass the file once, as the model name or (with a registry name) as checkpoint"
         )
     state = load_state_dict(path)
+    if is_sam2_state(state):
+        return _SAM2_FILE, state, str(path)
     return require_model_type(state, source=path), state, str(path)

@@ -18,7 +18,7 @@ from .checkpoint import CheckpointError, load_state_dict
 from .device import resolve_device
 from .sam2_configs import SAM2_CONFIGS, build_sam2
 
-__all__ = ["SAM2_DOWNLOADS", "build_sam2_model", "infer_sam2_type", "is_sam2_state", "sam2_request"]
+__all__ = ["SAM2_DOWNLOADS", "build_sam2_model", "infer_sam2_type", "is_sam2_state"]
 
 _URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 
@@ -133,20 +133,3 @@ def build_sam2_model(
 def _key_mismatch(model: Sam2, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     ours = set(model.state_dict())
     return sorted(ours - set(state)), sorted(set(state) - ours)
-
-
-def sam2_request(name: object) -> dict[str, torch.Tensor] | None:
-    """``None`` unless ``name`` asks for SAM 2: ``{}`` for a registry name, the state dict
-    for a SAM 2 checkpoint file (read memory-mapped; other files give ``None``)."""
-    if isinstance(name, str) and name in SAM2_CONFIGS:
-        return {}
-    if not isinstance(name, (str, os.PathLike)):
-        return None
-    path = Path(name).expanduser()
-    if not path.is_file():
-        return None
-    try:
-        state = load_state_dict(path)
-    except CheckpointError:
-        return None
-    return state if is_sam2_state(state) else None
