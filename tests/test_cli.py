@@ -231,6 +231,9 @@ def test_train_cli_bad_input_and_a_tiny_run(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--synthetic", "--other-outputs-weight", "-1",
                      "--out", str(tmp_path / "m.pt")]) == 2
     assert "--other-outputs-weight" in capsys.readouterr().err
+    assert cli.main(["train", "--synthetic", "--iou-rank-weight", "nan",
+                     "--out", str(tmp_path / "m.pt")]) == 2
+    assert "--iou-rank-weight" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's choices: usage line, exit 2
         cli.main(["train", "--synthetic", "--ranges", "v0.3", "--out", str(tmp_path / "m.pt")])
     assert exit_info.value.code == 2

@@ -232,3 +232,46 @@ def test_prepare_example_keeps_a_random_subset_of_the_large_enough_objects():
     assert torch.equal(some, all_masks[torch.from_numpy(expected)])
     with pytest.raises(ValueError, match="rng"):
         training.prepare_example(image, labels, 40, 4, max_objects=5)
+
+
+def test_iou_ranking_loss_teaches_the_order_and_ignores_ties():
+    true = torch.tensor([[0.9, 0.4, 0.0], [0.7, 0.7, 0.1]])
+    wrong = torch.tensor([[0.70, 0.80, 0.0], [0.5, 0.9, 0.0]], requires_grad=True)
+    loss = training.iou_ranking_loss(wrong, true)
+    assert loss.shape == (2,)
+    assert float(loss[0]) > 0.5 * 1.0  # margin 0.5 times a cross-entropy above 1
+    assert float(loss[1]) == 0.0  # a tie between the two best costs nothing
+    loss.sum().backward()
+    # the gradient raises the truly best candidate and lowers the one ranked above it
+    assert wrong.grad[0, 0] < 0 < wrong.grad[0, 1]
+    right = torch.tensor([[0.9, 0.4, 0.0]])
+    assert float(training.iou_ranking_loss(right, true[:1])) < 0.01
+
+
+def test_iou_rank_weight_reaches_the_iou_head_only_for_one_point():
+    yy, xx = np.mgrid[:64, :64]
+    mask = (yy - 30) ** 2 + (xx - 34) ** 2 <= 12 ** 2
+    pixels = torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float()
+    grads = {}
+    for weight, box in ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0)):
+        torch.manual_seed(0)
+        model = build_sam(tiny_config())
+        config = training.TrainConfig(box_probability=box, refine_rounds=0, maskonly_rounds=0,
+                                      focal_ramp_steps=0, iou_rank_weight=weight)
+        loss, _ = training.train_step(model, pixels, torch.from_numpy(mask)[None], config,
+                                      torch.Generator().manual_seed(0))
+        loss.backward()
+        grads[weight, box] = torch.cat([p.grad.flatten() for p in
+                                        model.mask_decoder.iou_prediction_head.parameters()])
+    assert not torch.allclose(grads[1.0, 0.0], grads[0.0, 0.0])
+    # a box is not ambiguous: the single output is trained and the ranking term is absent
+    torch.manual_seed(0)
+    model = build_sam(tiny_config())
+    config = training.TrainConfig(box_probability=1.0, refine_rounds=0, maskonly_rounds=0,
+                                  focal_ramp_steps=0)
+    loss, _ = training.train_step(model, pixels, torch.from_numpy(mask)[None], config,
+                                  torch.Generator().manual_seed(0))
+    loss.backward()
+    plain = torch.cat([p.grad.flatten() for p in
+                       model.mask_decoder.iou_prediction_head.parameters()])
+    assert torch.allclose(grads[1.0, 1.0], plain)

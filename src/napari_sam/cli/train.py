@@ -49,6 +49,9 @@ def register(sub) -> None:
     tr.add_argument("--other-outputs-weight", type=float, default=0.0,
                     help="one-point prompts: also train the two multimask outputs that are not "
                          "the best, with this weight (0: the paper's best-only loss)")
+    tr.add_argument("--iou-rank-weight", type=float, default=0.0,
+                    help="one-point prompts: also teach the IoU head the order of the three "
+                         "outputs (the viewer keeps the highest), with this weight")
     tr.add_argument("--stack-fraction", type=float, default=0.0,
                     help="with --synthetic: this fraction of the images are z slices of 3D "
                          "stacks (out-of-focus light of nuclei above and below)")
@@ -88,6 +91,8 @@ def run(args) -> int:
         raise InputError(f"--synthetic-crop must be at least 16 px, got {args.synthetic_crop}")
     if not args.other_outputs_weight >= 0:
         raise InputError(f"--other-outputs-weight must be >= 0, got {args.other_outputs_weight}")
+    if not args.iou_rank_weight >= 0:
+        raise InputError(f"--iou-rank-weight must be >= 0, got {args.iou_rank_weight}")
     if args.threads:
         torch.set_num_threads(args.threads)
     _common.check_training_data_args(args)
@@ -161,7 +166,7 @@ def _train_config(args, img_size: int, crop: int):
         steps=args.steps, lr=args.lr, warmup_steps=args.warmup, focal_ramp_steps=args.focal_ramp,
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
-        other_outputs_weight=args.other_outputs_weight,
+        other_outputs_weight=args.other_outputs_weight, iou_rank_weight=args.iou_rank_weight,
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": img_size,
                "crop": crop, "synthetic_crop": args.synthetic_crop,
                "size_range": args.size_range,

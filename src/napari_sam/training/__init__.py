@@ -4,7 +4,7 @@ training (:mod:`.refiner`).
 """
 
 from .data import folder_examples, holdout_split, mixed_examples, synthetic_examples
-from .losses import dice_loss, focal_loss, image_resolution_iou, mask_iou
+from .losses import dice_loss, focal_loss, image_resolution_iou, iou_ranking_loss, mask_iou
 from .promptable import (
     TrainConfig,
     prepare_example,
@@ -22,6 +22,7 @@ __all__ = [
     "folder_examples",
     "holdout_split",
     "image_resolution_iou",
+    "iou_ranking_loss",
     "mask_iou",
     "mixed_examples",
     "noisy_boxes",

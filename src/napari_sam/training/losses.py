@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dice_loss", "focal_loss", "image_resolution_iou", "mask_iou"]
+__all__ = ["dice_loss", "focal_loss", "image_resolution_iou", "iou_ranking_loss", "mask_iou"]
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25,
@@ -24,6 +24,32 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     p = torch.sigmoid(logits).flatten(-2)
     t = target.flatten(-2)
     return 1 - (2 * (p * t).sum(-1) + eps) / (p.sum(-1) + t.sum(-1) + eps)
+
+
+def iou_ranking_loss(predicted: torch.Tensor, true: torch.Tensor,
+                     temperature: float = 0.05) -> torch.Tensor:
+    """How badly the IoU head ranks the candidates of one prompt: ``(..., K) -> (...)``.
+
+    The viewer keeps the candidate with the highest predicted IoU, so what matters for a click
+    is the order of the predictions, which the mean squared error alone does not teach (a head
+    can be calibrated on average and still prefer, for touching nuclei, the candidate that
+    takes the neighbour too). The loss is the cross-entropy of ``softmax(predicted /
+    temperature)`` against the truly best candidate, weighted by the margin of that candidate
+    over the runner-up: near ties cost nothing.
+
+    Parameters
+    ----------
+    predicted, true : torch.Tensor, shape (..., K)
+        Predicted and true IoUs of the K candidates; ``true`` carries no gradient.
+    temperature : float
+        A prediction gap of ``temperature`` is one unit of logit.
+    """
+    top = true.topk(2, dim=-1).values
+    margin = top[..., 0] - top[..., 1]
+    best = true.argmax(-1)
+    ce = F.cross_entropy((predicted / temperature).flatten(0, -2), best.flatten(),
+                         reduction="none")
+    return margin * ce.view(best.shape)
 
 
 def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

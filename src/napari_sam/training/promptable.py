@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..data.files import atomic_path
 from ..engine.preprocess import ResizeGeometry, to_rgb_uint8_range
 from ..modeling import Sam
-from .losses import dice_loss, focal_loss, image_resolution_iou
+from .losses import dice_loss, focal_loss, image_resolution_iou, iou_ranking_loss
 from .simulation import noisy_boxes, sample_error_points, sample_points_in_masks
 
 __all__ = [
@@ -55,7 +55,9 @@ class TrainConfig:
     For an ambiguous prompt only the best of the three outputs is trained, as in the paper;
     ``other_outputs_weight`` > 0 adds that fraction of the mean loss of the other two, which
     keeps them from dying (near-zero logits that the IoU head may still learn to pick; see
-    docs/default-model.md, phase 8).
+    docs/default-model.md, phase 8). ``iou_rank_weight`` > 0 adds, for ambiguous prompts,
+    :func:`~napari_sam.training.losses.iou_ranking_loss` on the three outputs' predicted IoUs:
+    the viewer keeps the highest, so their order matters more than their values.
     """
 
     steps: int = 1000
@@ -74,6 +76,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     iou_weight: float = 1.0
     other_outputs_weight: float = 0.0
+    iou_rank_weight: float = 0.0
     min_object_pixels: int = 4
     grad_clip: float = 1.0
     seed: int = 0
@@ -272,6 +275,10 @@ def _round(model, features, coords, labels, boxes, mask_input, use_box, target, 
         mask_term = mask_term + torch.where(
             ambiguous, config.other_outputs_weight * others, torch.zeros_like(others))
     iou_term = torch.where(ambiguous, iou_loss[:, 1:].mean(-1), iou_loss[:, 0])
+    if config.iou_rank_weight:
+        rank = iou_ranking_loss(out_iou[:, 1:], true_iou[:, 1:])
+        iou_term = iou_term + torch.where(
+            ambiguous, config.iou_rank_weight * rank, torch.zeros_like(rank))
     round_loss = (mask_term + config.iou_weight * iou_term).mean()
     return round_loss, float(true_iou[rows, chosen].mean()), out_logits[rows, chosen].detach()
 
