@@ -275,3 +275,77 @@ def test_iou_rank_weight_reaches_the_iou_head_only_for_one_point():
     plain = torch.cat([p.grad.flatten() for p in
                        model.mask_decoder.iou_prediction_head.parameters()])
     assert torch.allclose(grads[1.0, 1.0], plain)
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_windowed_training_decodes_as_the_viewer_does(with_mask):
+    # train --window-fraction must show the decoder what the viewer's windowed decoding does
+    from napari_sam.engine.decoding import decode_windows
+    from napari_sam.engine.predictor import SamPredictor
+    from napari_sam.training.promptable import _decode_all
+
+    torch.manual_seed(0)
+    model = build_sam(tiny_config()).eval()
+    predictor = SamPredictor(model)
+    emb = predictor.compute_embedding(np.random.default_rng(3).random((64, 64)), (0.0, 1.0))
+    h = emb.features.shape[-1]
+    points = np.array([[[10.0, 12.0]], [[40.0, 50.0]], [[60.0, 3.0]]])  # (row, col)
+    labels = np.ones((3, 1), dtype=np.int64)
+    logits = None
+    if with_mask:
+        logits = np.random.default_rng(4).normal(0, 5, (3, 1, 4 * h, 4 * h)).astype(np.float32)
+    found = decode_windows(predictor, emb, points, labels, None, logits, True, points[:, 0],
+                           h // 2, min_iou=2.0)  # nothing is decoded again on the whole grid
+    xy = torch.from_numpy(emb.geometry.points_to_xy(points.reshape(-1, 2))).float()
+    with torch.no_grad():
+        low, iou = _decode_all(model, emb.features.float(), (xy[:, None], torch.ones(3, 1)),
+                               None, None if logits is None else torch.from_numpy(logits),
+                               (torch.from_numpy(found.origins // 4), h // 2))
+    torch.testing.assert_close(low[:, 1:], found.full(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(iou[:, 1:], found.iou, rtol=1e-4, atol=1e-4)
+    whole, _ = _decode_all(model, emb.features.float(), (xy[:, None], torch.ones(3, 1)), None,
+                           None if logits is None else torch.from_numpy(logits))
+    assert not torch.allclose(whole[:, 1:], low[:, 1:], atol=1e-3)  # the window matters
+
+
+def test_object_windows_hold_their_objects():
+    masks = torch.zeros(3, 256, 256, dtype=torch.bool)
+    masks[0, 10:30, 200:240] = True
+    masks[1, 120:140, 120:130] = True
+    masks[2, 240:256, 0:8] = True
+    g = torch.Generator().manual_seed(0)
+    origins, side = training.object_windows(masks, (32, 32), 8, g)
+    assert side == 8 and origins.shape == (3, 2)  # the largest object is 5 x 2.5 tokens
+    for m, (r, c) in zip(masks, origins.tolist()):
+        assert 0 <= r <= 32 - side and 0 <= c <= 32 - side
+        inside = torch.zeros_like(m)
+        inside[8 * r:8 * (r + side), 8 * c:8 * (c + side)] = True
+        assert not (m & ~inside).any()
+    masks[1, 0:200, 120:130] = True  # 25 tokens tall: the window grows to hold it
+    assert training.object_windows(masks, (32, 32), 8, g)[1] == 27
+    masks[1, 0:256] = True
+    assert training.object_windows(masks, (32, 32), 8, g) is None  # the whole grid
+
+
+def test_window_fraction_trains_through_the_windows():
+    torch.manual_seed(0)
+    model = build_sam(tiny_config())
+    yy, xx = np.mgrid[:64, :64]
+    mask = (yy - 20) ** 2 + (xx - 24) ** 2 <= 6 ** 2
+    pixels = torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float()
+    config = training.TrainConfig(refine_rounds=1, maskonly_rounds=1, focal_ramp_steps=0,
+                                  window_fraction=1.0, window_tokens=(3, 3))
+    calls = []
+    real = model.mask_decoder.predict_masks
+
+    def spy(image_embeddings, image_pe, *args, **kwargs):
+        calls.append(tuple(image_embeddings.shape[-2:]))
+        return real(image_embeddings, image_pe, *args, **kwargs)
+
+    model.mask_decoder.predict_masks = spy
+    loss, stats = training.train_step(model, pixels, torch.from_numpy(mask)[None], config,
+                                      torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and 0 <= stats["iou_last"] <= 1
+    assert calls and all(c == (4, 4) for c in calls)  # 12 px object: 3 tokens grown to 4
+    assert model.mask_decoder.iou_token.weight.grad.abs().sum() > 0

@@ -52,6 +52,12 @@ def register(sub) -> None:
     tr.add_argument("--iou-rank-weight", type=float, default=0.0,
                     help="one-point prompts: also teach the IoU head the order of the three "
                          "outputs (the viewer keeps the highest), with this weight")
+    tr.add_argument("--window-fraction", type=float, default=0.0,
+                    help="decode the objects of this fraction of the images against a window "
+                         "of the image embedding around each, as propagation and segment "
+                         "everything do in the viewer")
+    tr.add_argument("--window-tokens", type=int, nargs=2, default=(16, 32),
+                    metavar=("MIN", "MAX"), help="window side in tokens (default 16 32)")
     tr.add_argument("--stack-fraction", type=float, default=0.0,
                     help="with --synthetic: this fraction of the images are z slices of 3D "
                          "stacks (out-of-focus light of nuclei above and below)")
@@ -93,6 +99,11 @@ def run(args) -> int:
         raise InputError(f"--other-outputs-weight must be >= 0, got {args.other_outputs_weight}")
     if not args.iou_rank_weight >= 0:
         raise InputError(f"--iou-rank-weight must be >= 0, got {args.iou_rank_weight}")
+    if not 0.0 <= args.window_fraction <= 1.0:
+        raise InputError(f"--window-fraction must be in [0, 1], got {args.window_fraction}")
+    if not 1 <= args.window_tokens[0] <= args.window_tokens[1]:
+        raise InputError("--window-tokens must be MIN MAX with 1 <= MIN <= MAX, got "
+                         f"{args.window_tokens[0]} {args.window_tokens[1]}")
     if args.threads:
         torch.set_num_threads(args.threads)
     _common.check_training_data_args(args)
@@ -167,6 +178,7 @@ def _train_config(args, img_size: int, crop: int):
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         other_outputs_weight=args.other_outputs_weight, iou_rank_weight=args.iou_rank_weight,
+        window_fraction=args.window_fraction, window_tokens=tuple(args.window_tokens),
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": img_size,
                "crop": crop, "synthetic_crop": args.synthetic_crop,
                "size_range": args.size_range,

@@ -7,6 +7,7 @@ from .data import folder_examples, holdout_split, mixed_examples, synthetic_exam
 from .losses import dice_loss, focal_loss, image_resolution_iou, iou_ranking_loss, mask_iou
 from .promptable import (
     TrainConfig,
+    object_windows,
     prepare_example,
     save_atomic,
     train,
@@ -26,6 +27,7 @@ __all__ = [
     "mask_iou",
     "mixed_examples",
     "noisy_boxes",
+    "object_windows",
     "prepare_example",
     "sample_error_points",
     "sample_points_in_masks",

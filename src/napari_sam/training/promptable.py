@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.files import atomic_path
+from ..engine.decoding import OUTSIDE_LOGIT
 from ..engine.preprocess import ResizeGeometry, to_rgb_uint8_range
 from ..modeling import Sam
 from .losses import dice_loss, focal_loss, image_resolution_iou, iou_ranking_loss
@@ -33,6 +34,7 @@ from .simulation import noisy_boxes, sample_error_points, sample_points_in_masks
 
 __all__ = [
     "TrainConfig",
+    "object_windows",
     "prepare_example",
     "save_atomic",
     "train",
@@ -58,6 +60,11 @@ class TrainConfig:
     docs/default-model.md, phase 8). ``iou_rank_weight`` > 0 adds, for ambiguous prompts,
     :func:`~napari_sam.training.losses.iou_ranking_loss` on the three outputs' predicted IoUs:
     the viewer keeps the highest, so their order matters more than their values.
+    ``window_fraction`` > 0 decodes the objects of that fraction of the images as the viewer's
+    propagation and segment everything do (:func:`~napari_sam.engine.decoding.decode_windows`):
+    each against a window of the image embedding around it, ``window_tokens`` on a side (drawn
+    per image, grown to hold the largest object, whole grid when larger); the decoder and its
+    IoU head then learn to work without the tokens beyond the window.
     """
 
     steps: int = 1000
@@ -77,6 +84,8 @@ class TrainConfig:
     iou_weight: float = 1.0
     other_outputs_weight: float = 0.0
     iou_rank_weight: float = 0.0
+    window_fraction: float = 0.0
+    window_tokens: tuple[int, int] = (16, 32)
     min_object_pixels: int = 4
     grad_clip: float = 1.0
     seed: int = 0
@@ -145,15 +154,86 @@ def prepare_example(
 # -- the step ----------------------------------------------------------------------------------
 
 
-def _decode_all(model: Sam, features, points, boxes, mask_input):
-    """Prompt encoder + mask decoder returning all four outputs: (M, 4, 4h, 4w), (M, 4)."""
-    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-    return model.mask_decoder.predict_masks(
-        image_embeddings=features,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
+def _decode_all(model: Sam, features, points, boxes, mask_input, windows=None):
+    """Prompt encoder + mask decoder returning all four outputs: (M, 4, 4h, 4w), (M, 4).
+
+    ``windows`` (``(origins (M, 2), side)`` in tokens) decodes each object against its window
+    of ``features``, as :func:`~napari_sam.engine.decoding.decode_windows` does at inference
+    (features, positional encoding and mask prompt cropped; positions stay absolute); the
+    logits beyond the window are ``OUTSIDE_LOGIT``.
+    """
+    pe = model.prompt_encoder.get_dense_pe()
+    if windows is None:
+        sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return model.mask_decoder.predict_masks(
+            image_embeddings=features, image_pe=pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+    origins, side = windows
+    h, w = features.shape[-2:]
+    cut = [(slice(a, a + side), slice(c, c + side)) for a, c in origins.tolist()]
+    crops = torch.stack([features[0][:, r, c] for r, c in cut])
+    pe_crops = torch.stack([pe[0][:, r, c] for r, c in cut])
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+    if mask_input is None:
+        dense = dense[..., :side, :side].expand(len(cut), -1, -1, -1)
+    else:  # the mask prompt's downscaling is local (kernel = stride): cropping it is exact
+        m_crops = torch.stack([mask_input[b, :, 4 * r.start:4 * r.stop, 4 * c.start:4 * c.stop]
+                               for b, (r, c) in enumerate(cut)])
+        dense = model.prompt_encoder.mask_downscaling(m_crops)
+    low, iou = model.mask_decoder.predict_masks(
+        image_embeddings=crops, image_pe=pe_crops, sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense,
     )
+    full = low.new_full((low.shape[0], low.shape[1], 4 * h, 4 * w), OUTSIDE_LOGIT)
+    for b, (r, c) in enumerate(cut):
+        full[b, :, 4 * r.start:4 * r.stop, 4 * c.start:4 * c.stop] = low[b]
+    return full, iou
+
+
+def object_windows(masks: torch.Tensor, grid: tuple[int, int], side: int,
+                   generator: torch.Generator) -> tuple[torch.Tensor, int] | None:
+    """Windows of the token grid around each object, as the viewer's windowed decoding takes.
+
+    Parameters
+    ----------
+    masks : torch.Tensor, shape (M, S, S), bool
+        The objects in the model-input frame.
+    grid : (int, int)
+        The embedding's token grid ``(h, w)``.
+    side : int
+        Requested window side in tokens; grown to hold the largest object's box plus a token
+        of margin on each side.
+    generator : torch.Generator
+        Jitters each window's position by up to a quarter of the free space around the object.
+
+    Returns
+    -------
+    (origins, side) or None
+        ``origins`` ``(M, 2)`` are the windows' top-left tokens ``(row, col)``; None when the
+        window would cover the whole grid.
+    """
+    h, w = grid
+    token = masks.shape[-1] / w
+    boxes = []
+    for m in masks:
+        rows = torch.nonzero(m.any(1))[:, 0]
+        cols = torch.nonzero(m.any(0))[:, 0]
+        boxes.append((int(rows[0]) / token, (int(rows[-1]) + 1) / token,
+                      int(cols[0]) / token, (int(cols[-1]) + 1) / token))
+    extent = max(max(b[1] - b[0], b[3] - b[2]) for b in boxes)
+    side = max(side, math.ceil(extent) + 2)
+    if side >= min(h, w):
+        return None
+    origins = []
+    for r0, r1, c0, c1 in boxes:
+        start = []
+        for lo, hi, size in ((r0, r1, h), (c0, c1, w)):
+            free = side - (hi - lo)
+            jitter = (float(torch.rand(1, generator=generator)) - 0.5) * free / 2
+            start.append(int(np.clip(round((lo + hi) / 2 - side / 2 + jitter), 0, size - side)))
+        origins.append(start)
+    return torch.tensor(origins, dtype=torch.long), side
 
 
 def train_step(
@@ -194,6 +274,11 @@ def train_step(
     target = F.avg_pool2d(masks[:, None].float(), factor)[:, 0] if factor > 1 else masks.float()
     target_bool = target > 0.5
 
+    windows = None
+    if config.window_fraction and float(torch.rand(1, generator=generator)) < config.window_fraction:
+        lo, hi = config.window_tokens
+        side = int(torch.randint(lo, hi + 1, (1,), generator=generator))
+        windows = object_windows(masks.cpu(), tuple(features.shape[-2:]), side, generator)
     use_box = torch.rand(m, generator=generator) < config.box_probability
     boxes = noisy_boxes(masks.cpu(), generator, config.box_noise, config.box_noise_max).to(device)
     pts = sample_points_in_masks(masks.cpu(), generator).to(device)
@@ -212,7 +297,7 @@ def train_step(
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             round_loss, round_iou, chosen_low = _round(
                 model, features, coords, labels, boxes, mask_input, use_box_d, target,
-                masks, first=r == 0, config=config, focal_weight=focal_weight,
+                masks, first=r == 0, config=config, focal_weight=focal_weight, windows=windows,
             )
         if with_grad:
             total = total + round_loss
@@ -233,7 +318,7 @@ def train_step(
 
 
 def _round(model, features, coords, labels, boxes, mask_input, use_box, target, masks,
-           *, first: bool, config: TrainConfig, focal_weight: float):
+           *, first: bool, config: TrainConfig, focal_weight: float, windows=None):
     """Decode every object once; return its loss, the mean IoU and the chosen low-res logits.
 
     ``target`` is the soft low-res target of the mask losses, ``masks`` the objects at the
@@ -255,6 +340,7 @@ def _round(model, features, coords, labels, boxes, mask_input, use_box, target, 
             (coords[idx], labels[idx]),
             boxes[idx] if with_box else None,
             None if mask_input is None else mask_input[idx],
+            None if windows is None else (windows[0][idx.cpu()], windows[1]),
         )
         out_logits[idx] = lo
         out_iou[idx] = io
