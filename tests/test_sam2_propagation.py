@@ -37,8 +37,35 @@ def _stack():
     return vol
 
 
-def _embed_unused(i):
-    raise AssertionError("a SAM 2 model must not ask for SAM embeddings")
+def test_propagate_reads_sam2_embeddings_from_embed(present):
+    """The viewer passes its embedder's cache: the tracker reads the features there, encodes
+    nothing itself, and tracks exactly as when it encodes the slices."""
+    from napari_sam.engine.sam2_embedder import Sam2StackEmbedder
+
+    vol = _stack()
+    embedder = Sam2StackEmbedder(present, vol, axes=(1, 2), intensity_range=(0.0, 1000.0))
+    asked = []
+
+    def embed(i):
+        asked.append(i)
+        return embedder.get((i,))
+
+    def no_pixels(i):
+        raise AssertionError("the features come from embed(): no slice is read")
+
+    seeds = [Seed(1, 4, points=np.array([[40, 54]]))]
+    params = PropagationParams(min_score=0.0)
+    shared = propagate(present, embed, N, seeds, slice_image=no_pixels, params=params,
+                       intensity_range=(0.0, 1000.0))
+    alone = propagate(present, None, N, seeds, slice_image=lambda i: vol[i], params=params,
+                      intensity_range=(0.0, 1000.0))
+    assert set(asked) == set(range(N))
+    assert shared.slices(1) == alone.slices(1) == list(range(N))
+    for i in range(N):
+        np.testing.assert_array_equal(shared.masks[1][i], alone.masks[1][i])
+    with pytest.raises(TypeError, match="Sam2Embedding"):
+        propagate(present, lambda i: vol[i], N, seeds, slice_image=no_pixels, params=params,
+                  intensity_range=(0.0, 1000.0))
 
 
 def test_propagate_dispatches_to_memory_tracking(present):
@@ -46,7 +73,7 @@ def test_propagate_dispatches_to_memory_tracking(present):
     seeds = [Seed(1, 4, points=np.array([[40, 54]])), Seed(2, 2, box=np.array([30, 40, 50, 62]))]
     calls = []
     params = PropagationParams(min_score=0.0)  # random IoU heads predict about 0.5
-    result = propagate(present, _embed_unused, N, seeds, slice_image=lambda i: vol[i],
+    result = propagate(present, None, N, seeds, slice_image=lambda i: vol[i],
                        params=params, progress=lambda d, t: calls.append((d, t)))
     assert result.complete
     for oid in (1, 2):
@@ -63,7 +90,7 @@ def test_absent_object_stops_beyond_the_seeds(absent):
     vol = _stack()
     seed_mask = vol[4] > 0
     seeds = [Seed(1, 4, mask=seed_mask), Seed(1, 6, mask=vol[6] > 0)]
-    result = propagate(absent, _embed_unused, N, seeds, slice_image=lambda i: vol[i])
+    result = propagate(absent, None, N, seeds, slice_image=lambda i: vol[i])
     # the seeds are kept as they are; beyond them the object is absent: both fronts stop
     assert result.slices(1) == [4, 6]
     assert result.scores[1][4] == float("inf")
@@ -90,7 +117,7 @@ def test_cancel_keeps_what_was_done(present):
         polls.append(1)
         return len(polls) > 3
 
-    result = propagate(present, _embed_unused, N, seeds, slice_image=lambda i: vol[i],
+    result = propagate(present, None, N, seeds, slice_image=lambda i: vol[i],
                        params=PropagationParams(min_score=0.0), cancelled=cancelled)
     assert not result.complete
     assert 0 in result.masks[1] and len(result.masks[1]) < N
@@ -99,14 +126,14 @@ def test_cancel_keeps_what_was_done(present):
 
 def test_sam2_needs_the_slices(present):
     with pytest.raises(ValueError, match="slice_image"):
-        propagate(present, _embed_unused, N, [Seed(1, 0, points=np.array([[4, 4]]))])
+        propagate(present, None, N, [Seed(1, 0, points=np.array([[4, 4]]))])
 
 
 def test_low_predicted_iou_stops_beyond_the_seed(present):
     """With the default min_score, the random IoU head (about 0.5) ends both fronts."""
     vol = _stack()
     seeds = [Seed(1, 4, points=np.array([[40, 54]]))]
-    result = propagate(present, _embed_unused, N, seeds, slice_image=lambda i: vol[i],
+    result = propagate(present, None, N, seeds, slice_image=lambda i: vol[i],
                        params=PropagationParams(min_score=0.9))
     assert result.slices(1) == [4]
     assert result.stopped[1] == {"up": "score", "down": "score"}

@@ -60,6 +60,15 @@ SCRIPT = textwrap.dedent(
     run = propagate(sam2, None, 3, [Seed(1, 1, points=np.array([[30, 30]]))],
                     slice_image=lambda i: stack[i], params=PropagationParams(min_score=0.0))
     assert run.complete
+    # ... and in the widget: the viewer's embedding path and decoding with a SAM 2 model
+    widget.set_model(sam2, "sam2")
+    widget.points_layer.add([1, 20, 20])
+    t0 = time.time()
+    while (widget.is_busy or not any(type(widget.cache.get(k)).__name__ == "Sam2Embedding"
+                                     for k in widget.cache.keys())) and time.time() - t0 < 30:
+        app.processEvents()
+        time.sleep(0.01)
+    assert widget.preview is not None and not widget.is_busy, widget.status_label.value
     bad = sorted(m for m in ("torchvision", "triton", "open_clip", "torch._dynamo") if m in sys.modules)
     assert not bad, bad
     viewer.close()

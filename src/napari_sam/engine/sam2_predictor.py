@@ -11,6 +11,7 @@ Coordinates are napari's ``(row, col)`` in slice pixels; boxes ``(row0, col0, ro
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,33 @@ from .postprocess import keep_prompted_pieces
 from .predictor import MASK_PROMPT_LOGIT, SamPredictor
 from .preprocess import to_rgb_uint8_range
 
-__all__ = ["Sam2Predictor", "predictor_for"]
+__all__ = ["Sam2Embedding", "Sam2Predictor", "predictor_for"]
+
+
+@dataclass(frozen=True)
+class Sam2Embedding:
+    """SAM 2's image-encoder output for one 2D slice, as the plugin's caches hold it (the
+    counterpart of :class:`~napari_sam.engine.predictor.ImageEmbedding`).
+
+    Attributes
+    ----------
+    features : FrameFeatures
+        Batch of one: the stride-16 ``embed`` and ``pos`` ``(1, C, h, w)`` and the two
+        high-resolution levels ``(1, C/8, 4h, 4w)`` and ``(1, C/4, 2h, 2w)``, float32.
+    original_size : (int, int)
+        ``(H, W)`` of the slice that was embedded.
+    img_size : int
+        Side of the model's square input.
+    """
+
+    features: FrameFeatures
+    original_size: tuple[int, int]
+    img_size: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all feature levels (what a size-bounded LRU counts)."""
+        return self.features.nbytes()
 
 
 def predictor_for(model, **kwargs):
@@ -60,16 +87,47 @@ class Sam2Predictor:
         """``(H, W)`` of the current slice."""
         return self._hw
 
-    def set_image(
+    @property
+    def refine(self) -> bool:
+        """Always ``False``: SAM 2 has no mask refiner (setting it is ignored)."""
+        return False
+
+    @refine.setter
+    def refine(self, value: bool) -> None:
+        pass
+
+    @property
+    def refines(self) -> bool:
+        """Always ``False``: masks are SAM 2's upsampled ones."""
+        return False
+
+    def compute_embedding(
         self, image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None
-    ) -> None:
-        """Embed a slice ``(H, W)`` or ``(H, W, 3)`` (intensities mapped from
-        ``intensity_range`` to [0, 255], as :class:`SamPredictor` does)."""
+    ) -> Sam2Embedding:
+        """Run the image encoder on a slice ``(H, W)`` or ``(H, W, 3)`` without changing the
+        predictor's state (intensities mapped from ``intensity_range`` to [0, 255], as
+        :class:`SamPredictor` does; default: the slice's own robust range)."""
         rgb = torch.from_numpy(to_rgb_uint8_range(image, intensity_range))
         with torch.inference_mode():
             x = self.model.preprocess(rgb.permute(2, 0, 1)[None].to(self.device))
             feats = self.model.forward_image(x)
-        self.set_features(feats, rgb.shape[:2])
+        hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+        return Sam2Embedding(feats, hw, int(self.model.image_size))
+
+    def set_image(
+        self, image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None
+    ) -> None:
+        """Embed a slice ``(H, W)`` or ``(H, W, 3)`` and decode against it from now on."""
+        self.set_embedding(self.compute_embedding(image, intensity_range))
+
+    def set_embedding(self, embedding: Sam2Embedding, image: npt.ArrayLike | None = None,
+                      intensity_range: tuple[float, float] | None = None) -> None:
+        """Use a :class:`Sam2Embedding` computed earlier (``image`` and ``intensity_range``,
+        which :class:`SamPredictor` takes for its refiner, are ignored)."""
+        if not isinstance(embedding, Sam2Embedding):
+            raise TypeError(f"a SAM 2 predictor needs a Sam2Embedding, got "
+                            f"{type(embedding).__name__} (an embedding of another model?)")
+        self.set_features(embedding.features, embedding.original_size)
 
     def set_features(self, features: FrameFeatures, shape_hw: tuple[int, int]) -> None:
         """Use features computed elsewhere (e.g. a tracker's cache) for a slice of ``shape_hw``."""

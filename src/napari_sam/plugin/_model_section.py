@@ -9,6 +9,7 @@ from magicgui.widgets import ComboBox, FileEdit, Label, PushButton
 from napari.utils.notifications import show_info, show_warning
 
 from ._notify import guarded, notify_error
+from ._sam2 import adapt_to_model
 from ._section import Section, elide_width
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,8 +25,9 @@ CHECKPOINT_CHOICE = "checkpoint file..."
 def _model_choices() -> list[str]:
     try:
         from .. import list_models
+        from ..models.sam2_configs import SAM2_CONFIGS
 
-        names = list(list_models())
+        names = [*list_models(), *SAM2_CONFIGS]  # SAM 2.1: weights placed in the cache
     except Exception:  # the widget still opens; loading reports the problem
         logger.exception("listing the models failed")
         names = []
@@ -90,6 +92,7 @@ class ModelSection(Section):
         """A model is in use: show it, bring back the prompt layers, decode again."""
         host = self.host
         host.warned.discard("no-model")
+        adapt_to_model(host, model)  # SAM 2: grey out and say what works only with SAM
         self.show_loaded(name, str(getattr(model, "device", "cpu")))
         host.restore_prompt_layers()
         host.loop.schedule("model")

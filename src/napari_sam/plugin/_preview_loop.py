@@ -20,6 +20,7 @@ from ..engine.tiling import is_large
 from ._layers import Plane, PromptError, assemble_objects, current_plane, image_level0
 from ._notify import guarded, notify_error
 from ._prompt_section import KEY_CLEAR, KEY_COMMIT
+from ._sam2 import sam2_loaded
 from ._stack import plane_at
 from ._stack_section import lead_index
 from ._workers import tiled_predictor
@@ -123,7 +124,12 @@ class PreviewLoop:
         if key in session.failed:
             self.host.set_status("The embedding of this slice failed (see the notification).")
             return
-        if self._is_large(plane) or self.host.zoom_small.value:
+        if sam2_loaded(self.host):  # no tiles nor zoom: the slice is embedded whole
+            if is_large(plane.shape, session.predictor.model.image_size):
+                self.host.warn_once("sam2:large", f"{plane.label()} is {plane.shape[0]} x "
+                                    f"{plane.shape[1]} px: SAM 2 embeds it whole, resized to its "
+                                    "input (tiles need a SAM model); small objects may be lost.")
+        elif self._is_large(plane) or self.host.zoom_small.value:
             self._decode_tiled(image, plane, (*key, bool(self.host.zoom_small.value),
                                               bool(self.host.refine_masks.value)))
             return

@@ -23,6 +23,7 @@ from ._layers import (
     image_spatial_shape,
     transform_kwargs,
 )
+from ._sam2 import refuse_sam2
 from ._section import Section
 from ._stack import anchor_masks, paint_label_stack, paint_stack, plane_at, volume_view
 
@@ -157,7 +158,7 @@ class StackSection(Section):
     def precompute(self) -> bool:
         """See :meth:`SamWidget.precompute`."""
         context = self.context("precompute")
-        if context is None:
+        if context is None or refuse_sam2(self.host, "Precompute stack (embeddings on disk)"):
             return False
         image, plane, axis = context
         host = self.host
@@ -309,7 +310,7 @@ class StackSection(Section):
         """See :meth:`SamWidget.segment_everything`."""
         scope = scope or self.auto_scope.value
         context = self.context("segment everything", need_axis=scope == "all slices")
-        if context is None:
+        if context is None or refuse_sam2(self.host, "Segment everything"):
             return False
         image, plane, axis = context
         host = self.host

@@ -219,13 +219,13 @@ class SamSession:
     # -- model -----------------------------------------------------------------------------------
 
     def set_model(self, model: Any, name: str = "model") -> None:
-        """Use ``model`` (a :class:`napari_sam.modeling.Sam`); embeddings of the previous model
-        are dropped."""
-        from ..engine.predictor import SamPredictor
+        """Use ``model`` (a :class:`napari_sam.modeling.Sam`, or a SAM 2 ``Sam2``: see
+        :mod:`._sam2`); embeddings of the previous model are dropped."""
+        from ..engine.sam2_predictor import predictor_for
 
         for handle in self._hooks:
             handle.remove()
-        self.predictor = SamPredictor(model, refine=self.refine)
+        self.predictor = predictor_for(model, refine=self.refine)
         self._hooks = install_yield_points(model)
         self.model_name = name
         self.model_token += 1
@@ -266,14 +266,14 @@ class SamSession:
 
     def embedder(self, uid: Hashable, data: Any, axes: Sequence[int], *, rgb: bool = False,
                  coarsest: Any = None, disk: bool = True):
-        """The :class:`~napari_sam.engine.embedding_store.StackEmbedder` of image ``uid``'s planes
-        on ``axes`` with the current model (made on first use).
+        """The :class:`~napari_sam.engine.embedding_store.StackEmbedder` (SAM 2: a memory-only
+        ``Sam2StackEmbedder``) of image ``uid``'s planes on ``axes`` with the current model.
 
         ``data`` is the full-resolution array; ``coarsest``, for a pyramid, its smallest level
         (the intensity range of the whole pyramid is estimated from it). With ``disk``,
         embeddings are kept in the zarr store named by the image content and the model.
         """
-        from ..engine.embedding_store import StackEmbedder
+        from ..engine.sam2_embedder import stack_embedder_for
 
         key = (uid, tuple(axes), self.model_token)
         embedder = self._embedders.get(key)
@@ -284,7 +284,7 @@ class SamSession:
 
                 intensity_range = estimate_intensity_range(coarsest)
                 self._ranges[uid] = intensity_range
-            embedder = StackEmbedder(
+            embedder = stack_embedder_for(
                 self.predictor.model, data, axes=tuple(axes), rgb=rgb,
                 intensity_range=intensity_range, store="auto" if disk else None,
                 model_name=self.model_name,

@@ -322,7 +322,8 @@ def propagate(
     Parameters
     ----------
     model : Sam or Sam2
-        A SAM 2 model is tracked with its memory (:func:`propagate_sam2`, needs ``slice_image``).
+        A SAM 2 model is tracked with its memory (:func:`propagate_sam2`, needs ``slice_image``;
+        ``embed`` is ``None`` or gives each slice's ``Sam2Embedding``).
     embed : callable
         ``embed(i)`` returns the :class:`ImageEmbedding` of slice ``i``. It is called on the
         worker's thread, at most twice per slice (once per sweep), so pass a cached embedder.
@@ -352,9 +353,10 @@ def propagate(
     params = PropagationParams() if params is None else params
     n_slices = int(n_slices)
     by_object = _check_seeds(seeds, n_slices)
-    if isinstance(model, Sam2):  # tracked with SAM 2's memory (embed unused)
+    if isinstance(model, Sam2):  # tracked with SAM 2's memory (embed: None or Sam2Embeddings)
         return propagate_sam2(model, n_slices, by_object, params, slice_image=slice_image,
-                              progress=progress, cancelled=cancelled, intensity_range=intensity_range)
+                              progress=progress, cancelled=cancelled, embed=embed,
+                              intensity_range=intensity_range)
     predictor = SamPredictor(model, refine=params.refine)
     result = Propagation(masks={oid: MaskStack() for oid in by_object}, complete=False,
                          scores={oid: {} for oid in by_object},

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from ..engine.lru import LRUCache
 from ..engine.preprocess import estimate_intensity_range
+from ..engine.sam2_predictor import Sam2Embedding
 from ..engine.sam2_video import BACKWARD, FORWARD, Sam2Tracker
 from .mask_stack import MaskStack, Propagation
 
@@ -46,6 +47,7 @@ def propagate_sam2(
     cancelled: Callable[[], bool] | None = None,
     intensity_range: tuple[float, float] | None = None,
     cache: LRUCache | None = None,
+    embed: Callable[[int], Sam2Embedding] | None = None,
 ) -> Propagation:
     """Segment the seeded objects on every slice where they continue, with SAM 2's memory.
 
@@ -70,6 +72,11 @@ def propagate_sam2(
         The stack's intensity range (default: estimated from the first seed slice).
     cache : LRUCache, optional
         Image features per slice (default: the 8 most recent slices).
+    embed : callable, optional
+        ``embed(i)`` returns slice ``i``'s
+        :class:`~napari_sam.engine.sam2_predictor.Sam2Embedding` from the caller's cache (the
+        viewer's embedder, computed with ``intensity_range``): the tracker reads its features
+        there instead of encoding ``slice_image(i)`` (``cache`` is then unused).
 
     Returns
     -------
@@ -82,8 +89,12 @@ def propagate_sam2(
     first_seed = min(int(g[0].index) for g in by_object.values())
     if intensity_range is None:
         intensity_range = estimate_intensity_range(np.asarray(slice_image(first_seed)))
+    if embed is not None:
+        cache = _EmbedFeatures(embed)
     tracker = Sam2Tracker(model, n_slices, slice_image, intensity_range=intensity_range,
                           cache=cache)
+    if embed is not None:  # the tracker learns the slice shape from the slices it encodes
+        tracker.shape_hw = tuple(int(v) for v in cache.embedding(first_seed).original_size)
     result = Propagation(masks={oid: MaskStack() for oid in by_object}, complete=False,
                          scores={oid: {} for oid in by_object},
                          stopped={oid: {} for oid in by_object})
@@ -176,6 +187,27 @@ def propagate_sam2(
         result.stopped[oid].setdefault("up", "end of stack")
         result.stopped[oid].setdefault("down", "end of stack")
     return _finish(result, True)
+
+
+class _EmbedFeatures:
+    """A :class:`Sam2Tracker` feature cache read through a caller's ``embed(i)`` (which caches
+    and computes on its own)."""
+
+    def __init__(self, embed: Callable[[int], Sam2Embedding]) -> None:
+        self.embed = embed
+
+    def embedding(self, index: int) -> Sam2Embedding:
+        emb = self.embed(int(index))
+        if not isinstance(emb, Sam2Embedding):
+            raise TypeError(f"embed({index}) gave a {type(emb).__name__}: propagating with a "
+                            "SAM 2 model needs Sam2Embedding s (or embed=None)")
+        return emb
+
+    def get(self, index: int):
+        return self.embedding(index).features
+
+    def put(self, index: int, features) -> None:
+        pass  # embed() keeps what it computes
 
 
 def _finish(result: Propagation, complete: bool) -> Propagation:
