@@ -249,7 +249,7 @@ def test_models_command_lists_family_size_cache_and_use(cache, capsys):
     assert names[0] == "default" and set(MICROSAM_MODELS) <= set(names)
 
 
-def test_models_command_lists_sam2_with_its_manual_download(cache, capsys):
+def test_models_command_lists_sam2_with_its_file_and_cache_state(cache, capsys):
     assert cli.main(["models"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
             if line.strip()}

@@ -24,9 +24,21 @@ def test_random_weights_by_name():
 
 
 def test_missing_weights_say_where_to_get_them(monkeypatch, tmp_path):
+    """Not cached and not downloadable (a closed local port: no test reaches the network): the
+    message names the URL and where to save the file (downloads: tests/test_sam2_download.py)."""
+    import socket
+
+    from napari_sam.models.weights import WeightsDownloadError
+
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path))
-    with pytest.raises(ValueError, match=r"sam2\.1_hiera_small\.pt"):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/sam2.1_hiera_small.pt"
+    monkeypatch.setitem(SAM2_DOWNLOADS, "sam2.1_hiera_small", (url, "sam2.1_hiera_small.pt", 184.0))
+    with pytest.raises(WeightsDownloadError) as info:
         build_model("sam2.1_hiera_small", device="cpu")
+    assert url in str(info.value)
+    assert str(tmp_path / "weights" / "sam2.1_hiera_small.pt") in str(info.value)
 
 
 def test_meta_checkpoint_file_loads_strictly(tmp_path, monkeypatch):

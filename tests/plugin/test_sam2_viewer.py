@@ -246,15 +246,23 @@ def test_viewer_with_a_sam2_model(sam, sam2_model, tiny_model, encodes, qtbot, n
 
 def test_sam2_loads_from_the_menu_paths(sam, sam2_model, qtbot, notes, monkeypatch, tmp_path):
     """A SAM 2.1 checkpoint file goes through the widget's loader like any checkpoint; a SAM 2.1
-    registry name whose weights are not in the cache says where to put them."""
+    registry name whose weights are not in the cache and cannot be downloaded says where to put
+    them."""
+    import socket
+
     import torch
 
     from napari_sam.engine.sam2_predictor import Sam2Predictor
     from napari_sam.models import sam2_configs
+    from napari_sam.models.sam2_build import SAM2_DOWNLOADS
     from napari_sam.models.sam2_configs import tiny_sam2_config
 
     monkeypatch.setenv("NAPARI_SAM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setitem(sam2_configs.SAM2_CONFIGS, "sam2_test_tiny", tiny_sam2_config())
+    with socket.socket() as s:  # the download fails at once, and never reaches the network
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/sam2.1_hiera_tiny.pt"
+    monkeypatch.setitem(SAM2_DOWNLOADS, "sam2.1_hiera_tiny", (url, "sam2.1_hiera_tiny.pt", 156.0))
     ckpt = tmp_path / "sam2.1_test.pt"
     torch.save({"model": sam2_model.state_dict()}, ckpt)
     image, _ = nuclei_3d((3, 48, 48))

@@ -52,16 +52,16 @@ def model_rows() -> list[tuple[str, str, str, str, str]]:
 
 
 def _sam2_rows(folder: Path) -> list[tuple[str, str, str, str, str]]:
-    """SAM 2.1's models: build_model and propagation take them; Meta publishes no SHA-256, so
-    they are not downloaded: the file goes into the cache folder by hand (its URL is shown)."""
+    """SAM 2.1's models, downloaded on first use. Meta publishes no SHA-256: a download is
+    checked for size and structure and its SHA-256 recorded then (trust on first use)."""
     from ..models.sam2_build import SAM2_DOWNLOADS
 
-    use = ("SAM 2.1: tracking through z / t with its memory (Python API: propagate, "
-           "propagate_volume); "
-           "not yet in the viewer's model menu. Save {url} into the cache folder")
+    use = ("SAM 2.1: tracking through z / t with its memory, clicks on slices (viewer, "
+           "propagate); downloaded on first use as {file}, verified by size, structure and a "
+           "SHA256 recorded then (Meta publishes none)")
     return [(name, "SAM 2.1", _size(size), "yes" if _present(folder / filename) else "no",
-             use.format(url=url))
-            for name, (url, filename, size) in SAM2_DOWNLOADS.items()]
+             use.format(file=filename))
+            for name, (_, filename, size) in SAM2_DOWNLOADS.items()]
 
 
 def run(args) -> int:
@@ -75,8 +75,7 @@ def run(args) -> int:
     for row in [COLUMNS, *rows]:
         print("  ".join(v.ljust(w) for v, w in zip(row[:4], widths)) + "  " + row[4])
     print(f"\n[decoder]: automatic instance segmentation with `napari-sam automatic --mode "
-          f"decoder`. Weights are downloaded on first use into {_cache_hint()} (SAM 2.1's "
-          f"are saved there by hand).")
+          f"decoder`. Weights are downloaded on first use into {_cache_hint()}.")
     return 0
 
 

@@ -27,11 +27,26 @@ def _model_choices() -> list[str]:
         from .. import list_models
         from ..models.sam2_configs import SAM2_CONFIGS
 
-        names = [*list_models(), *SAM2_CONFIGS]  # SAM 2.1: weights placed in the cache
+        names = [*list_models(), *SAM2_CONFIGS]  # SAM 2.1: downloaded on first use too
     except Exception:  # the widget still opens; loading reports the problem
         logger.exception("listing the models failed")
         names = []
     return [*names, CHECKPOINT_CHOICE]
+
+
+def _download_note(name: str) -> str:
+    """" (downloading N MB on first use)" for a registry name whose weights are not cached."""
+    try:
+        from ..models.sam2_build import SAM2_DOWNLOADS
+        from ..models.weights import WEIGHTS, cache_dir
+
+        entry = WEIGHTS.get(name)
+        _, filename, size_mb = ((entry.url, entry.filename, entry.size_mb) if entry is not None
+                                else SAM2_DOWNLOADS[name])
+        return "" if (cache_dir() / filename).is_file() else (
+            f" (downloading {size_mb:.0f} MB on first use)")
+    except (KeyError, OSError):  # not a registry name (a checkpoint path, the default)
+        return ""
 
 
 def _device_choices() -> list[str]:
@@ -110,7 +125,7 @@ class ModelSection(Section):
         device = None if device in (None, "auto") else device
         self.load_button.enabled = False
         host.set_busy(True)
-        host.set_status(f"Loading model '{name}'...")
+        host.set_status(f"Loading model '{name}'{_download_note(name)}...")
         host.session.set_refine(bool(host.refine_masks.value))
         host.session.load_model(name, checkpoint, device, self._on_model_loaded)
 
