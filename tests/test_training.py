@@ -349,3 +349,37 @@ def test_window_fraction_trains_through_the_windows():
     assert torch.isfinite(loss) and 0 <= stats["iou_last"] <= 1
     assert calls and all(c == (4, 4) for c in calls)  # 12 px object: 3 tokens grown to 4
     assert model.mask_decoder.iou_token.weight.grad.abs().sum() > 0
+
+
+def test_interior_clicks_land_in_the_deep_interior():
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 10:50, 10:50] = True  # a 40 px square: its deep interior is the central 20 x 20
+    masks[1, 0:20, 40:64] = True  # touches the image border, which counts as background
+    g = torch.Generator().manual_seed(0)
+    inner = torch.stack([training.sample_points_in_masks(masks, g, 1.0) for _ in range(200)])
+    x, y = inner[:, 0, 0], inner[:, 0, 1]
+    assert ((x >= 19) & (x <= 40) & (y >= 19) & (y <= 40)).all()
+    x1, y1 = inner[:, 1, 0], inner[:, 1, 1]
+    assert (masks[1][y1.long(), x1.long()]).all() and (y1 >= 4).all() and (x1 <= 59).all()
+    uniform = torch.stack([training.sample_points_in_masks(masks, g) for _ in range(200)])
+    ux, uy = uniform[:, 0, 0], uniform[:, 0, 1]
+    assert ((ux < 19) | (ux > 40) | (uy < 19) | (uy > 40)).float().mean() > 0.5
+    # the default draws the same points as before the option existed
+    a = training.sample_points_in_masks(masks, torch.Generator().manual_seed(5))
+    b = training.sample_points_in_masks(masks, torch.Generator().manual_seed(5), 0.0)
+    assert torch.equal(a, b)
+
+
+def test_real_crop_range_shows_the_objects_at_several_scales():
+    image = np.zeros((300, 400), np.float32)
+    labels = np.zeros((300, 400), np.int32)
+    labels[100:140, 100:140] = 1
+    labels[200:220, 300:330] = 2
+    sides = set()
+    stream = training.folder_examples([image], [labels], 999, seed=0, crop_range=(64, 256))
+    for _ in range(60):
+        img, lab = next(stream)
+        assert img.shape == lab.shape and lab.any()
+        assert max(lab.shape) <= 256 and min(lab.shape) >= 64
+        sides.add(img.shape[0])
+    assert len(sides) > 10 and min(sides) < 100 and max(sides) > 180

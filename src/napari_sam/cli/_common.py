@@ -228,7 +228,8 @@ def training_examples(args, images, labels, synthetic_stream, crop: int):
 
     if not args.images:
         return synthetic_stream()
-    real = training.folder_examples(images, labels, crop, args.seed)
+    real = training.folder_examples(images, labels, crop, args.seed,
+                                    crop_range=getattr(args, "real_crop_range", None))
     if not args.synthetic:
         return real
     return training.mixed_examples([real, synthetic_stream()],

@@ -52,6 +52,12 @@ def register(sub) -> None:
     tr.add_argument("--iou-rank-weight", type=float, default=0.0,
                     help="one-point prompts: also teach the IoU head the order of the three "
                          "outputs (the viewer keeps the highest), with this weight")
+    tr.add_argument("--interior-clicks", type=float, default=0.0, metavar="F",
+                    help="this fraction of the objects get their first point in the deep "
+                         "interior (where users click) instead of anywhere in the mask")
+    tr.add_argument("--real-crop-range", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                    help="with --images: each crop's side drawn log-uniformly in this range "
+                         "(the objects seen at several scales) instead of --crop")
     tr.add_argument("--window-fraction", type=float, default=0.0,
                     help="decode the objects of this fraction of the images against a window "
                          "of the image embedding around each, as propagation and segment "
@@ -99,6 +105,12 @@ def run(args) -> int:
         raise InputError(f"--other-outputs-weight must be >= 0, got {args.other_outputs_weight}")
     if not args.iou_rank_weight >= 0:
         raise InputError(f"--iou-rank-weight must be >= 0, got {args.iou_rank_weight}")
+    if not 0.0 <= args.interior_clicks <= 1.0:
+        raise InputError(f"--interior-clicks must be in [0, 1], got {args.interior_clicks}")
+    crop_range = args.real_crop_range
+    if crop_range is not None and not 16 <= crop_range[0] <= crop_range[1]:
+        raise InputError("--real-crop-range must be MIN MAX with 16 <= MIN <= MAX, got "
+                         f"{args.real_crop_range[0]} {args.real_crop_range[1]}")
     if not 0.0 <= args.window_fraction <= 1.0:
         raise InputError(f"--window-fraction must be in [0, 1], got {args.window_fraction}")
     if not 1 <= args.window_tokens[0] <= args.window_tokens[1]:
@@ -178,7 +190,8 @@ def _train_config(args, img_size: int, crop: int):
         objects_per_image=args.objects_per_image, refine_rounds=args.refine_rounds,
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         other_outputs_weight=args.other_outputs_weight, iou_rank_weight=args.iou_rank_weight,
-        window_fraction=args.window_fraction, window_tokens=tuple(args.window_tokens),
+        interior_click_fraction=args.interior_clicks, window_fraction=args.window_fraction,
+        window_tokens=tuple(args.window_tokens),
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": img_size,
                "crop": crop, "synthetic_crop": args.synthetic_crop,
                "size_range": args.size_range,
@@ -186,7 +199,8 @@ def _train_config(args, img_size: int, crop: int):
                "ranges": args.ranges,
                "synthetic": args.synthetic, "images": args.images,
                "real_fraction": args.real_fraction if args.images and args.synthetic else None,
-               "holdout_every": args.holdout_every, "train_only": args.train_only},
+               "holdout_every": args.holdout_every, "train_only": args.train_only,
+               "real_crop_range": args.real_crop_range},
     )
 
 

@@ -96,6 +96,7 @@ def folder_examples(
     labels: list[np.ndarray],
     crop: int,
     seed: int = 0,
+    crop_range: tuple[int, int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless random 2D crops of a user's annotated images (for fine-tuning).
 
@@ -106,8 +107,13 @@ def folder_examples(
     labels : list of numpy.ndarray
         Instance labels with the images' spatial shapes.
     crop : int
-        Crops are at most ``crop`` x ``crop`` pixels (the model's input size keeps the pixel
-        scale of the data); planes without objects are skipped.
+        Crops are at most ``crop`` x ``crop`` pixels; planes without objects are skipped.
+        Each crop is resized to the model's input (longest side), so the crop side sets the
+        scale at which the model sees the data.
+    crop_range : (int, int), optional
+        Draw each crop's side log-uniformly in this range instead (``crop`` is then unused):
+        the objects are seen at several scales, e.g. at the scale of the whole image and at
+        that of the magnified crops of ``zoom='auto'``.
     """
     rng = np.random.default_rng(seed)
     planes = []
@@ -122,6 +128,9 @@ def folder_examples(
     while True:
         img, lab = planes[int(rng.integers(len(planes)))]
         h, w = lab.shape
+        if crop_range is not None:
+            lo, hi = np.log(crop_range[0]), np.log(crop_range[1])
+            crop = int(round(float(np.exp(rng.uniform(lo, hi)))))
         r0 = int(rng.integers(0, max(1, h - crop + 1)))
         c0 = int(rng.integers(0, max(1, w - crop + 1)))
         sub = lab[r0 : r0 + crop, c0 : c0 + crop]

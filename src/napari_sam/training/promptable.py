@@ -60,6 +60,8 @@ class TrainConfig:
     docs/default-model.md, phase 8). ``iou_rank_weight`` > 0 adds, for ambiguous prompts,
     :func:`~napari_sam.training.losses.iou_ranking_loss` on the three outputs' predicted IoUs:
     the viewer keeps the highest, so their order matters more than their values.
+    ``interior_click_fraction`` of the objects get their first point in the deep interior
+    (:func:`~napari_sam.training.simulation.sample_points_in_masks`), where users click.
     ``window_fraction`` > 0 decodes the objects of that fraction of the images as the viewer's
     propagation and segment everything do (:func:`~napari_sam.engine.decoding.decode_windows`):
     each against a window of the image embedding around it, ``window_tokens`` on a side (drawn
@@ -84,6 +86,7 @@ class TrainConfig:
     iou_weight: float = 1.0
     other_outputs_weight: float = 0.0
     iou_rank_weight: float = 0.0
+    interior_click_fraction: float = 0.0
     window_fraction: float = 0.0
     window_tokens: tuple[int, int] = (16, 32)
     min_object_pixels: int = 4
@@ -281,7 +284,8 @@ def train_step(
         windows = object_windows(masks.cpu(), tuple(features.shape[-2:]), side, generator)
     use_box = torch.rand(m, generator=generator) < config.box_probability
     boxes = noisy_boxes(masks.cpu(), generator, config.box_noise, config.box_noise_max).to(device)
-    pts = sample_points_in_masks(masks.cpu(), generator).to(device)
+    pts = sample_points_in_masks(masks.cpu(), generator,
+                                 config.interior_click_fraction).to(device)
     # Box objects carry a padding point (label -1) so that all objects batch together.
     coords = pts[:, None, :]
     labels = torch.where(use_box.to(device), -1, 1).long()[:, None]

@@ -4,18 +4,27 @@ encoder takes them."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["masks_to_boxes", "noisy_boxes", "sample_error_points", "sample_points_in_masks"]
 
 
-def sample_points_in_masks(masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One point uniformly inside each mask.
+def sample_points_in_masks(masks: torch.Tensor, generator: torch.Generator,
+                           interior_fraction: float = 0.0) -> torch.Tensor:
+    """One point inside each mask: uniformly, or for some objects in its deep interior.
 
     Parameters
     ----------
     masks : torch.Tensor, shape (M, H, W), bool
         Non-empty masks.
+    generator : torch.Generator
+    interior_fraction : float
+        This fraction of the objects (drawn at random) get their point from the mask's deep
+        interior: pixels at least half the largest distance to the background. Users click
+        there, and the evaluation protocol's first click is the innermost pixel; uniform points
+        fall near the edge as often as not, where the candidate that takes the neighbour too
+        is the better one. 0 (the paper's sampling) draws no extra random numbers.
 
     Returns
     -------
@@ -24,10 +33,31 @@ def sample_points_in_masks(masks: torch.Tensor, generator: torch.Generator) -> t
     """
     m, h, w = masks.shape
     weights = masks.reshape(m, -1).float()
+    if interior_fraction > 0:
+        inner = torch.rand(m, generator=generator) < interior_fraction
+        for i in torch.nonzero(inner)[:, 0].tolist():
+            weights[i] = _deep_interior(masks[i]).reshape(-1).float()
     empty = weights.sum(-1) == 0
     weights[empty] = 1.0
     idx = torch.multinomial(weights, 1, generator=generator)[:, 0]
     return torch.stack([(idx % w).float(), (idx // w).float()], dim=-1)
+
+
+def _deep_interior(mask: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``mask`` (H, W) at least half its largest distance to the background (the
+    image border counts as background)."""
+    from scipy import ndimage
+
+    rows = torch.nonzero(mask.any(1))[:, 0]
+    cols = torch.nonzero(mask.any(0))[:, 0]
+    out = torch.zeros_like(mask)
+    if len(rows) == 0:
+        return out
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    crop = np.pad(mask[r0:r1, c0:c1].cpu().numpy(), 1)
+    dist = ndimage.distance_transform_edt(crop)[1:-1, 1:-1]
+    out[r0:r1, c0:c1] = torch.from_numpy(dist >= 0.5 * dist.max())
+    return out
 
 
 def sample_error_points(
