@@ -9,7 +9,6 @@ tests/test_sam2_build.py does.
 from __future__ import annotations
 
 import hashlib
-import http.server
 import ipaddress
 import json
 import logging
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_weights import _Server  # the weights tests' file server on 127.0.0.1
 
 from napari_sam.models import sam2_build
 from napari_sam.models.build import build_model
@@ -71,38 +71,6 @@ def _saved(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-class _Server:
-    """Serves files from ``root`` on 127.0.0.1 and counts the requests."""
-
-    def __init__(self, root: Path) -> None:
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args, **kwargs):
-                super().__init__(*args, directory=str(root), **kwargs)
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, filename: str) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}/{filename}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -290,8 +258,6 @@ def test_unknown_name():
 def test_the_viewer_downloads_in_its_background_worker(reference, serve, cache, monkeypatch):
     """The widget's *Load model* goes through ``SamSession.load_model``: the download runs in
     the worker thread and ``load_model`` returns while it is still going (the GUI stays live)."""
-    import threading
-
     from napari_sam.engine.sam2_predictor import Sam2Predictor
     from napari_sam.models import weights
     from napari_sam.plugin.session import SamSession

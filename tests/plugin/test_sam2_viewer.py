@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import nuclei_3d, object_centre, wait_idle
+from conftest import EncoderCounter, nuclei_3d, object_centre, wait_idle
 from test_nd import go_to
 
 from napari_sam.plugin.session import EmbeddingJob, SamSession
@@ -27,23 +27,9 @@ def sam2_model():
     return model
 
 
-class _Encodes:
-    """Counts SAM 2 image-encoder passes (a forward hook)."""
-
-    def __init__(self, model):
-        self.calls = 0
-        self._handle = model.image_encoder.register_forward_hook(self._hook)
-
-    def _hook(self, *args):
-        self.calls += 1
-
-    def remove(self):
-        self._handle.remove()
-
-
 @pytest.fixture
 def encodes(sam2_model):
-    counter = _Encodes(sam2_model)
+    counter = EncoderCounter(sam2_model)
     yield counter
     counter.remove()
 

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import numpy.typing as npt
 
 from .fingerprint import (
@@ -41,6 +40,7 @@ from .plane_store import (
     writable_location,
 )
 from .planes import PlaneGeometry
+from .preprocess import stack_intensity_range
 
 __all__ = [
     "EmbeddingStore",
@@ -163,10 +163,7 @@ class StackEmbedder(PlaneGeometry):
         """The stack's normalisation range (``None`` for uint8 RGB used as is)."""
         with self._setup_lock:
             if self._range is None and not self._range_given:
-                if not (self.rgb and np.dtype(self.image.dtype) == np.uint8):
-                    from .preprocess import estimate_intensity_range
-
-                    self._range = estimate_intensity_range(self.image)
+                self._range = stack_intensity_range(self.image, self.rgb)
                 self._range_given = True
             return self._range
 

@@ -24,11 +24,20 @@ __all__ = [
     "input_noise",
     "pixel_noise",
     "resize_to_input",
+    "stack_intensity_range",
     "to_rgb_uint8_range",
 ]
 
 #: Percentiles used for the robust intensity range of non-uint8 images.
 DEFAULT_PERCENTILES = (0.5, 99.8)
+
+
+def stack_intensity_range(image: npt.ArrayLike, rgb: bool) -> tuple[float, float] | None:
+    """The normalisation range of a whole stack: ``None`` for uint8 RGB (used as is), else
+    :func:`estimate_intensity_range`."""
+    if rgb and np.dtype(image.dtype) == np.uint8:
+        return None
+    return estimate_intensity_range(image)
 
 
 def estimate_intensity_range(

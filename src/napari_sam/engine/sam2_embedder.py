@@ -17,12 +17,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import numpy.typing as npt
 
 from ..modeling.sam2 import Sam2
 from .embedding_cache import EmbeddingCache
 from .planes import PlaneGeometry
+from .preprocess import stack_intensity_range
 from .sam2_predictor import Sam2Embedding, Sam2Predictor
 
 __all__ = ["Sam2StackEmbedder", "is_sam2_model", "stack_embedder_for"]
@@ -108,10 +108,7 @@ class Sam2StackEmbedder(PlaneGeometry):
         """The stack's normalisation range (``None`` for uint8 RGB used as is)."""
         with self._setup_lock:
             if not self._range_known:
-                if not (self.rgb and np.dtype(self.image.dtype) == np.uint8):
-                    from .preprocess import estimate_intensity_range
-
-                    self._range = estimate_intensity_range(self.image)
+                self._range = stack_intensity_range(self.image, self.rgb)
                 self._range_known = True
             return self._range
 
