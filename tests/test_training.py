@@ -179,13 +179,18 @@ def test_synthetic_examples_use_the_chosen_training_ranges(monkeypatch):
         next(training.synthetic_examples(seed=0, ranges="v0.3"))
 
 
+def _disc_image(cy: int, cx: int, r: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A bright disc on a 64 x 64 image: pixels ``(3, 64, 64)`` in [0, 255] and its mask."""
+    yy, xx = np.mgrid[:64, :64]
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+    return torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float(), mask
+
+
 @pytest.mark.parametrize("weight", [0.0, 0.1])
 def test_other_outputs_weight_trains_all_three_outputs(weight):
     torch.manual_seed(0)
     model = build_sam(tiny_config())
-    yy, xx = np.mgrid[:64, :64]
-    mask = (yy - 30) ** 2 + (xx - 34) ** 2 <= 12 ** 2
-    pixels = torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float()
+    pixels, mask = _disc_image(30, 34, 12)
     config = training.TrainConfig(box_probability=0.0, refine_rounds=0, maskonly_rounds=0,
                                   focal_ramp_steps=0, other_outputs_weight=weight)
     loss, _ = training.train_step(model, pixels, torch.from_numpy(mask)[None], config,
@@ -249,9 +254,7 @@ def test_iou_ranking_loss_teaches_the_order_and_ignores_ties():
 
 
 def test_iou_rank_weight_reaches_the_iou_head_only_for_one_point():
-    yy, xx = np.mgrid[:64, :64]
-    mask = (yy - 30) ** 2 + (xx - 34) ** 2 <= 12 ** 2
-    pixels = torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float()
+    pixels, mask = _disc_image(30, 34, 12)
     grads = {}
     for weight, box in ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0)):
         torch.manual_seed(0)
@@ -330,9 +333,7 @@ def test_object_windows_hold_their_objects():
 def test_window_fraction_trains_through_the_windows():
     torch.manual_seed(0)
     model = build_sam(tiny_config())
-    yy, xx = np.mgrid[:64, :64]
-    mask = (yy - 20) ** 2 + (xx - 24) ** 2 <= 6 ** 2
-    pixels = torch.from_numpy(np.stack([mask * 200.0 + 20] * 3)).float()
+    pixels, mask = _disc_image(20, 24, 6)
     config = training.TrainConfig(refine_rounds=1, maskonly_rounds=1, focal_ramp_steps=0,
                                   window_fraction=1.0, window_tokens=(3, 3))
     calls = []
