@@ -208,3 +208,27 @@ def test_windowed_logits_equal_the_whole_frame(model):
     torch.testing.assert_close(found.area(), (full > 0).flatten(-2).sum(-1).float())
     for i in range(3):
         torch.testing.assert_close(found.logits(i), full[i])
+
+
+def test_low_scores_are_confirmed_on_the_whole_grid(model):
+    # a decision taken on a low score (propagation's stop) rests on the exact decode
+    predictor = SamPredictor(model)
+    image = np.random.default_rng(5).random((64, 64))
+    emb = predictor.compute_embedding(image, (0.0, 1.0))
+    points = np.array([[[10.0, 12.0]], [[40.0, 50.0]], [[60.0, 3.0]]])
+    labels = np.ones((3, 1), dtype=np.int64)
+    full, full_iou = decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
+                                             points[:, 0], 0)
+    win, win_iou = decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
+                                           points[:, 0], 4, min_iou=2.0)
+    assert not torch.allclose(win, full, atol=1e-3)  # the window is an approximation
+    best = win_iou.max(dim=1).values
+    threshold = float(best.median())  # one object below, one at, one above: only one confirmed
+    conf, conf_iou = decode_low_res_windowed(predictor, emb, points, labels, None, None, True,
+                                             points[:, 0], 4, min_iou=2.0,
+                                             confirm_below=threshold)
+    low = best < threshold
+    assert low.sum() == 1
+    torch.testing.assert_close(conf[low], full[low])
+    torch.testing.assert_close(conf_iou[low], full_iou[low].to(conf_iou.dtype))
+    torch.testing.assert_close(conf[~low], win[~low])

@@ -100,6 +100,7 @@ def decode_low_res_windowed(
     centres: npt.NDArray,
     window: int,
     min_iou: float = 0.0,
+    confirm_below: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_low_res` against a window of the image embedding around each object.
 
@@ -123,6 +124,10 @@ def decode_low_res_windowed(
         Window side in embedding tokens; 0 or at least the grid decodes on the whole grid.
     min_iou : float
         Candidates below this predicted IoU are not checked for cuts (they will be discarded).
+    confirm_below : float
+        Objects whose best candidate's predicted IoU in the window is below this are decoded
+        again on the whole grid: a decision taken on a low score (an object's end) rests on
+        the exact decode, not on the window's approximation of the IoU head's input.
 
     Returns
     -------
@@ -135,7 +140,7 @@ def decode_low_res_windowed(
         return decode_low_res(predictor, embedding, points, point_labels, boxes, mask_logits,
                               multimask)
     found = decode_windows(predictor, embedding, points, point_labels, boxes, mask_logits,
-                           multimask, centres, window, min_iou)
+                           multimask, centres, window, min_iou, confirm_below)
     return found.full(), found.iou
 
 
@@ -210,6 +215,7 @@ def decode_windows(
     centres: npt.NDArray,
     window: int,
     min_iou: float = 0.0,
+    confirm_below: float = 0.0,
 ) -> WindowedLogits:
     """:func:`decode_low_res_windowed`, the logits kept as windows (:class:`WindowedLogits`).
 
@@ -258,6 +264,8 @@ def decode_windows(
         for inner, edge in ((r0 > 0, fg[..., 0, :]), (r0 + sh < h, fg[..., -1, :]),
                             (c0 > 0, fg[..., :, 0]), (c0 + sw < w, fg[..., :, -1])):
             cut |= torch.from_numpy(inner) & edge.flatten(1).any(dim=1).cpu()
+        if confirm_below > 0:
+            cut |= (iou.max(dim=1).values < confirm_below).cpu()
     whole: dict[int, torch.Tensor] = {}
     if cut.any():
         idx = np.flatnonzero(cut.numpy())

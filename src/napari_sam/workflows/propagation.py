@@ -139,9 +139,9 @@ class PropagationParams:
         Propagate at most this many slices beyond the outermost anchors in each direction.
     decode_window : float
         Decode each object against a window of the image embedding around its previous mask,
-        this many times the mask's box side (at least 16 tokens), instead of the whole grid
-        (:func:`decode_low_res_windowed`: several times faster; masks reaching the window's
-        edge are decoded again on the whole grid). 0 decodes on the whole grid.
+        this many times the mask's box side (at least 16 tokens; 0: the whole grid), with
+        :func:`decode_low_res_windowed` (several times faster; masks reaching the window's
+        edge, and objects scoring below ``min_score``, are decoded again on the whole grid).
     max_shift : float or None
         Once a front has shrunk from its largest area (past the object's widest section, where
         a nucleus's outline only moves inwards from slice to slice), keep only the part of each
@@ -555,7 +555,7 @@ def _advance(predictor, emb, fronts: list[_Front], i: int, params: PropagationPa
             predictor, emb,
             None if points is None else points[part], None if labels is None else labels[part],
             None if boxes is None else boxes[part], None if masks_in is None else masks_in[part],
-            multimask, centres, window, min(params.min_score, 0.5),
+            multimask, centres, window, min(params.min_score, 0.5), params.min_score,
         ))
     low_res = torch.cat([lr for lr, _ in chunks])
     iou = torch.cat([q for _, q in chunks])
