@@ -178,6 +178,15 @@ def test_state_dict_shapes_are_cached_and_copied():
     assert len(state_dict_shapes(MODEL_CONFIGS["vit_b"])) > 100
 
 
+def test_state_dict_shapes_skip_initialisation_only_inside():
+    config = tiny_config(encoder_embed_dim=40)  # not cached by another test
+    torch.manual_seed(0)
+    built = build_sam(config)
+    assert state_dict_shapes(config) == {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    torch.manual_seed(0)  # initialisation works again afterwards: the same weights as before
+    _assert_same(build_sam(config).state_dict(), built.state_dict())
+
+
 def test_require_model_type_explains(tiny_state):
     assert require_model_type(_meta_state("vit_b")) == "vit_b"
     with pytest.raises(CheckpointError, match="any known SAM model.*Compared with the closest, '"):

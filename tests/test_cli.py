@@ -295,8 +295,8 @@ def test_synthetic_crop_sizes_the_generator_apart_from_real_crops(tmp_path, caps
     monkeypatch.setattr(training, "synthetic_examples",
                         lambda seed, shape, **kw: shapes.append(shape) or original(seed, shape, **kw))
     monkeypatch.setattr(training, "folder_examples",
-                        lambda im, lab, crop, seed=0: real_crops.append(crop)
-                        or original_folder(im, lab, crop, seed))
+                        lambda im, lab, crop, seed=0, **kw: real_crops.append(crop)
+                        or original_folder(im, lab, crop, seed, **kw))
     code = cli.main(["train", "--images", str(tmp_path / "im"), "--labels", str(tmp_path / "lab"),
                      "--synthetic", "--init", "tiny", "--from-scratch", "--steps", "2",
                      "--warmup", "1", "--crop", "96", "--synthetic-crop", "48",

@@ -405,7 +405,16 @@ def test_windowed_decoding_agrees_with_the_whole_grid(scene):
     for b in range(2):
         a, w = full[b, 0] > 0, win[b, 0] > 0
         assert (a & w).sum() / (a | w).sum() > 0.9
-    assert torch.allclose(win_iou, full_iou, atol=0.05)
+    # The IoU head reads its input through the window too; on this sparse scene (one ball in an
+    # empty 16-token window) a fine-tuned head predicted 0.62 where the whole grid gives 0.91
+    # for the same mask. Propagation's stop therefore confirms low scores on the whole grid:
+    # with that, each object's score falls on the same side of min_score as the exact one's.
+    min_score = PropagationParams().min_score
+    _, conf_iou = decode_low_res_windowed(predictor, emb, points, point_labels, None, logits,
+                                          False, centres, 16, confirm_below=min_score)
+    assert torch.equal(conf_iou >= min_score, full_iou >= min_score)
+    low = conf_iou < min_score
+    torch.testing.assert_close(conf_iou[low], full_iou[low].to(conf_iou.dtype))
 
 
 def test_windowed_propagation_matches_whole_grid_propagation(scene):
@@ -434,12 +443,29 @@ def test_in_crops_without_zoom_is_plain_propagation(scene):
             np.testing.assert_array_equal(crops.masks[oid][i], m)
 
 
-def test_in_crops_each_object_follows_its_own_crop(scene, embedded_shapes):
-    model, image, labels, *_ = scene
-    shapes = embedded_shapes
+@pytest.fixture(scope="module")
+def in_crops(scene):
+    """Both objects propagated in crops at zoom 2 and the ``(H, W)`` of every image embedded on
+    the way, in order (one run shared by the tests that only read it)."""
+    model, image, *_ = scene
+    shapes = []
+    original = SamPredictor.compute_embedding
+
+    def recording(self, img, *args, **kwargs):
+        shapes.append(tuple(int(v) for v in img.shape[:2]))
+        return original(self, img, *args, **kwargs)
+
     seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
-    res = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
-                             intensity_range=(0.0, 1.0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SamPredictor, "compute_embedding", recording)
+        res = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
+                                 intensity_range=(0.0, 1.0))
+    return res, shapes
+
+
+def test_in_crops_each_object_follows_its_own_crop(scene, in_crops):
+    model, image, labels, *_ = scene
+    res, shapes = in_crops
     assert res.complete and shapes and set(shapes) == {(S // 2, S // 2)}
     out = res.to_labels(N, (S, S))
     # object 1 (centre 0.3 S) is decoded in the top-left crop, object 2 (0.7 S) bottom-right
@@ -464,11 +490,10 @@ def test_in_crops_an_object_larger_than_a_crop_uses_whole_slices(scene, embedded
     assert res.slices(1)
 
 
-def test_in_crops_cancel_keeps_done_objects_and_names_the_rest(scene):
+def test_in_crops_cancel_keeps_done_objects_and_names_the_rest(scene, in_crops):
     model, image, labels, *_ = scene
     seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
-    full = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
-                              intensity_range=(0.0, 1.0))
+    full, _ = in_crops  # the same run, not cancelled
     seen = []
 
     def cancelled():  # let the first crop's run finish, stop in the second one

@@ -187,19 +187,41 @@ def _strip_prefixes(key: str) -> str:
 def state_dict_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
     """The state-dict keys and tensor shapes of a model built from ``config`` (cached).
 
-    The model is built on the CPU. Not on the ``meta`` device: torch's meta-device mode imports
-    torch._dynamo and triton, which crashes a process whose napari viewer already holds an
-    OpenGL context (CUDA builds of torch). :func:`infer_model_type` only builds the candidates
-    whose cheap :func:`_signature` matches, so this runs at most once per load in practice.
+    The model is built on the CPU with its weights allocated but never initialised
+    (:class:`_SkipInit`: milliseconds and no memory touched, where initialising ViT-H's 2.5 GB
+    took seconds). Not on the ``meta`` device: initialising meta tensors imports torch._dynamo and
+    triton, which crashes a process whose napari viewer already holds an OpenGL context (CUDA
+    builds of torch). :func:`infer_model_type` only builds the candidates whose cheap
+    :func:`_signature` matches.
     """
     return dict(_shapes(config))
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Makes weight initialisation a no-op in this thread (shapes only: the values stay unset).
+
+    Skips the functions of :mod:`torch.nn.init` and the tensor methods that only fill values in
+    place; everything else (allocation, shapes) runs as usual.
+    """
+
+    _FILLS = frozenset({"uniform_", "normal_", "fill_", "zero_", "copy_", "random_", "bernoulli_",
+                        "exponential_", "log_normal_", "cauchy_", "geometric_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in self._FILLS or getattr(func, "__module__", None) == "torch.nn.init":
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor):
+                return target
+        return func(*args, **kwargs)
 
 
 @lru_cache(maxsize=8)
 def _shapes(config: SamConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     from .configs import build_sam
 
-    with torch.no_grad():
+    with torch.no_grad(), _SkipInit():
         model = build_sam(config)
     return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
