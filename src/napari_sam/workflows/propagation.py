@@ -98,8 +98,9 @@ class PropagationParams:
     prompt : tuple of {"mask", "box", "points"}
         What the previous slice's result gives the next slice: its low-resolution logits as the
         dense prompt, its bounding box (grown by ``box_margin``), and/or a positive point at its
-        deepest interior pixel. The default (points, plus ``negative_points``) measured best
-        with the v0.4 default model on held-out synthetic stacks (docs/propagation.md).
+        deepest interior pixel. The default (points, with the negative points of
+        ``negative_points``) was the best measured with the v0.4 default model on held-out
+        synthetic tuning stacks; mask + points was with earlier models (docs/propagation.md).
     box_margin : float
         The box of the previous mask grows by this fraction of its side on every side (plus one
         pixel), so that a growing object is not cut by its box.
@@ -114,8 +115,7 @@ class PropagationParams:
         Stop when the model's predicted IoU of the new mask is below this.
     min_stability : float
         Stop when the stability score (IoU of the mask thresholded at logit ``+stability_offset``
-        and at ``-stability_offset``) is below this. Off (0) since v0.12, whose softer edges
-        failed it wrongly; off measured better (docs/propagation.md; v0.9 used 0.6).
+        and at ``-stability_offset``) is below this.
     stability_offset : float
         Logit offset of the stability score.
     max_growth : float
@@ -167,7 +167,7 @@ class PropagationParams:
     multimask: bool | None = None
     negative_points: bool = True
     min_score: float = 0.5
-    min_stability: float = 0.0
+    min_stability: float = 0.6
     stability_offset: float = 1.0
     max_growth: float = 1.8
     min_overlap: float = 0.5
