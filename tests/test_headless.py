@@ -7,14 +7,9 @@ alongside the other tests.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
 import textwrap
-from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from _background import BackgroundScript
 
 SCRIPT = textwrap.dedent(
     """
@@ -38,41 +33,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
-_RUN: dict = {}
+_CHECK = BackgroundScript(SCRIPT, nice=10)
 
 
 def start_in_background(selected: list[str] | None = None) -> None:
     """Start the fresh interpreter (once); :func:`test_engine_imports_no_gui` reads its output."""
-    if _RUN:
-        return
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115
-    # at a lower priority: it takes the CPU the tests in the foreground leave idle
-    nice = 'import os\nif hasattr(os, "nice"):\n    os.nice(10)\n'
-    proc = subprocess.Popen([sys.executable, "-c", nice + SCRIPT], stdout=out, stderr=err,
-                            env=env)
-    _RUN.update(proc=proc, out=out, err=err)
+    _CHECK.start()
 
 
 def stop() -> None:
-    """Kill the interpreter if it still runs and close its output files."""
-    proc = _RUN.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    for name in ("out", "err"):
-        if name in _RUN:
-            _RUN[name].close()
-    _RUN.clear()
+    _CHECK.stop()
 
 
-def test_engine_imports_no_gui(request):
-    if not _RUN:
-        start_in_background()
-        request.addfinalizer(stop)
-    returncode = _RUN["proc"].wait(timeout=120)
-    _RUN["out"].seek(0)
-    _RUN["err"].seek(0)
-    stdout, stderr = _RUN["out"].read(), _RUN["err"].read()
+def test_engine_imports_no_gui():
+    returncode, stdout, stderr = _CHECK.finish(timeout=120)
     assert returncode == 0, stderr[-3000:]
     assert stdout.strip() == "CLEAN", f"GUI modules imported: {stdout.strip()}"

@@ -9,7 +9,6 @@ tests/test_sam2_build.py does.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_weights import _Server  # the weights tests' file server on 127.0.0.1
+from test_weights import _no_internet, _Server  # noqa: F401 (autouse: no connection but to 127.0.0.1)
 
 from napari_sam.models import sam2_build
 from napari_sam.models.build import build_model
@@ -30,20 +29,6 @@ from napari_sam.models.weights import WeightsDownloadError
 
 NAME = "sam2.1_hiera_tiny"
 FILENAME = "sam2.1_hiera_tiny.pt"
-
-
-@pytest.fixture(autouse=True)
-def _no_internet(monkeypatch):
-    """Fail any connection that is not to the loopback interface."""
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if (self.family in (socket.AF_INET, socket.AF_INET6)
-                and not ipaddress.ip_address(address[0]).is_loopback):
-            raise AssertionError(f"test tried to reach the network: {address!r}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 @pytest.fixture(autouse=True)

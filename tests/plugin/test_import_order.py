@@ -6,13 +6,11 @@ which would hide a crash (importing triton after the GL context exists segfaults
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 import textwrap
 
 import pytest
-from conftest import ROOT
+from _background import BackgroundScript
 
 SCRIPT = textwrap.dedent(
     """
@@ -78,42 +76,21 @@ SCRIPT = textwrap.dedent(
 
 
 _HAS_DISPLAY = not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY"))
-_RUN: dict = {}
+_CHECK = BackgroundScript(SCRIPT)
 
 
 def start() -> None:
     """Start the subprocess (conftest does it at collection time, so it overlaps other tests)."""
-    if _RUN or not _HAS_DISPLAY:
-        return
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
-    # kept open until the test reads them: the process writes while other tests run
-    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=out, stderr=err, env=env)
-    _RUN.update(proc=proc, out=out, err=err)
+    if _HAS_DISPLAY:
+        _CHECK.start()
 
 
 def stop() -> None:
-    """Kill the subprocess if it still runs and close its output files."""
-    proc = _RUN.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    for name in ("out", "err"):
-        if name in _RUN:
-            _RUN[name].close()
+    _CHECK.stop()
 
 
 @pytest.mark.skipif(not _HAS_DISPLAY, reason="needs a display (run under xvfb-run)")
 def test_viewer_first_then_plugin():
-    start()
-    proc = _RUN["proc"]
-    try:
-        returncode = proc.wait(timeout=180)
-        _RUN["out"].seek(0)
-        _RUN["err"].seek(0)
-        stdout, stderr = _RUN["out"].read(), _RUN["err"].read()
-    finally:
-        stop()
+    returncode, stdout, stderr = _CHECK.finish(timeout=180)
     assert returncode == 0, f"exit code {returncode}:\n{stderr[-3000:]}"
     assert stdout.strip().endswith("OK")
