@@ -244,8 +244,8 @@ def test_iou_ranking_loss_teaches_the_order_and_ignores_ties():
     wrong = torch.tensor([[0.70, 0.80, 0.0], [0.5, 0.9, 0.0]], requires_grad=True)
     loss = training.iou_ranking_loss(wrong, true)
     assert loss.shape == (2,)
-    assert float(loss[0]) > 0.5 * 1.0  # margin 0.5 times a cross-entropy above 1
-    assert float(loss[1]) == 0.0  # a tie between the two best costs nothing
+    assert float(loss[0].detach()) > 0.5 * 1.0  # margin 0.5 times a cross-entropy above 1
+    assert float(loss[1].detach()) == 0.0  # a tie between the two best costs nothing
     loss.sum().backward()
     # the gradient raises the truly best candidate and lowers the one ranked above it
     assert wrong.grad[0, 0] < 0 < wrong.grad[0, 1]
