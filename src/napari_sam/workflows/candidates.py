@@ -65,17 +65,16 @@ def _decode_points(
 
 def _point_windows(
     predictor: SamPredictor, emb: ImageEmbedding, points: npt.NDArray, window: int,
-    min_iou: float = 0.0, confirm_below: float = 0.0,
+    min_iou: float = 0.0,
 ) -> WindowedLogits:
     """:func:`_decode_points` as :class:`~napari_sam.engine.decoding.WindowedLogits`
     (:func:`~napari_sam.engine.decoding.decode_windows`; with ``window`` 0 or at least the
-    grid, every point on the whole grid). Points whose candidates all score below
-    ``confirm_below`` in their window are decoded again on the whole grid."""
+    grid, every point on the whole grid)."""
     labels = np.ones(points.shape[:2], dtype=np.int64)
     h, w = emb.features.shape[-2:]
     if window and (window < h or window < w):
         return decode_windows(predictor, emb, points, labels, None, None, True, points[:, 0],
-                              window, min_iou, confirm_below)
+                              window, min_iou)
     low, iou = decode_low_res(predictor, emb, points, labels, None, None, True)
     return WindowedLogits(low, iou, np.zeros((len(points), 2), dtype=np.int64),
                           tuple(low.shape[-2:]), {})
@@ -134,10 +133,8 @@ def _decode_crop(
         if not batch:
             break
         pts = np.asarray(batch)[:, None, :]
-        # a point is only rejected for its IoU on the exact (whole-grid) decode: the window
-        # crops the IoU head's input too, and a head can read an object lower there
         found = _point_windows(predictor, emb, pts, params.decode_window,
-                               params.pred_iou_thresh, params.pred_iou_thresh)
+                               params.pred_iou_thresh)
         # candidate j is mask j % 3 of point j // 3; filters on the windows, logits in the
         # whole frame only for the masks used (one frame per point at most)
         iou = found.iou.flatten()
