@@ -34,7 +34,16 @@ class PromptEncoder(nn.Module):
         Hidden channels of the mask downscaling convolutions (a multiple of 4).
     activation : type of nn.Module
         Activation of the mask downscaling convolutions.
+
+    Attributes
+    ----------
+    point_labels : tuple of int
+        The point labels that take a type embedding (label ``k``: ``point_embeddings[k]``);
+        other labels get none (``NOT_A_POINT`` its own). SAM's points are 0 (negative) and 1
+        (positive); box corners are embedded by the box path.
     """
+
+    point_labels: tuple[int, ...] = (NEGATIVE_POINT, POSITIVE_POINT)
 
     def __init__(
         self,
@@ -183,8 +192,8 @@ class PromptEncoder(nn.Module):
         emb = self.pe_layer.forward_with_coords(coords, self.input_image_size)
         labels = labels[..., None]
         emb = torch.where(labels == NOT_A_POINT, self.not_a_point_embed.weight, emb)
-        emb = emb + torch.where(labels == NEGATIVE_POINT, self.point_embeddings[0].weight, 0.0)
-        emb = emb + torch.where(labels == POSITIVE_POINT, self.point_embeddings[1].weight, 0.0)
+        for label in self.point_labels:  # label k takes the k-th type embedding
+            emb = emb + torch.where(labels == label, self.point_embeddings[label].weight, 0.0)
         return emb
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:

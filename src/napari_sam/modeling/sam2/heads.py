@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..common import MLP, LayerNorm2d
-from ..prompt_encoder import NOT_A_POINT, PromptEncoder
+from ..prompt_encoder import PromptEncoder
 from ..transformer import TwoWayTransformer
 
 __all__ = ["BOX_BOTTOM_RIGHT", "BOX_TOP_LEFT", "Sam2MaskDecoder", "Sam2PromptEncoder",
@@ -26,18 +26,7 @@ BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 2, 3
 class Sam2PromptEncoder(PromptEncoder):
     """SAM's prompt encoder accepting point labels -1, 0, 1, 2 (box top-left), 3 (bottom-right)."""
 
-    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
-        """``(B, N, 2)`` coords and ``(B, N)`` labels -> ``(B, N [+ 1], C)`` tokens."""
-        coords = coords + 0.5  # pixel centres
-        if pad:
-            coords = torch.cat([coords, coords.new_zeros((coords.shape[0], 1, 2))], dim=1)
-            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), NOT_A_POINT)], dim=1)
-        emb = self.pe_layer.forward_with_coords(coords, self.input_image_size)
-        labels = labels[..., None]
-        emb = torch.where(labels == NOT_A_POINT, self.not_a_point_embed.weight, emb)
-        for label, type_embed in enumerate(self.point_embeddings):
-            emb = emb + torch.where(labels == label, type_embed.weight, 0.0)
-        return emb
+    point_labels = (0, 1, 2, 3)
 
 
 def sam2_two_way_transformer(embedding_dim: int = 256) -> TwoWayTransformer:
