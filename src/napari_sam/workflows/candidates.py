@@ -80,14 +80,23 @@ def _point_windows(
                           tuple(low.shape[-2:]), {})
 
 
-def _cover(covered: np.ndarray, masks, geometry) -> None:
-    """Mark the pixels of masks (an iterable of low-res logits ``(h, w)``) in ``covered``, in
-    place."""
-    for lr in masks:
-        window = positive_window(lr, geometry)
-        if window is not None:
-            (o0, o1), (p0, p1) = window
-            covered[o0:o1, p0:p1] |= (upscale_window(lr, geometry, window) > 0).cpu().numpy()
+def _cover(covered: np.ndarray, masks) -> None:
+    """Mark the pixels of masks in ``covered``, in place: ``masks`` holds ``(window, mask)``
+    pairs (:func:`_upscaled`), None for masks with no positive pixel."""
+    for found in masks:
+        if found is not None:
+            ((o0, o1), (p0, p1)), m = found
+            covered[o0:o1, p0:p1] |= m
+
+
+def _upscaled(lr: torch.Tensor, geometry) -> tuple | None:
+    """``(window, mask)`` of one mask's low-res logits ``(h, w)``: the slice window where it
+    can be positive (:func:`~napari_sam.engine.upsample.positive_window`) and the mask there,
+    ``(rows, cols)`` bool; None if it has no positive pixel in the slice."""
+    window = positive_window(lr, geometry)
+    if window is None:
+        return None
+    return window, (upscale_window(lr, geometry, window) > 0).cpu().numpy()
 
 
 def _decode_crop(
@@ -141,11 +150,18 @@ def _decode_crop(
         stab = found.stability(params.stability_offset).flatten()
         area = found.area().flatten()
         frames: dict[int, torch.Tensor] = {}
+        upscaled: dict[int, tuple | None] = {}
 
         def mask(j: int, found=found, frames=frames) -> torch.Tensor:
             if j // 3 not in frames:
                 frames[j // 3] = found.logits(j // 3)
             return frames[j // 3][j % 3]
+
+        def slice_mask(j: int, upscaled=upscaled) -> tuple | None:
+            # a point's best mask is often kept too: upsampled once for both
+            if j not in upscaled:
+                upscaled[j] = _upscaled(mask(j), geometry)
+            return upscaled[j]
         ok = (
             (iou >= params.pred_iou_thresh)
             & (stab >= params.stability_score_thresh)
@@ -155,7 +171,7 @@ def _decode_crop(
         if params.skip_covered and "blobs" in params.point_source:
             best = iou.view(-1, 3).argmax(dim=1) + 3 * torch.arange(len(batch))
             best = best[(area[best] > 0) & (area[best] <= max_low_area)]
-            _cover(covered, map(mask, best.tolist()), geometry)
+            _cover(covered, map(slice_mask, best.tolist()))
         if params.skip_background:
             # a confident mask too large to be an object is background: its grid points need
             # no decoding (objects it does not cover keep theirs)
@@ -164,17 +180,16 @@ def _decode_crop(
                 & (stab >= params.stability_score_thresh)
                 & (area > max_low_area)
             )
-            _cover(covered, map(mask, torch.nonzero(bg).flatten().tolist()), geometry)
+            _cover(covered, map(slice_mask, torch.nonzero(bg).flatten().tolist()))
         idx = torch.nonzero(ok).flatten()
         for j, score in zip(idx.tolist(), iou[idx].tolist(), strict=True):
             # each mask upsampled only where it can be positive (the same mask as upsampling
             # the whole crop: a few per cent of the work for a nucleus)
             lr = mask(j)
-            window = positive_window(lr, geometry)
-            if window is None:
+            up = slice_mask(j)
+            if up is None:
                 continue
-            (w0, _), (v0, _) = window
-            m = (upscale_window(lr, geometry, window) > 0).cpu().numpy()
+            ((w0, _), (v0, _)), m = up
             if not m.any():
                 continue
             rows = np.flatnonzero(m.any(axis=1))
