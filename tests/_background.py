@@ -50,6 +50,11 @@ class BackgroundScript:
                                 stderr=err, env=env)
         self._run.update(proc=proc, out=out, err=err)
 
+    def poll(self) -> int | None:
+        """The interpreter's exit code once it has ended; None while it runs or before start."""
+        proc = self._run.get("proc")
+        return None if proc is None else proc.poll()
+
     def finish(self, timeout: float) -> tuple[int, str, str]:
         """Wait for the interpreter (started if it was not); its exit code, stdout and stderr.
         Stops it afterwards (killed if the wait timed out)."""

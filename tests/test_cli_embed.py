@@ -1,33 +1,114 @@
-"""`napari-sam embed`: headless precompute, resume, bad input, and the Dask distributed path."""
+"""`napari-sam embed`: headless precompute, resume, bad input, and the Dask distributed path.
+
+The Dask cluster (two worker processes, each importing torch) takes seconds to start: its part
+of :func:`test_distributed_precompute_on_a_local_cluster` runs in a fresh interpreter started
+when collection ends (tests/conftest.py calls :func:`start_in_background`), alongside the other
+tests; the test then waits for it and checks what it wrote.
+"""
+
+import importlib.util
+import json
+import shutil
+import tempfile
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
 import zarr
+from _background import BackgroundScript
 
 from napari_sam.cli import main
-from napari_sam.engine.cluster import EmbedJob, make_embedder, precompute_distributed
+from napari_sam.engine.cluster import EmbedJob, make_embedder
 from napari_sam.engine.embedding_store import StackEmbedder
 from napari_sam.models.build import build_model
+
+
+def _write_checkpoint(path):
+    torch.manual_seed(0)
+    torch.save(build_model("default", pretrained=False).state_dict(), path)
+    return path
+
+
+def _write_stack(path):
+    data = np.random.default_rng(0).integers(0, 4000, (3, 48, 40)).astype(np.uint16)
+    # compressed: read through tifffile's zarr view, not memory-mapped
+    tifffile.imwrite(path, data, compression="zlib", photometric="minisblack")
+    return path
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """The default architecture with random weights, saved where worker processes can load it."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "random_default.pt"
-    torch.save(build_model("default", pretrained=False).state_dict(), path)
-    return path
+    return _write_checkpoint(tmp_path_factory.mktemp("model") / "random_default.pt")
 
 
 @pytest.fixture(scope="module")
 def stack_tif(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "stack.tif"
-    data = np.random.default_rng(0).integers(0, 4000, (3, 48, 40)).astype(np.uint16)
-    # compressed: read through tifffile's zarr view, not memory-mapped
-    tifffile.imwrite(path, data, compression="zlib", photometric="minisblack")
-    return path
+    return _write_stack(tmp_path_factory.mktemp("img") / "stack.tif")
+
+
+# The client's side of a distributed precompute, run in a fresh interpreter: one plane is
+# computed by the client first (it must not be resubmitted), the two others on a LocalCluster of
+# two worker processes. Prints what the test checks as one JSON line.
+_CLUSTER_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, json, os
+    import distributed
+    from napari_sam.engine.cluster import EmbedJob, make_embedder, precompute_distributed
+    from napari_sam.models.build import build_model
+
+    checkpoint, stack, out = {checkpoint!r}, {stack!r}, {out!r}
+    model = build_model(checkpoint)
+    job = EmbedJob(image=stack, store=out, model=checkpoint,
+                   model_name=os.path.basename(checkpoint))
+    client_side = make_embedder(job, model)
+    client_side.precompute(indices=[(2,)])
+    todo = client_side.missing()
+    job = dataclasses.replace(job, fingerprint=client_side.fingerprint,
+                              intensity_range=client_side.intensity_range)
+    seen = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \\
+            distributed.Client(cluster) as client:
+        computed = precompute_distributed(client, job, todo,
+                                          progress=lambda d, t: seen.append((d, t)))
+        workers = client.run(lambda: __import__("os").getpid())
+    print(json.dumps(dict(todo=todo, computed=computed, seen=seen,
+                          workers=sorted(workers.values()), client=os.getpid())))
+    """
+)
+
+_CLUSTER: dict = {}
+
+
+def _cluster_run() -> dict:
+    """The background run of the distributed precompute (started once): its script and files."""
+    if not _CLUSTER:
+        folder = Path(tempfile.mkdtemp(prefix="napari-sam-cluster-"))
+        files = {"checkpoint": str(_write_checkpoint(folder / "random_default.pt")),
+                 "stack": str(_write_stack(folder / "stack.tif")), "out": str(folder / "dist.zarr")}
+        script = BackgroundScript(_CLUSTER_SCRIPT.format(**files), nice=10)
+        script.start()
+        _CLUSTER.update(files, folder=folder, script=script)
+    return _CLUSTER
+
+
+def start_in_background(selected: list[str]) -> None:
+    """Start the distributed precompute if its test is selected (and Dask installed)."""
+    if ("test_distributed_precompute_on_a_local_cluster" in selected
+            and importlib.util.find_spec("distributed") is not None):
+        _cluster_run()
+
+
+def stop() -> None:
+    """Kill the background run if it still runs and delete its files (session end)."""
+    if _CLUSTER:
+        _CLUSTER["script"].stop()
+        shutil.rmtree(_CLUSTER["folder"], ignore_errors=True)
+        _CLUSTER.clear()
 
 
 def _stored(path):
@@ -91,38 +172,6 @@ def test_embed_bad_input_exits_2(stack_tif, tmp_path, capsys, argv, message):
     assert err.startswith("napari-sam: error:") and message in err and "\n" not in err
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert not (tmp_path / "e.zarr" / "done").exists()
-
-
-def test_distributed_precompute_on_a_local_cluster(checkpoint, stack_tif, tmp_path):
-    distributed = pytest.importorskip("distributed")
-    model = build_model(checkpoint)
-    local = StackEmbedder(model, tifffile.imread(stack_tif), store=tmp_path / "local.zarr")
-    local.precompute()
-    reference, _ = _stored(tmp_path / "local.zarr")
-
-    out = tmp_path / "dist.zarr"
-    job = EmbedJob(image=str(stack_tif), store=str(out), model=str(checkpoint),
-                   model_name=checkpoint.name)
-    client_side = make_embedder(job, model)
-    client_side.precompute(indices=[(2,)])  # one plane already there: it must not be resubmitted
-    todo = client_side.missing()
-    assert todo == [(0,), (1,)]
-    import dataclasses
-
-    job = dataclasses.replace(job, fingerprint=client_side.fingerprint,
-                              intensity_range=client_side.intensity_range)
-    seen = []
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        computed = precompute_distributed(client, job, todo,
-                                          progress=lambda d, t: seen.append((d, t)))
-        workers = client.run(lambda: __import__("os").getpid())
-    assert computed == 2 and seen[-1] == (2, 2)
-    assert len(set(workers.values())) == 2
-    features, done = _stored(out)
-    assert done.tolist() == [1, 1, 1]
-    assert np.array_equal(features, reference)  # same values whichever process wrote them
 
 
 def test_worker_refuses_a_store_of_other_weights(checkpoint, stack_tif, tmp_path):
@@ -242,3 +291,25 @@ def test_embed_into_a_read_only_cache_is_refused_up_front(checkpoint, stack_tif,
     err = capsys.readouterr().err.strip()
     assert err.startswith("napari-sam: error:") and "not writable" in err and "\n" not in err
     assert not any(cache.iterdir())
+
+
+def test_distributed_precompute_on_a_local_cluster(tmp_path, request):
+    # last in this module: its cluster, started at collection, has had time to finish
+    pytest.importorskip("distributed")
+    if not _CLUSTER:  # not started at collection (a direct call): start it now, stop it after
+        request.addfinalizer(stop)
+    run = _cluster_run()
+    returncode, stdout, stderr = run["script"].finish(timeout=300)
+    assert returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["todo"] == [[0], [1]]  # the client's plane is not resubmitted
+    assert result["computed"] == 2 and result["seen"][-1] == [2, 2]
+    assert len(set(result["workers"])) == 2 and result["client"] not in result["workers"]
+    features, done = _stored(run["out"])
+    assert done.tolist() == [1, 1, 1]
+    # same values whichever process wrote them
+    local = StackEmbedder(build_model(Path(run["checkpoint"])), tifffile.imread(run["stack"]),
+                          store=tmp_path / "local.zarr")
+    local.precompute()
+    reference, _ = _stored(tmp_path / "local.zarr")
+    assert np.array_equal(features, reference)

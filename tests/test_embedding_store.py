@@ -501,6 +501,8 @@ def test_a_dead_writers_claim_is_taken_over(model, tmp_path):
 
 
 _WRITER = """
+import os
+os.environ["OMP_NUM_THREADS"] = "1"
 import json, sys, time
 import numpy as np, torch
 from napari_sam.models.build import build_sam, tiny_config
@@ -514,41 +516,53 @@ def slow(image, intensity_range=None):
     return original(image, intensity_range)
 emb._predictor.compute_embedding = slow
 open(sys.argv[3], "w").close()
-while not __import__("os").path.exists(sys.argv[4]):
+while not os.path.exists(sys.argv[4]):
     time.sleep(0.01)
 print(json.dumps(emb.precompute()))
 """
+_WRITER_STACK = (8, 40, 48)
+_WRITERS: dict = {}
 
 
-def test_two_writer_processes_compute_each_plane_once(tmp_path):
-    import subprocess
-    import sys
+def _writers() -> dict:
+    """Two writer processes on one store (started once), each waiting for the file ``go``.
 
-    image = _stack(shape=(8, 40, 48))
-    np.save(tmp_path / "img.npy", image)
-    script = tmp_path / "writer.py"
-    script.write_text(_WRITER)
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen([sys.executable, str(script), str(tmp_path / "img.npy"),
-                          str(tmp_path / "s.zarr"), str(tmp_path / f"ready{k}"), str(go)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-        for k in range(2)
-    ]
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / f"ready{k}").exists() for k in range(2)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
-            [p.communicate() for p in procs if p.poll() is not None]
-        time.sleep(0.05)
-    go.touch()
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    computed = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
-    assert sum(computed) == 8 and min(computed) >= 1, computed
-    torch.manual_seed(0)
-    check = StackEmbedder(build_sam(tiny_config()), image, store=tmp_path / "s.zarr")
-    assert check.store.status == "reused" and check.verify() == {} and check.missing() == []
+    They start when collection ends (tests/conftest.py calls :func:`start_in_background`), so
+    that their interpreters import torch alongside the other tests. Not at a lower priority:
+    once they go, the test waits for them (a niced writer starves on a busy machine)."""
+    if not _WRITERS:
+        import tempfile
+        from pathlib import Path
+
+        from _background import BackgroundScript
+
+        folder = Path(tempfile.mkdtemp(prefix="napari-sam-writers-"))
+        np.save(folder / "img.npy", _stack(shape=_WRITER_STACK))
+        scripts = []
+        for k in range(2):
+            argv = [str(folder / "img.npy"), str(folder / "s.zarr"), str(folder / f"ready{k}"),
+                    str(folder / "go")]
+            scripts.append(BackgroundScript(f"import sys\nsys.argv[1:] = {argv!r}\n" + _WRITER))
+            scripts[-1].start()
+        _WRITERS.update(folder=folder, scripts=scripts)
+    return _WRITERS
+
+
+def start_in_background(selected: list[str]) -> None:
+    """Start the writer processes if their test is selected."""
+    if "test_two_writer_processes_compute_each_plane_once" in selected:
+        _writers()
+
+
+def stop() -> None:
+    """Kill the writers if they still run and delete their files (session end)."""
+    import shutil
+
+    if _WRITERS:
+        for script in _WRITERS["scripts"]:
+            script.stop()
+        shutil.rmtree(_WRITERS["folder"], ignore_errors=True)
+        _WRITERS.clear()
 
 
 # -- a read-only cache folder ---------------------------------------------------------------------
@@ -623,3 +637,25 @@ def test_an_explicit_store_that_cannot_be_created_still_raises(model, tmp_path):
     folder.write_text("a file")
     with pytest.raises(OSError):
         StackEmbedder(model, _stack(), store=folder / "s.zarr").get((0,))
+
+
+def test_two_writer_processes_compute_each_plane_once(request):
+    # last in this module: its writers, started at collection, have had time to import torch
+    if not _WRITERS:  # not started at collection (a direct call): start them now, stop after
+        request.addfinalizer(stop)
+    run = _writers()
+    folder, scripts = run["folder"], run["scripts"]
+    deadline = time.monotonic() + 120
+    while not all((folder / f"ready{k}").exists() for k in range(2)):
+        ended = [s.finish(timeout=1) for s in scripts if s.poll() is not None]
+        assert time.monotonic() < deadline and not ended, ended
+        time.sleep(0.05)
+    (folder / "go").touch()
+    outs = [s.finish(timeout=120) for s in scripts]
+    assert all(code == 0 for code, _, _ in outs), outs
+    computed = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outs]
+    assert sum(computed) == 8 and min(computed) >= 1, computed
+    torch.manual_seed(0)
+    check = StackEmbedder(build_sam(tiny_config()), _stack(shape=_WRITER_STACK),
+                          store=folder / "s.zarr")
+    assert check.store.status == "reused" and check.verify() == {} and check.missing() == []

@@ -198,14 +198,14 @@ def test_propagation_keeps_bounding_boxes(scene):
 
 def test_propagate_volume_along_another_axis(scene):
     model, image, labels, embed, _ = scene
-    sub = image[2:9]
-    seeds = [Seed(2, 3, points=_point(2))]
+    sub = image[3:8]  # object 2's slices 3..7: the seed's slice and two on each side
+    seeds = [Seed(2, 2, points=_point(2))]
     along0 = propagate_volume(model, sub, seeds, axis=0, intensity_range=(0.0, 1.0))
     along2 = propagate_volume(model, np.moveaxis(sub, 0, 2), seeds, axis=2,
                               intensity_range=(0.0, 1.0))
-    assert along2.shape == (S, S, 7)
+    assert along2.shape == (S, S, 5)
     np.testing.assert_array_equal(np.moveaxis(along2, 2, 0), along0)
-    assert along0[3].any()
+    assert along0[2].any() and along0[3].any()  # the seed's slice and the next one
 
 
 def test_evaluate_propagation_reports_3d_iou(scene):

@@ -123,12 +123,15 @@ def test_default_model_keeps_border_nuclei_whole(tmp_path):
     assert tp.grid.shape == (2, 2)
     assert tp.precompute() == 4 and tp.embedder.store.n_done == 4
     tiled, naive = [], []
-    for value in range(1, labels.max() + 1):
+    for value, box in enumerate(ndimage.find_objects(labels), start=1):
         obj = labels == value
-        if obj.sum() < 50:
+        if box is None or obj.sum() < 50:
             continue
-        depth = ndimage.distance_transform_edt(obj)
-        r, c = np.unravel_index(depth.argmax(), depth.shape)
+        # its deepest pixel: the distance transform of its box grown by one pixel (within the
+        # image) is that of the whole image there, at a fraction of the cost
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box)
+        depth = ndimage.distance_transform_edt(obj[box])
+        r, c = np.add(np.unravel_index(depth.argmax(), depth.shape), [b.start for b in box])
         first = next(t for t in tp.grid.tiles() if _holds(tp.grid.bounds(t), r, c))
         b = tp.grid.bounds(first)
         if obj[b[0]:b[2], b[1]:b[3]].sum() > 0.85 * obj.sum():
