@@ -14,13 +14,23 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import automatic, embed, evaluate, models, segment, train, train_refiner, view
+from . import (
+    automatic,
+    embed,
+    evaluate,
+    models,
+    segment,
+    train,
+    train_decoder,
+    train_refiner,
+    view,
+)
 from ._common import PROG, InputError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``napari-sam --help`` lists them.
-COMMANDS = (segment, models, evaluate, automatic, train_refiner, train, view, embed)
+COMMANDS = (segment, models, evaluate, automatic, train_refiner, train_decoder, train, view, embed)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,11 @@
-"""``napari-sam automatic IMAGE --out LABELS.tif [--axis 0] [--mode decoder]``: segment
-everything, no prompts.
+"""``napari-sam automatic IMAGE --out LABELS.tif [--axis 0] [--mode auto|decoder|points]``:
+segment everything, no prompts.
 
-``--mode points`` (the default): SAM's automatic mode; its options are shared with
-``evaluate --automatic`` (:func:`._common.add_automatic_options`). ``--mode decoder``: the
-model's instance-segmentation decoder and a seeded watershed (micro-sam's models,
-:mod:`napari_sam.workflows.instance_decoder`), with the ``--*-threshold`` options below.
+``--mode decoder``: the model's instance-segmentation decoder and a seeded watershed (the
+default model's since v0.13, micro-sam's models; :mod:`napari_sam.workflows.instance_decoder`),
+with the ``--*-threshold`` options below. ``--mode points``: SAM's automatic mode; its options
+are shared with ``evaluate --automatic`` (:func:`._common.add_automatic_options`). ``--mode
+auto`` (the default): the decoder when the model has one, else points.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from . import _common
 from ._common import InputError
 
 #: Segmentation modes: point prompts (SAM's automatic mode) or the model's instance decoder.
-MODES = ("points", "decoder")
+MODES = ("auto", "points", "decoder")
 #: DecoderParams fields exposed as options of ``--mode decoder``.
 DECODER_OPTIONS = [
     ("center_distance_threshold", "seeds: predicted centre distance below this (0.5)"),
@@ -22,6 +23,10 @@ DECODER_OPTIONS = [
     ("foreground_threshold", "foreground: probability above this (0.5)"),
     ("distance_smoothing", "Gaussian sigma of the distance maps, pixels (1.6)"),
     ("min_size", "remove objects smaller than this many pixels (0)"),
+    ("zoom_below_radius", ("decode the 2 x 2 overlapping crops when the objects' typical "
+                           "radius at the model's input scale is below this, pixels (0: "
+                           "never; default 16 for the default model's decoder, 0 for "
+                           "micro-sam's)")),
 ]
 
 
@@ -46,12 +51,14 @@ def register(sub) -> None:
                     help="only these slices along --axis (Python range, e.g. 4:10)")
     au.add_argument("--no-link", action="store_true",
                     help="stacks: do not link objects across slices (every 2D object its own id)")
-    au.add_argument("--mode", choices=MODES, default="points",
-                    help="points: SAM's automatic mode, point prompts over the image (default); "
-                         "decoder: the model's instance-segmentation decoder (micro-sam's models, "
-                         "e.g. --model vit_b_lm), one decoder pass per slice and a watershed")
+    au.add_argument("--mode", choices=MODES, default="auto",
+                    help="decoder: the model's instance-segmentation decoder (the default "
+                         "model's, micro-sam's e.g. --model vit_b_lm), one decoder pass per "
+                         "slice and a watershed; points: SAM's automatic mode, point prompts "
+                         "over the image; auto (default): decoder when the model has one, "
+                         "else points")
     _common.add_automatic_options(au)
-    decoder = au.add_argument_group("--mode decoder (defaults: micro-sam's)")
+    decoder = au.add_argument_group("--mode decoder (defaults: micro-sam's watershed)")
     for name, text in DECODER_OPTIONS:
         decoder.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
     _common.add_model_args(au)
@@ -90,13 +97,17 @@ def run(args) -> int:
     params = _common.automatic_params(args)
     indices = None if args.axis is None else _parse_slices(args.slices, shape[args.axis])
     model = _common.load_model(args)
-    if args.mode == "decoder":
+    mode = args.mode
+    if mode != "points":
         from ..workflows import instance_decoder
 
+        if mode == "auto":
+            mode = "decoder" if instance_decoder.has_instance_decoder(model) else "points"
+    if mode == "decoder":
         if not instance_decoder.has_instance_decoder(model):
             raise InputError(f"--mode decoder: the model {args.model!r} has no "
                              "instance-segmentation decoder; use a micro-sam model (see "
-                             "`napari-sam models`) or the default --mode points")
+                             "`napari-sam models`) or --mode points")
         segment_everything_nd = instance_decoder.segment_everything_nd
         params = _decoder_params(args, params.link_overlap)
     labels = segment_everything_nd(model, image, axis=args.axis, indices=indices, params=params,

@@ -14,6 +14,13 @@ Shapes, for SAM's 64 x 64 embedding (``C = 256``; ``F = 64`` initial features)::
         -- deconv3 --> z3 (B, 2F, 512) -- deconv4 --> z0 (B, F, 1024)
     base(embedding) (B, 8F, 64) -- decoder (upsample, concat with z9, z6, z3) --> (B, F, 512)
         -- deconv_out --> (B, F, 1024) ++ z0 -- decoder_head, out_conv, sigmoid --> (B, 3, 1024)
+
+``upscale=8`` (the project's own small decoders, trained by
+:mod:`napari_sam.training.instance_decoder`) drops the finest level: no ``deconv4`` and no
+``deconv_out``; the decoder's ``(B, F, 8h, 8w)`` output goes through ``decoder_head`` (a conv block
+``F -> F``) and ``out_conv``. For a model whose embedding is 1/8 of its input (the default model:
+64 x 64 for 512 px) the outputs are then at the input's resolution, and the decoder costs about a
+quarter as much.
 """
 
 from __future__ import annotations
@@ -170,6 +177,8 @@ class InstanceDecoder(nn.Module):
     per_image_norm : bool
         Batch norms use each image's own statistics, as micro-sam does at inference (see
         ``_BatchNorm``); false: the running averages of the checkpoint.
+    upscale : int
+        16 (micro-sam's layout) or 8 (without the finest level; see the module).
     """
 
     def __init__(
@@ -179,8 +188,11 @@ class InstanceDecoder(nn.Module):
         initial_features: int = 64,
         transposed: bool = False,
         per_image_norm: bool = True,
+        upscale: int = 16,
     ) -> None:
         super().__init__()
+        if upscale not in (8, 16):
+            raise ValueError(f"InstanceDecoder: upscale must be 8 or 16, got {upscale!r}")
         for name, value in (("embed_dim", embed_dim), ("out_channels", out_channels),
                             ("initial_features", initial_features)):
             if not isinstance(value, int) or value <= 0:
@@ -192,11 +204,14 @@ class InstanceDecoder(nn.Module):
         self.deconv1 = _Deconv(embed_dim, f[0], transposed)
         self.deconv2 = _Deconv(f[0], f[1], transposed)
         self.deconv3 = _Deconv(f[1], f[2], transposed)
-        self.deconv4 = _Deconv(f[2], f[3], transposed)
+        self._upscale = upscale
+        if upscale == 16:
+            self.deconv4 = _Deconv(f[2], f[3], transposed)
         self.base = _ConvBlock(embed_dim, f[0])
         self.decoder = _Decoder(f, transposed)
-        self.deconv_out = up(f[3], f[3])
-        self.decoder_head = _ConvBlock(2 * f[3], f[3])
+        if upscale == 16:
+            self.deconv_out = up(f[3], f[3])
+        self.decoder_head = _ConvBlock((2 if upscale == 16 else 1) * f[3], f[3])
         self.out_conv = nn.Conv2d(f[3], out_channels, 1)
         self.per_image_norm = per_image_norm
 
@@ -214,8 +229,8 @@ class InstanceDecoder(nn.Module):
 
     @property
     def upscale(self) -> int:
-        """Output pixels per embedding pixel along each axis (16)."""
-        return 16
+        """Output pixels per embedding pixel along each axis (16, or 8)."""
+        return self._upscale
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         """Per-pixel predictions at 16 times the embedding's resolution.
@@ -227,9 +242,9 @@ class InstanceDecoder(nn.Module):
 
         Returns
         -------
-        torch.Tensor, shape (B, out_channels, 16 h, 16 w)
+        torch.Tensor, shape (B, out_channels, s h, s w)
             Sigmoid outputs in [0, 1], channels in the order of :data:`CHANNELS`, covering the
-            whole (padded) model input.
+            whole (padded) model input; ``s`` is :attr:`upscale`.
         """
         if embedding.ndim != 4 or embedding.shape[1] != self.embed_dim:
             raise ValueError(
@@ -239,9 +254,9 @@ class InstanceDecoder(nn.Module):
         z9 = self.deconv1(embedding)
         z6 = self.deconv2(z9)
         z3 = self.deconv3(z6)
-        z0 = self.deconv4(z3)
         x = self.decoder(self.base(embedding), [z9, z6, z3])
-        x = torch.cat([self.deconv_out(x), z0], dim=1)
+        if self._upscale == 16:
+            x = torch.cat([self.deconv_out(x), self.deconv4(z3)], dim=1)
         return torch.sigmoid(self.out_conv(self.decoder_head(x)))
 
     @classmethod
@@ -268,6 +283,7 @@ class InstanceDecoder(nn.Module):
             initial_features=int(out.shape[1]),
             transposed=transposed,
             per_image_norm=per_image_norm,
+            upscale=16 if any(k.startswith("deconv4.") for k in state) else 8,
         )
         expected = {k: tuple(v.shape) for k, v in decoder.state_dict().items()}
         given = {k: tuple(v.shape) for k, v in state.items()}

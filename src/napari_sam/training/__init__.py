@@ -1,6 +1,6 @@
 """SAM's promptable training scheme (:mod:`.promptable`, with its losses in :mod:`.losses` and its
-simulated prompts in :mod:`.simulation`), its data sources (:mod:`.data`) and the mask refiner's
-training (:mod:`.refiner`).
+simulated prompts in :mod:`.simulation`), its data sources (:mod:`.data`), the mask refiner's
+training (:mod:`.refiner`) and the instance decoder's (:mod:`.instance_decoder`).
 """
 
 from .data import folder_examples, holdout_split, mixed_examples, synthetic_examples

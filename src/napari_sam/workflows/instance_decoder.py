@@ -12,6 +12,11 @@ boundary. Instances follow by a seeded watershed, as micro-sam's
 3. the seeds are grown over the boundary distances by a watershed (4-connected) within the
    foreground; objects smaller than ``min_size`` (0: none) are removed.
 
+With ``DecoderParams.zoom_below_radius`` set, a slice whose objects are small at the model's
+input scale (:func:`~napari_sam.engine.zoom.typical_radius`) is decoded in its 2 x 2 overlapping
+crops (:func:`zoom_boxes`, each embedded on its own, as the point-grid mode zooms in) and the maps
+are stitched along the middle of the overlaps before the watershed.
+
 One decoder pass per slice replaces the thousands of prompt decodes of the point grid
 (:mod:`napari_sam.workflows.automatic`). Stacks are segmented slice by slice and the objects of
 neighbouring slices are linked by overlap (:func:`~napari_sam.workflows.automatic.link_slices`).
@@ -45,6 +50,8 @@ __all__ = [
     "instances_from_outputs",
     "segment_everything",
     "segment_everything_nd",
+    "slice_outputs",
+    "zoom_boxes",
 ]
 
 
@@ -66,6 +73,13 @@ class DecoderParams:
     link_overlap : float
         Stacks: overlap (of the smaller object) above which objects of neighbouring slices are
         joined.
+    zoom_below_radius : float or None
+        When the slice is at least as large as the model input and its objects' typical radius
+        scaled to the input is below this (pixels), decode its 2 x 2 overlapping crops instead
+        of the whole slice (0: never, micro-sam's behaviour). None (the default): 16 for the
+        project's own decoders (``upscale`` 8, trained with ``napari-sam train-decoder`` on
+        whole images and their 2 x 2 crops; a 1024 px slice of 515 BBBC039 nuclei: F1@0.5
+        0.791 whole, 0.925 zoomed), 0 for micro-sam's.
     """
 
     center_distance_threshold: float = 0.5
@@ -75,10 +89,13 @@ class DecoderParams:
     distance_smoothing: float = 1.6
     min_size: int = 0
     link_overlap: float = 0.5
+    zoom_below_radius: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name == "zoom_below_radius":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"DecoderParams.{f.name} must be a number >= 0, got {value!r}")
 
@@ -127,6 +144,88 @@ def decoder_outputs(model: Sam, embedding: ImageEmbedding) -> npt.NDArray[np.flo
         out = F.interpolate(out[..., :h, :w], tuple(geometry.original_size), mode="bilinear",
                             align_corners=False)
     return out[0].float().cpu().numpy()
+
+
+def zoom_boxes(hw: tuple[int, int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
+    """``(r0, c0, r1, c1)`` of the 2 x 2 overlapping crops of a ``(H, W)`` slice, row by row,
+    each of side ``size / (2 - overlap)`` (the crops the point-grid mode zooms into)."""
+    spans = []
+    for size in hw:
+        side = int(np.ceil(size / (2 - overlap)))
+        spans.append([(0, side), (size - side, size)])
+    return [(r0, c0, r1, c1) for r0, r1 in spans[0] for c0, c1 in spans[1]]
+
+
+#: ``DecoderParams.zoom_below_radius`` None: the project's own decoders (``upscale`` 8) zoom
+#: below this radius, micro-sam's never.
+OWN_DECODER_ZOOM = 16.0
+
+
+def zoom_radius(model: Sam, params: DecoderParams) -> float:
+    """The ``zoom_below_radius`` in effect for ``model`` (see :class:`DecoderParams`)."""
+    if params.zoom_below_radius is not None:
+        return float(params.zoom_below_radius)
+    return OWN_DECODER_ZOOM if getattr(_decoder(model), "upscale", 16) == 8 else 0.0
+
+
+def _zoom(model: Sam, image: np.ndarray, intensity_range, params: DecoderParams) -> bool:
+    hw = image.shape[:2]
+    below = zoom_radius(model, params)
+    if not below or max(hw) < model.img_size:
+        return False
+    from ..engine.zoom import typical_radius
+
+    radius = typical_radius(image, intensity_range)
+    return radius is not None and radius * model.img_size / max(hw) < below
+
+
+def slice_outputs(
+    model: Sam,
+    image2d: npt.ArrayLike,
+    params: DecoderParams | None = None,
+    intensity_range: tuple[float, float] | None = None,
+    embedding: ImageEmbedding | Callable[[], ImageEmbedding] | None = None,
+) -> npt.NDArray[np.float32]:
+    """:func:`decoder_outputs` of a slice: of its whole embedding, or (zoom, see
+    :class:`DecoderParams`) of its 2 x 2 crops stitched along the middle of their overlaps.
+
+    Parameters
+    ----------
+    model : Sam
+    image2d : array-like, shape (H, W) or (H, W, 3)
+    params : DecoderParams, optional
+    intensity_range : (float, float), optional
+    embedding : ImageEmbedding or callable returning one, optional
+        The whole slice's embedding (not computed when the slice is zoomed into).
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape (3, H, W)
+    """
+    params = DecoderParams() if params is None else params
+    image = np.asarray(image2d)
+    rgb8 = image.ndim == 3 and image.dtype == np.uint8
+    if intensity_range is None and not rgb8 and zoom_radius(model, params):
+        from ..engine.preprocess import estimate_intensity_range
+
+        intensity_range = estimate_intensity_range(image)
+    predictor = SamPredictor(model)
+    if not _zoom(model, image, intensity_range, params):
+        emb = embedding() if callable(embedding) else embedding
+        if emb is None:
+            emb = predictor.compute_embedding(image, intensity_range)
+        return decoder_outputs(model, emb)
+    h, w = image.shape[:2]
+    boxes = zoom_boxes((h, w))
+    rmid, cmid = (boxes[0][2] + boxes[3][0]) // 2, (boxes[0][3] + boxes[3][1]) // 2
+    out = np.zeros((3, h, w), np.float32)
+    for r0, c0, r1, c1 in boxes:
+        maps = decoder_outputs(model, predictor.compute_embedding(image[r0:r1, c0:c1],
+                                                                  intensity_range))
+        ra, rb = (0, rmid) if r0 == 0 else (rmid, h)
+        ca, cb = (0, cmid) if c0 == 0 else (cmid, w)
+        out[:, ra:rb, ca:cb] = maps[:, ra - r0:rb - r0, ca - c0:cb - c0]
+    return out
 
 
 def _smooth(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -212,9 +311,9 @@ def segment_everything(
         The model has no instance decoder.
     """
     _decoder(model)
-    if embedding is None:
-        embedding = SamPredictor(model).compute_embedding(image2d, intensity_range)
-    labels = instances_from_outputs(*decoder_outputs(model, embedding), params=params)
+    params = DecoderParams() if params is None else params
+    maps = slice_outputs(model, image2d, params, intensity_range, embedding)
+    labels = instances_from_outputs(*maps, params=params)
     if progress is not None:
         progress(1, 1)
     return labels
@@ -273,7 +372,6 @@ def segment_everything_nd(
         from ..engine.preprocess import estimate_intensity_range
 
         intensity_range = estimate_intensity_range(image)
-    predictor = SamPredictor(model)
     out = np.zeros((n, *(s for k, s in enumerate(spatial) if k != axis)), dtype=np.int32)
     offset = 0
     for done, i in enumerate(idx, start=1):
@@ -282,9 +380,9 @@ def segment_everything_nd(
         key = [slice(None)] * len(shape)
         key[axis] = i
         plane = np.asarray(image[tuple(key)])
-        emb = embed(i) if embed is not None else predictor.compute_embedding(plane,
-                                                                             intensity_range)
-        lab = instances_from_outputs(*decoder_outputs(model, emb), params=params)
+        emb = (lambda i=i: embed(i)) if embed is not None else None
+        lab = instances_from_outputs(*slice_outputs(model, plane, params, intensity_range, emb),
+                                     params=params)
         out[i] = np.where(lab > 0, lab + offset, 0)
         offset += int(lab.max())
         if progress is not None:
