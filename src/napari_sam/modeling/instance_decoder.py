@@ -64,6 +64,12 @@ class _Upsample(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv.out_channels < self.conv.in_channels:
+            # the same map in the other order (bilinear weights sum to one at every pixel, so
+            # they commute with a per-pixel affine map): the conv on a quarter of the pixels
+            # and the interpolation on fewer channels (torch_em's order differs by rounding)
+            return F.interpolate(self.conv(x), scale_factor=2, mode="bilinear",
+                                 align_corners=False)
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         return self.conv(x)
 
