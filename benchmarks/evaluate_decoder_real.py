@@ -135,6 +135,8 @@ def main() -> None:
             rows[f"decoder, {zoom}, {pname}"] = pooled(
                 [instance_metrics(dec.instances_from_outputs(*m, params=p), gt)
                  for m, (_, gt) in zip(maps[zoom], val)])
+    rows["decoder, segment_everything defaults (what the viewer and the CLI run)"] = pooled(
+        [instance_metrics(dec.segment_everything(model, img), gt) for img, gt in val])
     if not args.skip_points:
         rows["points mode (defaults)"] = pooled(
             [instance_metrics(automatic.segment_everything(model, img), gt) for img, gt in val])
@@ -152,11 +154,12 @@ def main() -> None:
         times = {}
         default = dec.DecoderParams()
         runs = {
-            "decoder, whole slice": lambda: dec.segment_everything(model, img),
+            "decoder, whole slice": lambda: dec.segment_everything(
+                model, img, params=dec.DecoderParams(zoom_below_radius=0)),
             "decoder, zoomed (2 x 2 crops)": lambda: dec.instances_from_outputs(
                 *maps_zoomed(model, img), params=default),
-            "decoder, segment_everything zoom_below_radius=16": lambda: dec.segment_everything(
-                model, img, params=dec.DecoderParams(zoom_below_radius=16)),
+            "decoder, segment_everything defaults (zoom chosen by the objects' radius)":
+                lambda: dec.segment_everything(model, img),
             "points mode": lambda: automatic.segment_everything(model, img),
         }
         for name, fn in runs.items():

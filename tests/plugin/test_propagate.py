@@ -205,24 +205,40 @@ def test_segment_everything_writes_a_new_layer_without_overlap(stack_widget, qtb
     assert not auto.data[3].any()
 
 
-def test_segment_everything_prompts_choice_reaches_the_engine(stack_widget, qtbot, monkeypatch):
+def test_segment_everything_prompts_choice_reaches_the_engine(stack_widget, qtbot, monkeypatch,
+                                                             notes):
     import napari_sam.workflows.automatic as automatic
+    import napari_sam.workflows.instance_decoder as decoder_mode
 
     viewer, widget, layer, image, gt = stack_widget
     go_to(viewer, axis0=6)
     wait_idle(qtbot, widget, 20_000)
     seen = []
-    real = automatic.segment_everything
+    real, real_decoder = automatic.segment_everything, decoder_mode.segment_everything
 
     def spy(*args, params=None, **kwargs):
         seen.append(params.point_source)
         return real(*args, params=params, **kwargs)
 
+    def decoder_spy(*args, **kwargs):
+        seen.append("decoder")
+        return real_decoder(*args, **kwargs)
+
     monkeypatch.setattr(automatic, "segment_everything", spy)
-    assert widget.auto_prompts.value == "bright blobs"  # the default
-    for choice, source in (("regular grid", "grid"), ("bright blobs", "blobs")):
+    monkeypatch.setattr(decoder_mode, "segment_everything", decoder_spy)
+    assert widget.auto_prompts.value == "instance decoder"  # the default
+    assert decoder_mode.has_instance_decoder(widget.predictor.model)  # the default model's
+    for choice, source in (("instance decoder", "decoder"), ("regular grid", "grid"),
+                           ("bright blobs", "blobs")):
         widget.auto_prompts.value = choice
         assert widget.segment_everything("this slice")
         widget.tasks.wait(120)
         assert seen[-1] == source
-    assert viewer.layers[AUTOMATIC_NAME].data[6].any()
+        assert viewer.layers[AUTOMATIC_NAME].data[6].any()
+    # a model without an instance decoder: bright blobs instead, and the user is told
+    monkeypatch.setattr(widget.predictor.model, "instance_decoder", None)
+    widget.auto_prompts.value = "instance decoder"
+    assert widget.segment_everything("this slice")
+    widget.tasks.wait(120)
+    assert seen[-1] == "blobs"
+    assert any("no instance decoder" in n for n in notes)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 from napari.layers import Labels
-from napari.utils.notifications import show_warning
+from napari.utils.notifications import show_info, show_warning
 
 from ._colors import committed_colormap
 from ._label_ids import max_label
@@ -36,7 +36,9 @@ __all__ = ["AUTOMATIC_NAME", "AUTO_PROMPTS", "KEY_PROPAGATE", "StackSection", "l
 
 AUTOMATIC_NAME = "SAM automatic"
 #: "everything from" choices -> AutomaticParams.point_source
-AUTO_PROMPTS = {"bright blobs": "blobs", "regular grid": "grid"}
+AUTO_PROMPTS = {"instance decoder": "decoder", "bright blobs": "blobs", "regular grid": "grid"}
+#: Used when "instance decoder" is chosen and the model has none.
+DECODER_FALLBACK = "bright blobs"
 #: Propagate the previewed objects (or the selected label) along the stack axis.
 KEY_PROPAGATE = "Shift-P"
 
@@ -73,9 +75,12 @@ class StackSection(Section):
         )
         self.auto_prompts = ComboBox(
             label="everything from", choices=list(AUTO_PROMPTS), value=next(iter(AUTO_PROMPTS)),
-            tooltip="Where segment everything puts its point prompts: one on each bright blob "
-                    "(fluorescent nuclei and cells: fast), or SAM's regular grid (any image, "
-                    "e.g. dark objects on a bright background: slower)",
+            tooltip="How segment everything finds the objects: the model's instance decoder "
+                    "(foreground and distance maps, one pass per slice: fastest; the default "
+                    "model and micro-sam's models have one; otherwise bright blobs), point "
+                    "prompts on each bright blob (fluorescent nuclei and cells), or SAM's "
+                    "regular grid of point prompts (any image, e.g. dark objects on a bright "
+                    "background: slowest)",
         )
         self.auto_button = PushButton(text="Segment everything")
         self.disk_cache = CheckBox(text="keep embeddings on disk", value=True)
@@ -321,8 +326,14 @@ class StackSection(Section):
         embed, embedder = self.stack_embedder(image, plane, axis)
         from ..workflows.automatic import AutomaticParams
 
-        params = AutomaticParams(point_source=AUTO_PROMPTS[self.auto_prompts.value],
-                                 refine=bool(host.refine_masks.value))
+        source = AUTO_PROMPTS[self.auto_prompts.value]
+        use_decoder = source == "decoder" and getattr(model, "instance_decoder", None) is not None
+        if source == "decoder" and not use_decoder:
+            source = AUTO_PROMPTS[DECODER_FALLBACK]
+            show_info(f"This model has no instance decoder: segment everything puts point "
+                      f"prompts on {DECODER_FALLBACK} instead.")
+        params = None if use_decoder else AutomaticParams(point_source=source,
+                                                         refine=bool(host.refine_masks.value))
         every = scope == "all slices"
 
         def body(ctx):
@@ -330,10 +341,8 @@ class StackSection(Section):
 
             common = {"params": params, "intensity_range": embedder.intensity_range,
                       "progress": ctx.progress, "cancelled": ctx.cancelled}
-            if getattr(model, "instance_decoder", None) is not None:  # issue 23: micro-sam's
-                from ..workflows import instance_decoder as automatic  # decoder, same calls
-
-                common["params"] = None  # its own defaults (micro-sam's)
+            if use_decoder:  # the model's instance decoder (default model, micro-sam's models),
+                from ..workflows import instance_decoder as automatic  # same calls, its defaults
             if every:
                 return automatic.segment_everything_nd(
                     model, volume_view(image, plane, axis), axis=0, embed=embed, **common)
