@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +32,7 @@ from ..modeling import Sam
 from ..modeling.instance_decoder import InstanceDecoder
 from ..workflows.instance_decoder import zoom_boxes
 from .promptable import save_atomic
+from .refiner import resume_state
 
 __all__ = [
     "DecoderExamples",
@@ -307,12 +307,7 @@ def train_instance_decoder(
     c = min(crop or max(eh, ew), eh, ew)
     device = next(decoder.parameters()).device
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
-    start, log = 0, []
-    if state_path is not None and Path(state_path).exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        decoder.load_state_dict(state["decoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, log = int(state["step"]), [dict(e) for e in state["log"]]
+    start, log = resume_state(state_path, "decoder", decoder, optimizer, "step")
     decoder.train()
     losses = []
     for step in range(start, steps):

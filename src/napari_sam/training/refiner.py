@@ -192,6 +192,22 @@ def _iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (p & t).sum(1).float() / (p | t).sum(1).clamp(min=1).float()
 
 
+def resume_state(state_path: str | os.PathLike | None, name: str, module: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, counter: str) -> tuple[int, list[dict]]:
+    """Load a training loop's resumable state into ``module`` and ``optimizer``.
+
+    The state file (an untrusted file: ``weights_only``) holds ``{name: module state,
+    "optimizer": ..., counter: int, "log": [dict, ...]}``. Returns ``(counter, log)``, or
+    ``(0, [])`` when ``state_path`` is None or does not exist.
+    """
+    if state_path is None or not Path(state_path).exists():
+        return 0, []
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state[counter]), [dict(e) for e in state["log"]]
+
+
 def train_refiner(
     refiner: MaskRefiner,
     data: RefinerExamples,
@@ -237,12 +253,7 @@ def train_refiner(
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=lr, weight_decay=1e-4)
     per_epoch = max(1, len(train) // batch_size)
     total = epochs * per_epoch
-    start, log = 0, []
-    if state_path is not None and Path(state_path).exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        refiner.load_state_dict(state["refiner"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, log = int(state["epoch"]), [dict(e) for e in state["log"]]
+    start, log = resume_state(state_path, "refiner", refiner, optimizer, "epoch")
 
     def evaluate() -> tuple[float, float]:
         refiner.eval()
