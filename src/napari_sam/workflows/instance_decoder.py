@@ -139,7 +139,8 @@ def decoder_outputs(model: Sam, embedding: ImageEmbedding) -> npt.NDArray[np.flo
     with torch.inference_mode():
         out = decoder(embedding.features.to(device=device, dtype=torch.float32))
         size = geometry.img_size
-        out = F.interpolate(out, (size, size), mode="bilinear", align_corners=False)
+        if tuple(out.shape[-2:]) != (size, size):  # upscale 8 on the default model: already
+            out = F.interpolate(out, (size, size), mode="bilinear", align_corners=False)
         h, w = geometry.input_size
         out = F.interpolate(out[..., :h, :w], tuple(geometry.original_size), mode="bilinear",
                             align_corners=False)
@@ -173,10 +174,18 @@ def _zoom(model: Sam, image: np.ndarray, intensity_range, params: DecoderParams)
     below = zoom_radius(model, params)
     if not below or max(hw) < model.img_size:
         return False
+    from skimage.transform import downscale_local_mean
+
     from ..engine.zoom import typical_radius
 
+    # measured near the model's input scale, where it is compared: a slice of twice the input
+    # or more is block-averaged first (a 1024 px slice: 0.24 -> 0.06 s)
+    f = max(1, int(max(hw) // model.img_size))
+    if f > 1:
+        image = downscale_local_mean(np.asarray(image, dtype=np.float32),
+                                     (f, f) + (1,) * (image.ndim - 2))
     radius = typical_radius(image, intensity_range)
-    return radius is not None and radius * model.img_size / max(hw) < below
+    return radius is not None and radius * f * model.img_size / max(hw) < below
 
 
 def slice_outputs(
