@@ -77,7 +77,7 @@ def predict_every_output(
                                     for x in (points, labels, boxes, mask_input)), single_output)
         if not result:
             result = tuple(np.empty((n, *p.shape[1:]), dtype=p.dtype) for p in part)
-        if i + len(part[0]) > n or len(part[0]) != min(DECODE_OBJECTS, n - i):
+        if len(part[0]) != min(DECODE_OBJECTS, n - i):
             raise ValueError(f"{len(part[0])} objects decoded for {min(DECODE_OBJECTS, n - i)} "
                              "prompts")
         for out, p in zip(result, part, strict=True):

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..engine.predictor import ImageEmbedding, SamPredictor
-from .automatic import link_slices
+from .automatic import _crop_boxes, link_slices
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import Sam
@@ -149,12 +149,9 @@ def decoder_outputs(model: Sam, embedding: ImageEmbedding) -> npt.NDArray[np.flo
 
 def zoom_boxes(hw: tuple[int, int], overlap: float = 0.25) -> list[tuple[int, int, int, int]]:
     """``(r0, c0, r1, c1)`` of the 2 x 2 overlapping crops of a ``(H, W)`` slice, row by row,
-    each of side ``size / (2 - overlap)`` (the crops the point-grid mode zooms into)."""
-    spans = []
-    for size in hw:
-        side = int(np.ceil(size / (2 - overlap)))
-        spans.append([(0, side), (size - side, size)])
-    return [(r0, c0, r1, c1) for r0, r1 in spans[0] for c0, c1 in spans[1]]
+    each of side ``size / (2 - overlap)``: the crops of layer 1 the point-grid mode zooms into
+    (:func:`napari_sam.workflows.automatic._crop_boxes`)."""
+    return [box for layer, box in _crop_boxes(tuple(hw), 1, overlap) if layer == 1]
 
 
 #: ``DecoderParams.zoom_below_radius`` None: the project's own decoders (``upscale`` 8) zoom
