@@ -38,16 +38,45 @@ __all__ = ["InstanceDecoder"]
 CHANNELS = ("foreground", "center_distances", "boundary_distances")
 
 
+def _instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.instance_norm`` without running statistics, for ``x`` (B, C, H, W) in any layout.
+
+    The same map (biased variance, then the optional per-channel affine), computed in two
+    plain passes (mean, mean squared deviation) that keep a channels-last tensor channels-last.
+    On a CPU it is several times faster than ``F.instance_norm`` at the decoder's finest levels
+    (a few channels at 512 x 512), where that runs a slow single-pass reduction.
+    """
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    centred = x - mean
+    scale = torch.rsqrt(centred.square().mean(dim=(2, 3), keepdim=True) + eps)
+    if weight is None:
+        return centred * scale
+    return torch.addcmul(bias[:, None, None], centred, scale * weight[:, None, None])
+
+
+class _InstanceNorm(nn.Module):
+    """``nn.InstanceNorm2d`` without affine parameters or running statistics (as torch_em's
+    ``ConvBlock2d`` uses it; no state), computed by :func:`_instance_norm`."""
+
+    def __init__(self, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _instance_norm(x, eps=self.eps)
+
+
 class _ConvBlock(nn.Module):
     """Two (instance norm, 3 x 3 conv, ReLU) steps: torch_em's ``ConvBlock2d``."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.InstanceNorm2d(in_channels),
+            _InstanceNorm(),
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.InstanceNorm2d(out_channels),
+            _InstanceNorm(),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
             nn.ReLU(inplace=True),
         )
@@ -111,7 +140,7 @@ class _BatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.per_image:
             return super().forward(x)
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        return _instance_norm(x, self.weight, self.bias, self.eps)
 
 
 class _Deconv(nn.Module):
@@ -257,13 +286,17 @@ class InstanceDecoder(nn.Module):
                 f"expected an embedding of shape (B, {self.embed_dim}, h, w), "
                 f"got {tuple(embedding.shape)}"
             )
+        # channels-last activations: the 3 x 3 convolutions of the fine levels (8-16 channels
+        # at 512 x 512) run 2-4x faster on CPUs in that layout (a pass of the default model's
+        # decoder: ~40 % less time, the same outputs up to float rounding)
+        embedding = embedding.contiguous(memory_format=torch.channels_last)
         z9 = self.deconv1(embedding)
         z6 = self.deconv2(z9)
         z3 = self.deconv3(z6)
         x = self.decoder(self.base(embedding), [z9, z6, z3])
         if self._upscale == 16:
             x = torch.cat([self.deconv_out(x), self.deconv4(z3)], dim=1)
-        return torch.sigmoid(self.out_conv(self.decoder_head(x)))
+        return torch.sigmoid(self.out_conv(self.decoder_head(x))).contiguous()
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, torch.Tensor],
