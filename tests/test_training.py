@@ -239,6 +239,23 @@ def test_prepare_example_keeps_a_random_subset_of_the_large_enough_objects():
         training.prepare_example(image, labels, 40, 4, max_objects=5)
 
 
+def test_prepare_example_small_object_bias_draws_small_objects_more_often():
+    labels = np.zeros((64, 64), np.int32)
+    for k in range(4):  # four objects of 2 x 2 px, four of 12 x 12
+        labels[k * 16:k * 16 + 2, 0:2] = k + 1
+        labels[k * 16:k * 16 + 12, 20:32] = k + 11
+    image = labels.astype(np.float32)
+    rng = np.random.default_rng(0)
+    small = {False: 0, True: 0}
+    for bias in (0.0, 1.0):
+        for _ in range(200):
+            _, masks = training.prepare_example(image, labels, 64, 4, max_objects=2, rng=rng,
+                                                small_object_bias=bias)
+            small[bool(bias)] += int((masks.flatten(1).sum(1) == 4).sum())
+    # uniform: half of the drawn objects are small; area^-1: 36x likelier each, ~97 %
+    assert 150 < small[False] < 250 and small[True] > 360
+
+
 def test_iou_ranking_loss_teaches_the_order_and_ignores_ties():
     true = torch.tensor([[0.9, 0.4, 0.0], [0.7, 0.7, 0.1]])
     wrong = torch.tensor([[0.70, 0.80, 0.0], [0.5, 0.9, 0.0]], requires_grad=True)

@@ -55,6 +55,10 @@ def register(sub) -> None:
     tr.add_argument("--interior-clicks", type=float, default=0.0, metavar="F",
                     help="this fraction of the objects get their first point in the deep "
                          "interior (where users click) instead of anywhere in the mask")
+    tr.add_argument("--small-object-bias", type=float, default=0.0, metavar="B",
+                    help="draw each image's training objects with probability proportional "
+                         "to area^-B (0: uniformly; 0.5: small objects such as micronuclei "
+                         "beside their nucleus more often)")
     tr.add_argument("--real-crop-range", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
                     help="with --images: each crop's side drawn log-uniformly in this range "
                          "(the objects seen at several scales) instead of --crop")
@@ -107,6 +111,8 @@ def run(args) -> int:
         raise InputError(f"--iou-rank-weight must be >= 0, got {args.iou_rank_weight}")
     if not 0.0 <= args.interior_clicks <= 1.0:
         raise InputError(f"--interior-clicks must be in [0, 1], got {args.interior_clicks}")
+    if not 0.0 <= args.small_object_bias <= 2.0:
+        raise InputError(f"--small-object-bias must be in [0, 2], got {args.small_object_bias}")
     crop_range = args.real_crop_range
     if crop_range is not None and not 16 <= crop_range[0] <= crop_range[1]:
         raise InputError("--real-crop-range must be MIN MAX with 16 <= MIN <= MAX, got "
@@ -191,6 +197,7 @@ def _train_config(args, img_size: int, crop: int):
         maskonly_rounds=args.maskonly_rounds, seed=args.seed,
         other_outputs_weight=args.other_outputs_weight, iou_rank_weight=args.iou_rank_weight,
         interior_click_fraction=args.interior_clicks, window_fraction=args.window_fraction,
+        small_object_bias=args.small_object_bias,
         window_tokens=tuple(args.window_tokens),
         extra={"init": args.init, "from_scratch": args.from_scratch, "img_size": img_size,
                "crop": crop, "synthetic_crop": args.synthetic_crop,

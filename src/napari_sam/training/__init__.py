@@ -3,12 +3,17 @@ simulated prompts in :mod:`.simulation`), its data sources (:mod:`.data`), the m
 training (:mod:`.refiner`) and the instance decoder's (:mod:`.instance_decoder`).
 """
 
-from .data import folder_examples, holdout_split, mixed_examples, synthetic_examples
+from .data import (
+    folder_examples,
+    holdout_split,
+    mixed_examples,
+    prepare_example,
+    synthetic_examples,
+)
 from .losses import dice_loss, focal_loss, image_resolution_iou, iou_ranking_loss, mask_iou
 from .promptable import (
     TrainConfig,
     object_windows,
-    prepare_example,
     save_atomic,
     train,
     train_step,

@@ -27,15 +27,14 @@ import torch.nn.functional as F
 
 from ..data.files import atomic_path
 from ..engine.decoding import OUTSIDE_LOGIT
-from ..engine.preprocess import ResizeGeometry, to_rgb_uint8_range
 from ..modeling import Sam
+from .data import prepare_example
 from .losses import dice_loss, focal_loss, image_resolution_iou, iou_ranking_loss
 from .simulation import noisy_boxes, sample_error_points, sample_points_in_masks
 
 __all__ = [
     "TrainConfig",
     "object_windows",
-    "prepare_example",
     "save_atomic",
     "train",
     "train_step",
@@ -66,7 +65,9 @@ class TrainConfig:
     propagation and segment everything do (:func:`~napari_sam.engine.decoding.decode_windows`):
     each against a window of the image embedding around it, ``window_tokens`` on a side (drawn
     per image, grown to hold the largest object, whole grid when larger); the decoder and its
-    IoU head then learn to work without the tokens beyond the window.
+    IoU head then learn to work without the tokens beyond the window. ``small_object_bias``
+    favours small objects when an image has more than ``objects_per_image``
+    (:func:`~napari_sam.training.data.prepare_example`).
     """
 
     steps: int = 1000
@@ -90,68 +91,12 @@ class TrainConfig:
     window_fraction: float = 0.0
     window_tokens: tuple[int, int] = (16, 32)
     min_object_pixels: int = 4
+    small_object_bias: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
     extra: dict = field(default_factory=dict)
-
-
-# -- data --------------------------------------------------------------------------------------
-
-
-def prepare_example(
-    image: np.ndarray,
-    labels: np.ndarray,
-    img_size: int,
-    min_object_pixels: int = 4,
-    max_objects: int | None = None,
-    rng: np.random.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring a 2D image and its instance labels into the model-input frame.
-
-    Parameters
-    ----------
-    image : numpy.ndarray, shape (H, W) or (H, W, 3)
-    labels : numpy.ndarray, shape (H, W), int
-        0 background, other values instances.
-    img_size : int
-        The model's input side ``S``.
-    min_object_pixels : int
-        Instances with fewer pixels after resizing are dropped.
-    max_objects : int, optional
-        Keep at most this many instances, drawn with ``rng`` (in label order). Only the kept
-        instances' masks are made: a crowded crop of thousands of objects costs no more memory
-        than the few the step trains on.
-    rng : numpy.random.Generator, optional
-        Required with ``max_objects``.
-
-    Returns
-    -------
-    pixels : torch.Tensor, shape (3, h, w), float32 in [0, 255]
-        The image resized so that its longest side is ``S`` (not yet normalised or padded).
-    masks : torch.Tensor, shape (M, S, S), bool
-        One mask per kept instance, padded.
-    """
-    if image.shape[:2] != labels.shape:
-        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape")
-    geometry = ResizeGeometry(labels.shape, img_size)
-    rgb = torch.from_numpy(to_rgb_uint8_range(image)).permute(2, 0, 1)[None]
-    pixels = F.interpolate(rgb, size=geometry.input_size, mode="bilinear",
-                           align_corners=False, antialias=True)[0]
-    lab = torch.from_numpy(labels.astype(np.int64))[None, None].float()
-    lab = F.interpolate(lab, size=geometry.input_size, mode="nearest")[0, 0].long()
-    ids, counts = torch.unique(lab, return_counts=True)
-    ids = ids[(ids != 0) & (counts >= min_object_pixels)]
-    if max_objects is not None and len(ids) > max_objects:
-        if rng is None:
-            raise ValueError("prepare_example: max_objects needs rng")
-        ids = ids[torch.from_numpy(np.sort(rng.choice(len(ids), max_objects, replace=False)))]
-    h, w = geometry.input_size
-    masks = torch.zeros((len(ids), img_size, img_size), dtype=torch.bool)
-    for i, value in enumerate(ids):
-        masks[i, :h, :w] = lab == value
-    return pixels, masks
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -460,7 +405,8 @@ def train(
     while step < config.steps:
         image, labels = next(examples)
         pixels, masks = prepare_example(image, labels, model.img_size, config.min_object_pixels,
-                                        config.objects_per_image, rng)
+                                        config.objects_per_image, rng,
+                                        config.small_object_bias)
         if len(masks) == 0:
             continue
         for group in optimizer.param_groups:
