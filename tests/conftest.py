@@ -29,6 +29,15 @@ def have_screen() -> bool:
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker is one process of several on the machine: one torch
+    thread each, so that the workers do not fight over the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def pytest_report_header(config):
     return None if have_screen() else f"viewer tests skipped: {NO_SCREEN}"
 
@@ -47,21 +56,37 @@ def pytest_collection_finish(session):
     """Start the fresh-interpreter checks of the selected tests now, so that they run alongside
     the other tests: a test module opts in with ``start_in_background(names)`` (called once with
     its selected tests' names; its tests wait for the results) and ``stop()`` (session end).
+    Under pytest-xdist a worker collects every test but runs only those it is sent, so it starts
+    a module's checks when it reaches that module instead (:func:`pytest_runtest_setup`).
     Then freeze the objects that exist after collection (see below)."""
     selected: dict = {}
     for item in session.items:
         module = getattr(item, "module", None)
         if hasattr(module, "start_in_background") and not item.get_closest_marker("skip"):
             selected.setdefault(module, []).append(item.originalname)
-    for module, names in selected.items():
-        if session.config.option.collectonly:
-            break
-        module.start_in_background(names)
-        _BACKGROUND.append(module)
+    if not session.config.option.collectonly:
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            _LATER.update(selected)
+        else:
+            for module, names in selected.items():
+                _start(module, names)
     # Everything imported so far (torch, napari, the test modules) lives until the end: keep it
     # out of the garbage collector's full passes, which napari's viewer fixture runs after each
     # viewer test (each pass traversed all of it: ~40% of those tests' time).
     gc.freeze()
+
+
+def _start(module, names) -> None:
+    module.start_in_background(names)
+    _BACKGROUND.append(module)
+
+
+def pytest_runtest_setup(item):
+    """Under pytest-xdist: start a module's background checks at the first of its tests that
+    this worker runs."""
+    names = _LATER.pop(getattr(item, "module", None), None)
+    if names is not None:
+        _start(item.module, names)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -80,6 +105,8 @@ def pytest_sessionfinish(session):
 
 
 _BACKGROUND: list = []
+#: Modules whose background checks start with their first test here (pytest-xdist workers).
+_LATER: dict = {}
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ render with ``QT_QPA_PLATFORM=offscreen``).
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -25,7 +26,10 @@ _BACKGROUND: list = []
 
 def pytest_collection_finish(session):
     # The import-order check runs in a subprocess of its own: start it now (after deselection),
-    # so that it runs alongside the other tests.
+    # so that it runs alongside the other tests (a pytest-xdist worker, which runs only some of
+    # the tests it collects, starts it with the test: _BackgroundScript.finish starts it then).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     for item in session.items:
         if item.name == "test_viewer_first_then_plugin" and not item.get_closest_marker("skip"):
             item.module.start()
