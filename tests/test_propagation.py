@@ -67,6 +67,30 @@ def test_stops_when_the_object_ends(scene):
     assert _iou(pred, labels == 2) > 0.6
 
 
+def test_stability_test_stops_a_front_only_when_it_is_on(scene, monkeypatch):
+    """The stability score is computed, for the kept mask only, when ``min_stability`` is on,
+    and a score below it stops the front on its first new slice."""
+    import napari_sam.workflows.propagation as prop
+
+    model, _, _, embed, _ = scene
+    shapes = []
+
+    def low_stability(logits, offset):
+        shapes.append(tuple(logits.shape))
+        return torch.tensor(0.3)
+
+    monkeypatch.setattr(prop, "stability_scores", low_stability)
+    seeds = [Seed(2, 5, points=_point(2))]
+    free = propagate(model, embed, N, seeds)  # min_stability 0: off, never computed
+    assert not shapes and len(free.slices(2)) > 3
+    stopped = propagate(model, embed, N, seeds, params=PropagationParams(min_stability=0.5))
+    assert stopped.slices(2) == [5]
+    assert set(stopped.stopped[2].values()) == {"stability"}
+    assert shapes and all(len(s) == 2 for s in shapes)  # one (h, w) mask per call
+    kept = propagate(model, embed, N, seeds, params=PropagationParams(min_stability=0.2))
+    assert kept.slices(2) == free.slices(2)
+
+
 def test_two_objects_propagate_together_in_one_batch(scene, monkeypatch):
     model, image, labels, embed, calls = scene
     import napari_sam.workflows.propagation as propagation

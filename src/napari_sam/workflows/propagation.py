@@ -557,9 +557,7 @@ def _advance(predictor, emb, fronts: list[_Front], i: int, params: PropagationPa
             None if boxes is None else boxes[part], None if masks_in is None else masks_in[part],
             multimask, centres, window, min(params.min_score, 0.5), params.min_score,
         ))
-    low_res = torch.cat([lr for lr, _ in chunks])
-    iou = torch.cat([q for _, q in chunks])
-    stab = stability_scores(low_res, params.stability_offset)
+    low_res, iou = (torch.cat(outs) for outs in zip(*chunks, strict=True))
     image = None
     for b, f in enumerate(fronts):
         if b % DECODE_CHUNK == 0:  # whole-slice masks of a few fronts at a time (memory)
@@ -577,7 +575,9 @@ def _advance(predictor, emb, fronts: list[_Front], i: int, params: PropagationPa
         if params.max_shift is not None and f.trough < f.peak:  # past its largest section
             mask = _near(mask, f.mask, params.max_shift)
         score = float(iou[b, k])
-        reason = _stop_reason(mask, f, score, float(stab[b, k]), params)
+        # only where its test is on: over all candidates it was ~1/6 of a slice's decoding
+        stab = stability_scores(low_res[b, k], params.stability_offset) if params.min_stability else 1
+        reason = _stop_reason(mask, f, score, float(stab), params)
         if not reason and slice_image is not None and not f.bounded and params.min_contrast > 0:
             if f.contrast0 is None:
                 f.contrast0 = _contrast(_gray(slice_image(f.index)), f.mask)
