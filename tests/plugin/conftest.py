@@ -27,7 +27,7 @@ _BACKGROUND: list = []
 def pytest_collection_finish(session):
     # The import-order check runs in a subprocess of its own: start it now (after deselection),
     # so that it runs alongside the other tests (a pytest-xdist worker, which runs only some of
-    # the tests it collects, starts it with the test: _BackgroundScript.finish starts it then).
+    # the tests it collects, leaves it to the test: BackgroundScript.finish starts it then).
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     for item in session.items:
