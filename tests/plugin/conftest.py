@@ -7,7 +7,6 @@ render with ``QT_QPA_PLATFORM=offscreen``).
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -19,27 +18,6 @@ pytest.importorskip("pytestqt")
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "napari-sam-nd"
-
-
-_BACKGROUND: list = []
-
-
-def pytest_collection_finish(session):
-    # The import-order check runs in a subprocess of its own: start it now (after deselection),
-    # so that it runs alongside the other tests (a pytest-xdist worker, which runs only some of
-    # the tests it collects, leaves it to the test: BackgroundScript.finish starts it then).
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    for item in session.items:
-        if item.name == "test_viewer_first_then_plugin" and not item.get_closest_marker("skip"):
-            item.module.start()
-            _BACKGROUND.append(item.module)
-            break
-
-
-def pytest_sessionfinish(session):
-    for module in _BACKGROUND:
-        module.stop()
 
 
 @pytest.fixture(scope="session")

@@ -79,8 +79,9 @@ _HAS_DISPLAY = not sys.platform.startswith("linux") or bool(os.environ.get("DISP
 _CHECK = BackgroundScript(SCRIPT)
 
 
-def start() -> None:
-    """Start the subprocess (conftest does it at collection time, so it overlaps other tests)."""
+def start_in_background(selected: list[str]) -> None:
+    """Start the subprocess (tests/conftest.py does it when collection ends, so that it overlaps
+    the other tests)."""
     if _HAS_DISPLAY:
         _CHECK.start()
 
