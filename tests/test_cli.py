@@ -150,12 +150,16 @@ def test_evaluate_writes_the_documented_json(tmp_path, cli_model, capsys):
                      "--clicks", "3", "--json", str(out)])
     assert code == 0
     res = json.loads(out.read_text())
-    assert len(res["miou"]) == 3 and len(res["miou_oracle"]) == 3
+    assert len(res["miou"]) == 3 and len(res["miou_oracle"]) == 1  # the first prompt's
     assert res["n_objects"] == len(res["per_object"]) > 0
     assert res["protocol"]["prompt"] == "point" and res["protocol"]["clicks"] == 3
     assert res["protocol"]["zoom"] == "auto"
     assert all(0.0 <= v <= 1.0 for v in res["miou"])
     assert "mIoU per click" in capsys.readouterr().out
+    # the oracle after every click too
+    assert cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                     "--clicks", "2", "--oracle", "every", "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())["miou_oracle"]) == 2
     # a fixed magnification, or none
     for zoom, recorded in (("2", 2.0), ("off", 1.0)):
         assert cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),

@@ -214,16 +214,20 @@ def test_mask_iou():
 # -- one object ----------------------------------------------------------------------------
 
 
-def test_evaluate_object_selects_by_predicted_iou_and_reports_the_oracle():
+@pytest.mark.parametrize("oracle", ["first", "every"])
+def test_evaluate_object_selects_by_predicted_iou_and_reports_the_oracle(oracle):
     gt = np.zeros((32, 32), bool)
     gt[10:20, 12:24] = True
     fake = ScriptedPredictorForTests(gt)
-    result = evaluate_object(fake, gt, "point", clicks=3)
+    result = evaluate_object(fake, gt, "point", clicks=3, oracle=oracle)
     # click 1: the wrong mask has the highest predicted IoU; the oracle finds the right one
     assert result.iou[0] == 0.0 and result.iou_oracle[0] == 1.0
     # click 2 corrects it (single output = ground truth); then nothing is left to correct
     assert result.iou == [0.0, 1.0, 1.0]
-    assert result.iou_oracle == [1.0, 1.0, 1.0]
+    assert result.iou_oracle == ([1.0] if oracle == "first" else [1.0, 1.0, 1.0])
+    # the candidates are decoded after the first click only for an oracle at every click
+    assert [c["multimask"] for c in fake.calls] == (
+        [True, False] if oracle == "first" else [True, True, False])
     assert result.point_labels == [1, 1]
     assert result.points[0] == farthest_point(gt)
     first, second_single = fake.calls[0], fake.calls[-1]
@@ -273,17 +277,18 @@ def test_evaluate_image_result_format(predictor, nuclei_2d, prompt):
     assert set(result) == {"miou", "miou_oracle", "per_object", "n_objects", "protocol", "model"}
     n = result["n_objects"]
     assert n == len(ground_truth_objects(labels)) == len(result["per_object"]) > 0
-    assert len(result["miou"]) == len(result["miou_oracle"]) == 3
+    assert len(result["miou"]) == 3 and len(result["miou_oracle"]) == 1  # the first prompt's
     assert result["model"] == "tiny"
     assert result["protocol"]["prompt"] == prompt and result["protocol"]["clicks"] == 3
     assert result["protocol"]["next_click"] == "center_of_larger_error_region"
     assert result["protocol"]["selection"] == "highest_predicted_iou"
     for obj in result["per_object"]:
         assert set(obj) == {"id", "slice", "iou", "iou_oracle"}
-        assert obj["slice"] is None and len(obj["iou"]) == 3
+        assert obj["slice"] is None and len(obj["iou"]) == 3 and len(obj["iou_oracle"]) == 1
         assert all(0.0 <= v <= 1.0 for v in obj["iou"] + obj["iou_oracle"])
-        assert all(o >= s for o, s in zip(obj["iou_oracle"], obj["iou"]))
-    assert all(o >= s for o, s in zip(result["miou_oracle"], result["miou"]))
+        assert obj["iou_oracle"][0] >= obj["iou"][0]
+    assert result["miou_oracle"][0] >= result["miou"][0]
+    assert result["protocol"]["oracle"] == "best_true_iou_of_candidates_first_prompt"
     assert calls[-1] == (n, n)
     json.loads(json.dumps(result))
     # deterministic
@@ -306,15 +311,20 @@ def test_a_perfect_predictor_scores_exactly_one(prompt):
     result = evaluate_image(GroundTruthPredictorForTests(labels), image, labels,
                             prompt=prompt, clicks=3)
     assert result["miou"] == [1.0, 1.0, 1.0]
-    assert result["miou_oracle"] == [1.0, 1.0, 1.0]
+    assert result["miou_oracle"] == [1.0]
     assert result["n_objects"] == 3
+    every = evaluate_image(GroundTruthPredictorForTests(labels), image, labels,
+                           prompt=prompt, clicks=3, oracle="every")
+    assert every["miou_oracle"] == [1.0, 1.0, 1.0]
 
 
 def test_an_empty_predictor_scores_zero():
     labels = _three_disks()
     image = (labels > 0).astype(np.float32)
     result = evaluate_image(EmptyMaskPredictorForTests(), image, labels, clicks=2)
-    assert result["miou"] == [0.0, 0.0] and result["miou_oracle"] == [0.0, 0.0]
+    assert result["miou"] == [0.0, 0.0] and result["miou_oracle"] == [0.0]
+    with pytest.raises(ValueError, match="oracle"):
+        evaluate_image(EmptyMaskPredictorForTests(), image, labels, oracle="last")
 
 
 def test_objects_are_connected_components_per_label():
@@ -412,7 +422,9 @@ def test_batched_evaluation_matches_object_by_object(predictor, nuclei_12, promp
     image, labels = nuclei_12
     make = (lambda: predictor) if zoom is None else (
         lambda: ZoomPredictor(predictor.model, zoom=zoom))
-    kw = {"prompt": prompt, "clicks": 3, "model_name": "tiny"}
+    # one oracle setting per zoom: both are compared below
+    kw = {"prompt": prompt, "clicks": 3, "model_name": "tiny",
+          "oracle": "every" if zoom is None else "first"}
     old = evaluate_image(make(), image, labels, batched=False, **kw)
     new = evaluate_image(make(), image, labels, batched=True, **kw)
     assert old["n_objects"] == new["n_objects"] > 3
@@ -423,6 +435,22 @@ def test_batched_evaluation_matches_object_by_object(predictor, nuclei_12, promp
         np.testing.assert_allclose(_per_object(new, key), _per_object(old, key), atol=0.01)
     assert (_per_object(new) == _per_object(old)).all(axis=1).mean() >= 0.75
     assert new["protocol"] == old["protocol"]
+
+
+@pytest.mark.parametrize("prompt", ["point", "box"])
+def test_the_oracle_setting_changes_only_the_oracle(predictor, nuclei_12, prompt):
+    from napari_sam.engine.zoom import ZoomPredictor
+
+    image, labels = nuclei_12
+    first, every = (evaluate_image(ZoomPredictor(predictor.model, zoom=2), image, labels,
+                                   prompt=prompt, clicks=3, oracle=oracle)
+                    for oracle in ("first", "every"))
+    # the same clicks and kept masks; the first prompt's oracle alone, or one per click
+    np.testing.assert_array_equal(_per_object(first), _per_object(every))
+    np.testing.assert_array_equal(_per_object(first, "iou_oracle"),
+                                  _per_object(every, "iou_oracle")[:, :1])
+    assert len(every["miou_oracle"]) == 3 and (
+        _per_object(every, "iou_oracle") >= _per_object(every)).all()
 
 
 def test_batched_rounds_cover_every_object_in_order(predictor, nuclei_12):
@@ -463,19 +491,20 @@ def test_a_perfect_decoder_stops_clicking_in_a_batch():
     masks = [labels == i for i in (1, 2, 3)]
     calls = []
 
-    def decode(points, point_labels, boxes, mask_input, origins, single_output):
-        calls.append(len(points))
+    def decode(points, point_labels, boxes, mask_input, origins, single_output, candidates):
+        calls.append((len(points), single_output, candidates))
         out = []
         for pts in points:  # exact for objects 1 and 3; object 2 misses its last row
             m = labels == labels[int(pts[0][0]), int(pts[0][1])]
             if labels[int(pts[0][0]), int(pts[0][1])] == 2:
                 m = m & (np.arange(m.shape[0]) < np.flatnonzero(m.any(axis=1))[-1])[:, None]
-            out.append(np.repeat(m[None], 4 if single_output else 3, 0))
+            out.append(np.repeat(m[None], 1 if not candidates else 4 if single_output else 3, 0))
         k = out[0].shape[0]
         return (np.stack(out), np.ones((len(out), k), np.float32),
                 np.zeros((len(out), k, 16, 16), np.float32), np.zeros((len(out), 2), int))
 
     results = evaluate_objects(decode, masks, "point", clicks=3)
-    assert calls == [3, 1, 1]
+    # the first point: the candidates alone; then the single output alone (no oracle)
+    assert calls == [(3, False, True), (1, True, False), (1, True, False)]
     assert results[0].iou == [1.0, 1.0, 1.0] and results[2].iou == [1.0, 1.0, 1.0]
     assert results[1].iou[0] < 1.0 and len(results[1].points) == 3

@@ -126,5 +126,15 @@ def test_every_output_of_several_objects_at_once(model):
     again = zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1], origins,
                                         single_output=False)
     assert again[0].shape == (3, 3, 128, 128) and (again[3] == origins).all()
+    # the single output alone: the same mask, no candidates upsampled
+    alone = zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1], origins,
+                                        candidates=False)
+    both = zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1], origins)
+    assert alone[0].shape == (3, 1, 128, 128) and alone[1].shape == (3, 1)
+    np.testing.assert_array_equal(alone[0], both[0][:, :1])
+    np.testing.assert_allclose(alone[2], both[2][:, :1], atol=1e-5)
+    with pytest.raises(ValueError, match="no output"):
+        zoomed.predict_every_output(centres, np.ones((3, 1)), None, single_output=False,
+                                    candidates=False)
     with pytest.raises(ValueError, match="origins"):
         zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1])

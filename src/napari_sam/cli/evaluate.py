@@ -23,8 +23,8 @@ def register(sub) -> None:
         help="score a model with the paper's interactive protocol against ground-truth labels",
         description=(
             "First click at the point of each object farthest from its boundary (or the object's "
-            "box); the multimask output with the highest predicted IoU is kept (the oracle is "
-            "reported too); each further click at the centre of the larger error region, with "
+            "box); the multimask output with the highest predicted IoU is kept (the oracle, the "
+            "best of the candidates, is reported too); each further click at the centre of the larger error region, with "
             "all clicks so far and the previous logits as prompts. --model classical scores the "
             "classical baseline (threshold + watershed, 1 click) in the same format."
         ),
@@ -40,6 +40,9 @@ def register(sub) -> None:
                     help="decode small objects in magnified crops: 'auto' (from the objects' "
                          "size per slice), 'off', or a magnification >= 1 (default: auto for "
                          "clicks and boxes, off for --propagate)")
+    ev.add_argument("--oracle", choices=["first", "every"], default="first",
+                    help="score the oracle (best true IoU of the candidates) for the first "
+                         "prompt only, as the paper does, or after every click (slower)")
     ev.add_argument("--raw-masks", action="store_true",
                     help="score the model's masks as decoded; by default each is cut to what "
                          "the prompt asked for (the box, the clicked pieces), as in the viewer")
@@ -145,7 +148,7 @@ def _evaluate_interactive(args, image, labels, zoom: float | str) -> dict[str, A
     result = evaluate_image(
         ZoomPredictor(model, zoom=zoom), image, labels, prompt=args.prompt,
         clicks=args.clicks, axis=args.axis, model_name=str(args.checkpoint or args.model),
-        raw=args.raw_masks,
+        raw=args.raw_masks, oracle=args.oracle,
     )
     result["protocol"]["zoom"] = zoom
     return result

@@ -32,6 +32,7 @@ def predict_every_output(
     boxes: npt.ArrayLike | None,
     mask_input: npt.ArrayLike | None,
     single_output: bool = True,
+    candidates: bool = True,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Decode ``B`` objects on the predictor's current slice, with every output at once.
 
@@ -49,22 +50,30 @@ def predict_every_output(
         Low-resolution logits of an earlier decoding of each object.
     single_output : bool
         Also return the single-output mask (first); else only the ``K`` candidates.
+    candidates : bool
+        Return the ``K`` candidates; False (with ``single_output``) returns only the
+        single-output mask, and skips upsampling and refining the candidates (the decoder pass
+        is the same).
 
     Returns
     -------
-    masks : numpy.ndarray, shape (B, K + 1, H, W) or (B, K, H, W), bool
-        The single-output mask (index 0, with ``single_output``), then the ``K`` candidates, as
-        :meth:`SamPredictor.predict` returns them with ``multimask=False`` and ``True``.
-    scores : numpy.ndarray, shape (B, K + 1) or (B, K), float32
+    masks : numpy.ndarray, shape (B, M, H, W), bool
+        The single-output mask (index 0, with ``single_output``), then the ``K`` candidates
+        (with ``candidates``), as :meth:`SamPredictor.predict` returns them with
+        ``multimask=False`` and ``True``: ``M`` is ``K + 1``, ``K`` or 1.
+    scores : numpy.ndarray, shape (B, M), float32
         Predicted IoU of each mask.
-    low_res_logits : numpy.ndarray, shape (B, K + 1, 4h, 4w) or (B, K, 4h, 4w), float32
+    low_res_logits : numpy.ndarray, shape (B, M, 4h, 4w), float32
 
     Raises
     ------
     ValueError
-        For prompts :meth:`SamPredictor.predict` rejects, or a model whose decoder does not
-        give all its outputs (``predict_masks``).
+        For prompts :meth:`SamPredictor.predict` rejects, for no output asked for (neither
+        ``single_output`` nor ``candidates``), or a model whose decoder does not give all its
+        outputs (``predict_masks``).
     """
+    if not (single_output or candidates):
+        raise ValueError("no output asked for: single_output and candidates are both False")
     decoder = predictor.model.mask_decoder
     if not hasattr(decoder, "predict_masks"):
         raise ValueError(f"{type(decoder).__name__} does not give every output (predict_masks)")
@@ -74,7 +83,8 @@ def predict_every_output(
     result: tuple[np.ndarray, ...] = ()
     for i in range(0, n, DECODE_OBJECTS):
         part = _decode(predictor, *(None if x is None else np.asarray(x)[i:i + DECODE_OBJECTS]
-                                    for x in (points, labels, boxes, mask_input)), single_output)
+                                    for x in (points, labels, boxes, mask_input)),
+                       single_output, candidates)
         if not result:
             result = tuple(np.empty((n, *p.shape[1:]), dtype=p.dtype) for p in part)
         if len(part[0]) != min(DECODE_OBJECTS, n - i):
@@ -86,7 +96,7 @@ def predict_every_output(
     return masks, scores, logits
 
 
-def _decode(predictor, points, labels, boxes, mask_input, single_output):
+def _decode(predictor, points, labels, boxes, mask_input, single_output, candidates):
     """:func:`predict_every_output` of one decoder call."""
     with predictor._lock:
         predictor._check_thread()
@@ -106,6 +116,8 @@ def _decode(predictor, points, labels, boxes, mask_input, single_output):
                 emb.features, predictor._get_dense_pe(), sparse, dense, **extra)
             if not single_output:
                 low_res, iou = low_res[:, 1:], iou[:, 1:]
+            elif not candidates:
+                low_res, iou = low_res[:, :1], iou[:, :1]
             full_masks = getattr(predictor, "full_masks", None)
             if full_masks is not None:
                 masks = full_masks(low_res, geometry)

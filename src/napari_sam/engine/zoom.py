@@ -320,6 +320,7 @@ class ZoomPredictor:
         mask_input: npt.ArrayLike | None = None,
         origins: npt.ArrayLike | None = None,
         single_output: bool = True,
+        candidates: bool = True,
     ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float32], npt.NDArray[np.float32],
                npt.NDArray[np.int64]]:
         """Decode ``B`` objects at once with every output of the decoder (batched
@@ -341,13 +342,16 @@ class ZoomPredictor:
             ``mask_input``. By default each object's crop is chosen from its prompts.
         single_output : bool
             Return the single-output mask before the candidates.
+        candidates : bool
+            Return the ``K`` candidates (False: only the single-output mask).
 
         Returns
         -------
-        masks : numpy.ndarray, shape (B, K + 1, H, W) or (B, K, H, W), bool
-            In slice coordinates; index 0 the single-output mask with ``single_output``.
-        scores : numpy.ndarray, shape (B, K + 1) or (B, K)
-        low_res_logits : numpy.ndarray, shape (B, K + 1, 4h, 4w) or (B, K, 4h, 4w)
+        masks : numpy.ndarray, shape (B, M, H, W), bool
+            In slice coordinates; index 0 the single-output mask with ``single_output``; ``M``
+            is ``K + 1``, ``K`` or 1 (see :func:`~napari_sam.engine.every_output.predict_every_output`).
+        scores : numpy.ndarray, shape (B, M)
+        low_res_logits : numpy.ndarray, shape (B, M, 4h, 4w)
             In the frame of each object's crop.
         origins : numpy.ndarray of int, shape (B, 2)
             ``(row0, col0)`` of each object's crop (zeros without zoom).
@@ -364,7 +368,7 @@ class ZoomPredictor:
         self._last = None  # batched logits are not a single predict()'s
         if self.crop_shape == (h, w):  # no zoom: the whole slice
             masks, scores, logits = predict_every_output(self._predictor, pts, labels, bxs,
-                                                         mask_input, single_output)
+                                                         mask_input, single_output, candidates)
             return masks, scores, logits, np.zeros((len(masks), 2), dtype=np.int64)
         n = len(pts) if pts is not None and pts.size else len(bxs)
         if origins is None:
@@ -389,7 +393,7 @@ class ZoomPredictor:
                 None if labels is None else np.asarray(labels)[idx],
                 None if bxs is None else bxs[idx] - [r0, c0, r0, c0],
                 None if mask_input is None else np.asarray(mask_input)[idx],
-                single_output,
+                single_output, candidates,
             )
             if masks is None:
                 masks = np.zeros((n, m.shape[1], h, w), dtype=bool)

@@ -2,9 +2,10 @@
 
 :func:`evaluate_objects` runs the protocol of :func:`napari_sam.evaluation.interactive.evaluate_object`
 round by round: every object's first prompt in one batched decoding, then every object's second
-click, and so on. Each round decodes once per object for both the kept mask and the oracle's
-candidates (:func:`napari_sam.engine.every_output.predict_every_output`), where the
-object-by-object path calls ``predict`` twice. The clicks and scores are the object-by-object
+click, and so on. Each round decodes once per object for both the kept mask and, where the
+oracle is scored, the candidates (:func:`napari_sam.engine.every_output.predict_every_output`),
+where the object-by-object path calls ``predict`` twice; rounds without the oracle upsample and
+refine the kept mask alone. The clicks and scores are the object-by-object
 path's (one :class:`~napari_sam.evaluation.clicks.ClickSession` per object); the masks are the
 same up to float rounding of batched arithmetic, which can flip a pixel at a mask's edge.
 """
@@ -32,7 +33,7 @@ MAX_OBJECTS = 64
 
 def batched_decoder(predictor: Any) -> Callable | None:
     """The batched decoding of ``predictor`` (``predict_every_output(points, labels, boxes,
-    mask_input, origins, single_output)``), or None if it has none.
+    mask_input, origins, single_output, candidates)``), or None if it has none.
 
     A :class:`~napari_sam.engine.zoom.ZoomPredictor` has one; a plain
     :class:`~napari_sam.engine.predictor.SamPredictor` gets one from
@@ -50,8 +51,9 @@ def batched_decoder(predictor: Any) -> Callable | None:
         return None
     from ..engine.every_output import predict_every_output
 
-    def decode(points, labels, boxes, mask_input, origins, single_output):
-        out = predict_every_output(predictor, points, labels, boxes, mask_input, single_output)
+    def decode(points, labels, boxes, mask_input, origins, single_output, candidates=True):
+        out = predict_every_output(predictor, points, labels, boxes, mask_input, single_output,
+                                   candidates)
         return (*out, np.zeros((len(out[0]), 2), dtype=np.int64))
 
     return decode
@@ -70,6 +72,7 @@ def evaluate_objects(
     raw: bool = False,
     batch_size: int | None = None,
     progress: Callable[[], None] | None = None,
+    oracle: str = "first",
 ) -> list[ObjectEvaluation]:
     """Run the click protocol on objects of the slice currently set, a batch at a time.
 
@@ -79,7 +82,7 @@ def evaluate_objects(
         :func:`batched_decoder` of the predictor that holds the slice.
     gt_masks : iterable of array-like, shape (H, W)
         The objects' ground truths (non-empty), consumed a batch at a time.
-    prompt, clicks, raw
+    prompt, clicks, raw, oracle
         As in :func:`~napari_sam.evaluation.interactive.evaluate_object`.
     batch_size : int, optional
         Objects decoded together (default :func:`objects_per_round` of the slice).
@@ -91,7 +94,7 @@ def evaluate_objects(
     list of ObjectEvaluation
         In the order of ``gt_masks``.
     """
-    check_protocol(prompt, clicks)
+    check_protocol(prompt, clicks, oracle)
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     masks = iter(gt_masks)
@@ -102,7 +105,7 @@ def evaluate_objects(
             return results
         first = np.asarray(first)
         size = batch_size or objects_per_round(first.shape[:2])
-        sessions = [ClickSession(m, prompt, clicks, raw)
+        sessions = [ClickSession(m, prompt, clicks, raw, oracle)
                     for m in (first, *islice(masks, size - 1))]
         _run_rounds(decode, sessions)
         for session in sessions:
@@ -128,12 +131,15 @@ def _run_rounds(decode: Callable, sessions: list[ClickSession]) -> None:
         later = prompts[0][3] is not None
         mask_input = np.stack([p[3] for p in prompts]) if later else None
         ambiguous = sessions[active[0]].ambiguous
+        candidates = sessions[active[0]].wants_candidates
         masks, scores, logits, where = decode(pts, labs, boxes, mask_input,
                                               origins[active] if later else None,
-                                              not ambiguous)
+                                              not ambiguous, candidates)
         for j, i in enumerate(active):
             if ambiguous:
                 sessions[i].record(masks[j], scores[j], logits[j])
+            elif not candidates:  # the single output alone (no oracle after the first prompt)
+                sessions[i].record([], [], [], masks[j, 0], logits[j, 0])
             else:
                 sessions[i].record(masks[j, 1:], scores[j, 1:], logits[j, 1:],
                                    masks[j, 0], logits[j, 0])

@@ -18,9 +18,13 @@ import numpy.typing as npt
 from ..engine.masks import bounding_box, deepest_point, farthest_point
 from ..engine.postprocess import keep_prompted_pieces
 
-__all__ = ["ClickSession", "ObjectEvaluation", "check_protocol", "next_click"]
+__all__ = ["ORACLES", "ClickSession", "ObjectEvaluation", "check_protocol", "next_click"]
 
 PROMPTS = ("point", "box")
+#: When the oracle is scored: at the first prompt only (SAM's "oracle", the best of the three
+#: candidates of an ambiguous prompt; later clicks keep the single output and need no
+#: candidates), or after every click.
+ORACLES = ("first", "every")
 
 
 def as_2d_bool(mask: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
@@ -30,10 +34,13 @@ def as_2d_bool(mask: npt.ArrayLike, name: str) -> npt.NDArray[np.bool_]:
     return m.astype(bool, copy=False)
 
 
-def check_protocol(prompt: str, clicks: int) -> None:
-    """Raise :class:`ValueError` for an unknown prompt or a click count that is not >= 1."""
+def check_protocol(prompt: str, clicks: int, oracle: str = "first") -> None:
+    """Raise :class:`ValueError` for an unknown prompt or oracle, or a click count that is not
+    >= 1."""
     if prompt not in PROMPTS:
         raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    if oracle not in ORACLES:
+        raise ValueError(f"oracle must be one of {ORACLES}, got {oracle!r}")
     if isinstance(clicks, bool) or not isinstance(clicks, (int, np.integer)) or clicks < 1:
         raise ValueError(f"clicks must be a positive integer, got {clicks!r}")
 
@@ -102,9 +109,10 @@ class ObjectEvaluation:
         IoU after each click (index 0 = first prompt) of the mask the protocol keeps: the
         candidate with the highest predicted IoU for a single point, the single output otherwise.
     iou_oracle : list of float
-        Best true IoU among the masks decoded for the same prompts at each click (the three
-        candidates and the kept mask), so ``iou_oracle[k] >= iou[k]``. For one point this is SAM's
-        "oracle" (best of three).
+        Best true IoU among the masks decoded for the same prompts (the three candidates and the
+        kept mask), so ``iou_oracle[k] >= iou[k]``: for the first prompt only (one entry, the
+        default) or after each click (``oracle="every"``). For one point this is SAM's "oracle"
+        (best of three).
     points : list of (int, int)
         The clicks placed, ``(row, col)``, the first one included in point mode.
     point_labels : list of int
@@ -135,10 +143,13 @@ class ClickSession:
     clicks : int
     raw : bool
         Score masks as decoded instead of cut to the prompted pieces.
+    oracle : {"first", "every"}
+        Score the oracle at the first prompt only, or after every click (see :data:`ORACLES`).
     """
 
-    def __init__(self, gt_mask: npt.ArrayLike, prompt: str, clicks: int, raw: bool) -> None:
-        check_protocol(prompt, clicks)
+    def __init__(self, gt_mask: npt.ArrayLike, prompt: str, clicks: int, raw: bool,
+                 oracle: str = "first") -> None:
+        check_protocol(prompt, clicks, oracle)
         self.gt = as_2d_bool(gt_mask, "gt_mask")
         self.gt_area = int(np.count_nonzero(self.gt))
         if self.gt_area == 0:
@@ -147,6 +158,7 @@ class ClickSession:
         self._gt_window = (slice(gr0, gr1 + 1), slice(gc0, gc1 + 1))
         self._gt_crop = self.gt[self._gt_window]
         self.prompt, self.clicks, self.raw = prompt, int(clicks), bool(raw)
+        self.every_oracle = oracle == "every"
         self.box = (gr0, gc0, gr1, gc1) if prompt == "box" else None
         self.points: list[tuple[int, int]] = []
         self.point_labels: list[int] = []
@@ -170,6 +182,11 @@ class ClickSession:
         the single-output mask."""
         return self.first and self.prompt == "point"
 
+    @property
+    def wants_candidates(self) -> bool:
+        """Whether the next decoding needs the candidates (to keep one, or for the oracle)."""
+        return self.first or self.every_oracle
+
     def advance(self) -> None:
         """Place the next corrective click, or end the session (last click done, or the mask
         is exact: a user would stop clicking, and the remaining entries repeat its IoU)."""
@@ -182,7 +199,8 @@ class ClickSession:
         click = next_click(self.pred, self.gt)
         if click is None:
             self.ious += [self.ious[-1]] * (self.clicks - k)
-            self.oracle += [self.oracle[-1]] * (self.clicks - k)
+            if self.every_oracle:
+                self.oracle += [self.oracle[-1]] * (self.clicks - k)
             self.done = True
             return
         self.points.append(click[0])
@@ -211,7 +229,7 @@ class ClickSession:
         Parameters
         ----------
         multi : sequence of numpy.ndarray, shape (H, W), bool
-            The candidates (``K`` of them).
+            The candidates (``K`` of them); may be empty unless :attr:`wants_candidates`.
         scores : array-like, shape (K,)
             Their predicted IoU.
         multi_logits : array-like, shape (K, h, w)
@@ -219,6 +237,9 @@ class ClickSession:
             The single-output mask and its logits; required unless :attr:`ambiguous`.
         """
         pts, labs, box, _ = self.prompts()
+        oracle = self.wants_candidates
+        if oracle and not len(multi):
+            raise ValueError("the candidates are needed for this decoding")
         if not self.raw:
             multi = [keep_prompted_pieces(m, pts, labs, box) for m in multi]
         if self.ambiguous:  # a single point is ambiguous: trust SAM's IoU head
@@ -231,7 +252,8 @@ class ClickSession:
             if not self.raw:
                 pred = keep_prompted_pieces(pred, pts, labs, box)
         self.ious.append(self.iou(pred))
-        self.oracle.append(max([self.ious[-1], *(self.iou(m) for m in multi)]))
+        if oracle:
+            self.oracle.append(max([self.ious[-1], *(self.iou(m) for m in multi)]))
         self.pred, self.logits = pred, np.asarray(logits)[None]
         if len(self.ious) >= self.clicks:
             self.done = True
