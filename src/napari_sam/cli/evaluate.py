@@ -43,6 +43,9 @@ def register(sub) -> None:
     ev.add_argument("--oracle", choices=["first", "every"], default="first",
                     help="score the oracle (best true IoU of the candidates) for the first "
                          "prompt only, as the paper does, or after every click (slower)")
+    ev.add_argument("--snap", action="store_true",
+                    help="snap each mask to the objects of the model's instance decoder, as "
+                         "the viewer's 'snap to objects' does (napari_sam.workflows.snap)")
     ev.add_argument("--raw-masks", action="store_true",
                     help="score the model's masks as decoded; by default each is cut to what "
                          "the prompt asked for (the box, the clicked pieces), as in the viewer")
@@ -145,8 +148,16 @@ def _evaluate_interactive(args, image, labels, zoom: float | str) -> dict[str, A
     from ..evaluation.interactive import evaluate_image
 
     model = _common.load_model(args)
+    predictor = ZoomPredictor(model, zoom=zoom)
+    if args.snap:
+        from ..workflows.snap import SnapPredictor
+
+        try:
+            predictor = SnapPredictor(predictor)
+        except ValueError as err:
+            raise InputError(f"--snap: {err}") from None
     result = evaluate_image(
-        ZoomPredictor(model, zoom=zoom), image, labels, prompt=args.prompt,
+        predictor, image, labels, prompt=args.prompt,
         clicks=args.clicks, axis=args.axis, model_name=str(args.checkpoint or args.model),
         raw=args.raw_masks, oracle=args.oracle,
     )

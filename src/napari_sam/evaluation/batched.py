@@ -73,6 +73,7 @@ def evaluate_objects(
     batch_size: int | None = None,
     progress: Callable[[], None] | None = None,
     oracle: str = "first",
+    finish: Callable | None = None,
 ) -> list[ObjectEvaluation]:
     """Run the click protocol on objects of the slice currently set, a batch at a time.
 
@@ -82,7 +83,7 @@ def evaluate_objects(
         :func:`batched_decoder` of the predictor that holds the slice.
     gt_masks : iterable of array-like, shape (H, W)
         The objects' ground truths (non-empty), consumed a batch at a time.
-    prompt, clicks, raw, oracle
+    prompt, clicks, raw, oracle, finish
         As in :func:`~napari_sam.evaluation.interactive.evaluate_object`.
     batch_size : int, optional
         Objects decoded together (default :func:`objects_per_round` of the slice).
@@ -105,7 +106,7 @@ def evaluate_objects(
             return results
         first = np.asarray(first)
         size = batch_size or objects_per_round(first.shape[:2])
-        sessions = [ClickSession(m, prompt, clicks, raw, oracle)
+        sessions = [ClickSession(m, prompt, clicks, raw, oracle, finish)
                     for m in (first, *islice(masks, size - 1))]
         _run_rounds(decode, sessions)
         for session in sessions:

@@ -10,6 +10,7 @@ indices. numpy and scipy only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,11 +146,17 @@ class ClickSession:
         Score masks as decoded instead of cut to the prompted pieces.
     oracle : {"first", "every"}
         Score the oracle at the first prompt only, or after every click (see :data:`ORACLES`).
+    finish : callable, optional
+        What is made of a decoded mask before it is scored (unless ``raw``):
+        ``finish(mask, points, labels, box) -> mask``, the predictor's ``finish_mask`` if it has
+        one (:class:`~napari_sam.workflows.snap.SnapPredictor`); by default
+        :func:`~napari_sam.engine.postprocess.keep_prompted_pieces`.
     """
 
     def __init__(self, gt_mask: npt.ArrayLike, prompt: str, clicks: int, raw: bool,
-                 oracle: str = "first") -> None:
+                 oracle: str = "first", finish: Callable | None = None) -> None:
         check_protocol(prompt, clicks, oracle)
+        self.finish = keep_prompted_pieces if finish is None else finish
         self.gt = as_2d_bool(gt_mask, "gt_mask")
         self.gt_area = int(np.count_nonzero(self.gt))
         if self.gt_area == 0:
@@ -241,7 +248,7 @@ class ClickSession:
         if oracle and not len(multi):
             raise ValueError("the candidates are needed for this decoding")
         if not self.raw:
-            multi = [keep_prompted_pieces(m, pts, labs, box) for m in multi]
+            multi = [self.finish(m, pts, labs, box) for m in multi]
         if self.ambiguous:  # a single point is ambiguous: trust SAM's IoU head
             best = int(np.argmax(scores))
             pred, logits = multi[best], multi_logits[best]
@@ -250,7 +257,7 @@ class ClickSession:
                 raise ValueError("the single-output mask is needed after the first prompt")
             pred, logits = single, single_logits
             if not self.raw:
-                pred = keep_prompted_pieces(pred, pts, labs, box)
+                pred = self.finish(pred, pts, labs, box)
         self.ious.append(self.iou(pred))
         if oracle:
             self.oracle.append(max([self.ious[-1], *(self.iou(m) for m in multi)]))

@@ -16,7 +16,9 @@ recorded after every click:
 
 Each mask is scored as the viewer shows it: cut to the box and kept to the prompted connected
 pieces (:func:`napari_sam.engine.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
-returns); ``raw=True`` scores the model's masks unchanged.
+returns), or what the predictor's own ``finish_mask`` makes of it (a
+:class:`~napari_sam.workflows.snap.SnapPredictor` snaps it to the instance decoder's objects);
+``raw=True`` scores the model's masks unchanged.
 
 :func:`evaluate_image` decodes all objects of a slice together, one round per click, with one
 decoder pass for a click's kept mask and candidates (:mod:`napari_sam.evaluation.batched`);
@@ -108,7 +110,8 @@ def evaluate_object(
         If the mask becomes exact before the last click, no click is left to place and the
         remaining entries repeat that IoU of 1.0.
     """
-    session = ClickSession(gt_mask, prompt, clicks, raw, oracle)
+    session = ClickSession(gt_mask, prompt, clicks, raw, oracle,
+                           getattr(predictor, "finish_mask", None))
     while not session.done:
         session.advance()
         if session.done:
@@ -372,6 +375,7 @@ def evaluate_image(
 
         intensity_range = estimate_intensity_range(image)
 
+    finish = getattr(predictor, "finish_mask", None)  # what segment() makes of a mask
     per_object = []
     for index, group in groupby(objects, key=lambda o: o.slice):
         plane = _plane(image, axis, index)
@@ -392,7 +396,7 @@ def evaluate_image(
                                             oracle))
             continue
         results = evaluate_objects(decode, (obj.mask(shape) for obj in group), prompt, clicks,
-                                   raw, oracle=oracle)
+                                   raw, oracle=oracle, finish=finish)
         for obj, result in zip(group, results, strict=True):
             record(obj, result)
 
@@ -403,6 +407,7 @@ def evaluate_image(
         "next_click": NEXT_CLICK,
         "selection": SELECTION,
         "oracle": ORACLE[oracle],
-        "masks": MASKS[bool(raw)],
+        "masks": MASKS[bool(raw)] if raw or finish is None else (
+            f"{MASKS[False]}+{type(predictor).__name__}"),
     }
     return summarize(per_object, protocol, model_name)
