@@ -174,3 +174,34 @@ def test_snapping_the_default_model_on_a_real_image_it_never_saw():
     assert np.mean(snapped_iou) >= np.mean(raw_iou) and np.mean(snapped_iou) > 0.85, (
         raw_iou, snapped_iou)
     assert sum(s != r for s, r in zip(snapped_iou, raw_iou)) >= len(chosen) // 4  # it acts
+
+
+def test_the_slice_snapper_keeps_the_objects_of_its_last_slices(monkeypatch):
+    from napari_sam.workflows.snap import SliceSnapper
+
+    inst = _two_touching()
+    made = []
+
+    def fake_instances(model, image, params=None, intensity_range=None, embedding=None):
+        made.append(embedding)
+        return inst
+
+    monkeypatch.setattr(snap_module, "segment_everything", fake_instances)
+    predictor = SamPredictor(_tiny_with_decoder())
+    snapper = SliceSnapper(keep=2)
+    with pytest.raises(RuntimeError, match="set_image"):
+        snapper.instances(predictor)
+    rng = np.random.default_rng(0)
+    images = [rng.random(inst.shape).astype(np.float32) for _ in range(3)]
+    embeddings = [predictor.compute_embedding(im) for im in images]
+    mask = np.zeros(inst.shape, bool)
+    mask[11:29, 9:34] = True
+    for i in (0, 1, 0, 2, 0):  # slice 0 is kept until two others came after it
+        predictor.set_embedding(embeddings[i], images[i])
+        out = snapper.snap(predictor, mask, points=[[20, 20]], labels=[1], mask_input=None)
+        np.testing.assert_array_equal(out, inst == 1)
+    assert [next(i for i, x in enumerate(embeddings) if x is e) for e in made] == [0, 1, 2, 0]
+    with pytest.raises(ValueError, match="instance decoder"):
+        plain = SamPredictor(build_sam(tiny_config()))
+        plain.set_image(images[0])
+        SliceSnapper().snap(plain, mask)

@@ -43,3 +43,50 @@ def test_segment_everything_uses_the_instance_decoder(sam, qtbot, monkeypatch):
     ids = np.unique(auto[2][22:38, 12:28])  # the square (corners rounded by the smoothing)
     assert ids.size == 1 and ids[0] > 0 and set(np.unique(auto[2])) == {0, ids[0]}
     assert not auto[[0, 1, 3]].any()
+
+
+def test_snap_to_objects_redraws_the_preview_with_the_slice_objects(sam, qtbot, monkeypatch,
+                                                                     notes):
+    from napari_sam.modeling.instance_decoder import InstanceDecoder
+    from napari_sam.workflows import snap
+
+    image = np.zeros((4, 64, 64), np.float32)
+    image[:, 20:40, 10:30] = 1.0
+    viewer, widget, _ = sam(image)
+    model = widget.predictor.model
+    # SAM's mask: the square minus its last row and column; the instance: the square
+    square = np.zeros((64, 64), bool)
+    square[20:40, 10:30] = True
+    sam_mask = square.copy()
+    sam_mask[39, :] = sam_mask[:, 29] = False
+    monkeypatch.setattr(widget.predictor, "segment",
+                        lambda **kw: (sam_mask.copy(), 0.9, np.zeros((1, 16, 16), np.float32)))
+    made = []
+
+    def fake_instances(model_, image_, params=None, intensity_range=None, embedding=None):
+        made.append(image_.shape)
+        return square.astype(np.int32)
+
+    monkeypatch.setattr(snap, "segment_everything", fake_instances)
+    go_to(viewer, axis0=2)
+    widget.points_layer.add([2, 30, 20])
+    wait_idle(qtbot, widget, 20_000)
+    np.testing.assert_array_equal(widget.preview.masks[0], sam_mask)  # off by default
+
+    widget.snap_objects.value = True  # the tiny model has no instance decoder: said once
+    wait_idle(qtbot, widget, 20_000)
+    assert widget.session.snapper is None and any("instance decoder" in n for n in notes)
+    np.testing.assert_array_equal(widget.preview.masks[0], sam_mask)
+
+    decoder = InstanceDecoder(embed_dim=model.prompt_encoder.embed_dim, initial_features=8)
+    monkeypatch.setattr(model, "instance_decoder", decoder.eval(), raising=False)
+    widget.snap_objects.value = False
+    widget.snap_objects.value = True
+    wait_idle(qtbot, widget, 20_000)
+    qtbot.waitUntil(lambda: widget.preview is not None
+                    and (widget.preview.masks[0] == square).all(), timeout=20_000)
+    widget.points_layer.add([2, 25, 15])  # another click on the slice: its objects are kept
+    wait_idle(qtbot, widget, 20_000)
+    assert made == [(64, 64)]
+    widget.snap_objects.value = False  # off again: SAM's mask
+    qtbot.waitUntil(lambda: (widget.preview.masks[0] == sam_mask).all(), timeout=20_000)

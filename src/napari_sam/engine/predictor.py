@@ -137,9 +137,7 @@ class SamPredictor:
 
     def __init__(self, model: Sam, precision: str = "float32", refine: bool = True) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
-            )
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = model
         self.precision = precision
         self.refine = bool(refine)
@@ -327,6 +325,11 @@ class SamPredictor:
         self._pixels = None if image is None else (image, intensity_range)
         self._gray = None
         self._gray_features = {}
+
+    @property
+    def pixels(self) -> tuple[npt.ArrayLike, tuple[float, float] | None] | None:
+        """``(image, intensity_range)`` of the current slice as given, or None."""
+        return self._pixels
 
     @property
     def refines(self) -> bool:

@@ -37,7 +37,7 @@ SAM2_LIMITS = (
 )
 
 #: The SAM-only checkboxes, greyed out while a SAM 2 model is loaded.
-_SAM_ONLY_OPTIONS = ("zoom_small", "refine_masks", "disk_cache")
+_SAM_ONLY_OPTIONS = ("zoom_small", "refine_masks", "snap_objects", "disk_cache")
 
 
 def sam2_loaded(host: SamWidget) -> bool:

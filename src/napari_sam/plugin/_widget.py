@@ -135,7 +135,8 @@ class SamWidget(Container):
             (self.model_section, ("model_combo", "checkpoint_edit", "device_combo",
                                   "load_button", "model_label")),
             (self.prompts, ("target_combo", "mask_combo", "point_mode", "overwrite_checkbox",
-                            "zoom_small", "refine_masks", "commit_button", "clear_button")),
+                            "zoom_small", "refine_masks", "snap_objects", "commit_button",
+                            "clear_button")),
             (self.stack, ("axis_combo", "auto_scope", "auto_prompts", "propagate_button",
                           "auto_button", "disk_cache", "precompute_button")),
         ):
@@ -234,6 +235,7 @@ class SamWidget(Container):
         """
         self.session.set_refine(bool(self.refine_masks.value))
         self.session.set_model(model, name)
+        self.prompts.apply_snap()
         self.model_section.model_set(name, model)
 
     def load_model(self, name: str | None = None, checkpoint: str | None = None,

@@ -43,14 +43,19 @@ def _segment_each(segment, objects):
     return masks, scores
 
 
-def segment_objects(predictor, objects):
-    """Worker body: one mask per object of the slice the predictor holds.
+def segment_objects(predictor, objects, snapper=None):
+    """Worker body: one mask per object of the slice the predictor holds, snapped to the
+    slice's objects by ``snapper`` (a :class:`~napari_sam.workflows.snap.SliceSnapper`) if
+    given.
 
     Returns ``(masks, scores, error)``; a failure is returned, not raised, so the GUI thread
     reports it.
     """
     try:
-        return (*_segment_each(predictor.segment, objects), None)
+        masks, scores = _segment_each(predictor.segment, objects)
+        if snapper is not None:
+            masks = [snapper.snap(predictor, m, **obj) for m, obj in zip(masks, objects)]
+        return masks, scores, None
     except Exception as exc:
         logger.exception("decoding the prompts failed")
         return None, None, exc

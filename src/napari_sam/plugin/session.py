@@ -198,6 +198,7 @@ class SamSession:
         self.preview: Preview | None = None
         self.prefetch_slices = PREFETCH_SLICES
         self.refine = True
+        self.snapper = None  # a SliceSnapper while "snap to objects" is on
         self.job: EmbeddingJob | None = None
         self.task: TaskContext | None = None
         self.generation = 0
@@ -413,7 +414,7 @@ class SamSession:
             self._decode_again = True
             return False
         self._decoding = True
-        self.runner(segment_objects, (self.predictor, objects),
+        self.runner(segment_objects, (self.predictor, objects, self.snapper),
                     functools.partial(self._decoded, self._ticket(), on_done))
         return True
 

@@ -21,11 +21,15 @@ mask). :func:`snap_to_instances` keeps SAM's choice and the decoder's outline:
 :class:`~napari_sam.engine.zoom.ZoomPredictor`: its :meth:`~SnapPredictor.segment` snaps, the
 instances of a slice are computed once, at its first use, and everything else (``predict``,
 the embeddings) is the wrapped predictor's. The evaluation uses its :meth:`finish_mask`
-(``napari-sam evaluate --snap``). Arrays are ``(H, W)``; points ``(row, col)``.
+(``napari-sam evaluate --snap``). :class:`SliceSnapper` does the same for whatever slice a
+:class:`~napari_sam.engine.predictor.SamPredictor` holds, keeping the instances of its last
+few slices: the viewer's decoding worker snaps with it ("snap to objects"). Arrays are
+``(H, W)``; points ``(row, col)``.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +42,7 @@ from .instance_decoder import DecoderParams, has_instance_decoder, segment_every
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.predictor import SamPredictor
 
-__all__ = ["MIN_AGREEMENT", "MIN_COVER", "SnapPredictor", "snap_to_instances"]
+__all__ = ["MIN_AGREEMENT", "MIN_COVER", "SliceSnapper", "SnapPredictor", "snap_to_instances"]
 
 #: An instance belongs to the object when the mask covers at least this fraction of it.
 MIN_COVER = 0.5
@@ -192,3 +196,66 @@ class SnapPredictor:
         ``mask_input``)."""
         mask, score, logits = self.predictor.segment(points, labels, box, mask_input)
         return self.finish_mask(mask, points, labels, box), score, logits
+
+
+class SliceSnapper:
+    """Snap masks decoded on whatever slice a :class:`SamPredictor` holds.
+
+    The instances of a slice are made at its first :meth:`snap` (from the predictor's slice
+    pixels, :attr:`SamPredictor.pixels`) and kept for the last ``keep`` embeddings, so going
+    back to a slice does not make them again. Thread-safe: the viewer snaps in its decoding
+    worker.
+
+    Parameters
+    ----------
+    params : DecoderParams, optional
+    keep : int
+        Slices whose instances are kept.
+    min_cover, min_agreement : float
+        See :func:`snap_to_instances`.
+    """
+
+    def __init__(self, params: DecoderParams | None = None, keep: int = 4,
+                 min_cover: float = MIN_COVER, min_agreement: float = MIN_AGREEMENT) -> None:
+        self.params, self.keep = params, max(1, int(keep))
+        self.min_cover, self.min_agreement = float(min_cover), float(min_agreement)
+        self._maps: list[tuple[Any, np.ndarray, np.ndarray]] = []  # (embedding, labels, sizes)
+        self._lock = threading.Lock()
+
+    def instances(self, predictor: SamPredictor) -> npt.NDArray[np.int32]:
+        """The instance labels ``(H, W)`` of the predictor's current slice.
+
+        Raises
+        ------
+        ValueError
+            If the model has no instance decoder.
+        RuntimeError
+            If the predictor holds no slice, or not its pixels.
+        """
+        return self._entry(predictor)[1]
+
+    def _entry(self, predictor: SamPredictor) -> tuple[Any, np.ndarray, np.ndarray]:
+        emb, pixels = predictor.embedding, predictor.pixels
+        if emb is None or pixels is None:
+            raise RuntimeError("snapping needs the slice and its pixels: set_image() first")
+        with self._lock:
+            for entry in self._maps:
+                if entry[0] is emb:
+                    return entry
+        if not has_instance_decoder(predictor.model):
+            raise ValueError("snapping to objects needs a model with an instance decoder")
+        image, intensity_range = pixels
+        labels = segment_everything(predictor.model, np.asarray(image), params=self.params,
+                                    intensity_range=intensity_range, embedding=emb)
+        entry = (emb, labels, np.bincount(labels.ravel()))
+        with self._lock:
+            self._maps = [entry, *(e for e in self._maps if e[0] is not emb)][:self.keep]
+        return entry
+
+    def snap(self, predictor: SamPredictor, mask: npt.NDArray[np.bool_], points=None,
+             labels=None, box=None, mask_input=None) -> npt.NDArray[np.bool_]:
+        """:func:`snap_to_instances` of ``mask``, decoded on the predictor's slice for these
+        prompts (the keyword arguments of ``segment``; ``mask_input`` plays no part)."""
+        _, inst, sizes = self._entry(predictor)
+        return snap_to_instances(mask, inst, points, labels, box, self.min_cover,
+                                 self.min_agreement, sizes=sizes)
