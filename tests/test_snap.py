@@ -205,3 +205,31 @@ def test_the_slice_snapper_keeps_the_objects_of_its_last_slices(monkeypatch):
         plain = SamPredictor(build_sam(tiny_config()))
         plain.set_image(images[0])
         SliceSnapper().snap(plain, mask)
+
+
+def test_segment_snap_on_the_command_line(tmp_path, cli_model, monkeypatch, capsys):
+    from napari_sam.cli import _common
+
+    inst = _two_touching()
+    image = (inst > 0).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    out = tmp_path / "out.tif"
+    args = ["segment", str(tmp_path / "img.tif"), "--box", "10,10,29,29", "--out", str(out),
+            "--snap"]
+    assert cli.main(args) == 2  # the tiny model has no instance decoder
+    err = capsys.readouterr().err
+    assert "--snap" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert cli.main([*args, "--propagate", "0"]) == 2
+    assert "--propagate" in capsys.readouterr().err
+
+    # a model with one: SAM's mask (instance 1 without its last row) snaps to instance 1
+    monkeypatch.setattr(_common, "load_model", lambda a: _tiny_with_decoder())
+    monkeypatch.setattr(snap_module, "segment_everything", lambda *a, **k: inst)
+    sam_mask = inst == 1
+    sam_mask[29] = False
+    monkeypatch.setattr(SamPredictor, "segment", lambda self, points=None, labels=None, box=None,
+                        mask_input=None: (sam_mask.copy(), 0.9, np.zeros((1, 16, 16))))
+    assert cli.main(args) == 0
+    np.testing.assert_array_equal(tifffile.imread(out) > 0, inst == 1)
+    assert cli.main(args[:-1]) == 0  # without --snap: SAM's mask
+    np.testing.assert_array_equal(tifffile.imread(out) > 0, sam_mask)

@@ -51,6 +51,10 @@ def register(sub) -> None:
                      help="treat the last axis as RGB (default: guessed from the shape)")
     seg.add_argument("--overwrite-objects", action="store_true",
                      help="let later objects take pixels of earlier ones")
+    seg.add_argument("--snap", action="store_true",
+                     help="snap each mask to the objects of the model's instance decoder, as the "
+                          "viewer's 'snap to objects' (planes decoded whole; not with "
+                          "--propagate or --text)")
     prop = seg.add_argument_group(
         "propagation",
         "Follow each prompted object along a leading axis of a stack (z or t), in both "
@@ -77,6 +81,9 @@ def run(args) -> int:
         [("input image", args.image), ("--points file", args.points),
          ("--candidates labels", args.candidates), *_common.model_inputs(args)],
     )
+    if args.snap and (args.text is not None or args.propagate is not None):
+        raise InputError("--snap snaps point and box prompts on their planes: not with "
+                         "--propagate or --text")
     if args.text is not None:
         if args.propagate is not None:
             raise InputError("--propagate follows point and box prompts, not --text")
@@ -95,10 +102,11 @@ def run(args) -> int:
     objects, names = _prompted_objects(args, shape)
 
     model = _common.load_model(args)
+    snapper = _snapper(model) if args.snap else None
     if args.propagate is not None:
         labels = _propagate_objects(model, image, rgb, objects, names, args)
     else:
-        labels = _segment_planes(model, image, objects, rgb, args.overwrite_objects)
+        labels = _segment_planes(model, image, objects, rgb, args.overwrite_objects, snapper)
     write_labels(args.out, labels)
     n = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
     print(f"wrote {args.out}: {n} object(s), shape {labels.shape}")
@@ -111,12 +119,14 @@ class PlanePredictor:
     (:func:`~napari_sam.engine.tiling.is_large`, the viewer's rule) is
     decoded with a :class:`~napari_sam.engine.tiling.TiledPredictor` (only the tiles under the
     prompts are embedded, kept in a bounded memory cache; objects across tile borders come out
-    whole), any other plane whole."""
+    whole), any other plane whole. With a ``snapper``
+    (:class:`~napari_sam.workflows.snap.SliceSnapper`) the masks of planes decoded whole are
+    snapped to the plane's objects."""
 
-    def __init__(self, model, rgb: bool) -> None:
+    def __init__(self, model, rgb: bool, snapper=None) -> None:
         from ..engine.predictor import SamPredictor
 
-        self.model, self.rgb = model, rgb
+        self.model, self.rgb, self.snapper = model, rgb, snapper
         self.whole = SamPredictor(model)
         self.tiled = None  # the TiledPredictor of the current plane, when it is large
 
@@ -133,16 +143,31 @@ class PlanePredictor:
 
     def segment(self, points=None, labels=None, box=None, mask_input=None):
         if self.tiled is None:
-            return self.whole.segment(points, labels, box, mask_input)
+            mask, score, logits = self.whole.segment(points, labels, box, mask_input)
+            if self.snapper is not None:
+                mask = self.snapper.snap(self.whole, mask, points, labels, box)
+            return mask, score, logits
         mask, score = self.tiled.segment(points, labels, box, mask_input)
         return mask, score, None
 
 
-def _segment_planes(model, image, objects, rgb: bool, overwrite: bool) -> np.ndarray:
+def _snapper(model):
+    """A :class:`~napari_sam.workflows.snap.SliceSnapper` for ``--snap``."""
+    from ..workflows.instance_decoder import has_instance_decoder
+    from ..workflows.snap import SliceSnapper
+
+    if not has_instance_decoder(model):
+        raise InputError("--snap needs a model with an instance decoder (the default model, "
+                         "micro-sam's *_lm)")
+    return SliceSnapper(keep=1)
+
+
+def _segment_planes(model, image, objects, rgb: bool, overwrite: bool,
+                    snapper=None) -> np.ndarray:
     """The objects' label image; large planes decoded in tiles (:class:`PlanePredictor`)."""
     from ..workflows.segment import segment_objects
 
-    return segment_objects(PlanePredictor(model, rgb), image, objects, rgb=rgb,
+    return segment_objects(PlanePredictor(model, rgb, snapper), image, objects, rgb=rgb,
                            overwrite=overwrite)
 
 
