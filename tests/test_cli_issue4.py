@@ -138,6 +138,39 @@ def test_evaluate_automatic_reports_f1_beside_classical(tmp_path, cli_model, vol
         assert 0 <= m["f1_50"] <= 1 and 0 <= m["mean_accuracy"] <= 1
     assert r["methods"]["classical"]["f1_50"] == 1.0  # two bright, separate objects
     assert r["params"]["points_per_side"] == 4
+    assert r["mode"] == "points"  # 'auto' for a model without an instance decoder
+
+
+def test_evaluate_automatic_scores_the_instance_decoder_like_the_automatic_command(
+        tmp_path, cli_model, volume, monkeypatch, capsys):
+    from napari_sam.modeling.instance_decoder import InstanceDecoder
+    from napari_sam.workflows import automatic, instance_decoder
+
+    img2 = _write(tmp_path / "i2.tif", tifffile.imread(volume[0])[2])
+    lab2 = _write(tmp_path / "l2.tif", tifffile.imread(volume[1])[2])
+    out = tmp_path / "r.json"
+    assert cli.main(["evaluate", img2, lab2, "--automatic", "--mode", "decoder"]) == 2
+    assert "instance-segmentation decoder" in capsys.readouterr().err
+    assert cli.main(["evaluate", img2, lab2, "--mode", "points"]) == 2  # without --automatic
+    assert "--automatic" in capsys.readouterr().err
+    decoder = InstanceDecoder(embed_dim=cli_model.prompt_encoder.embed_dim, initial_features=8)
+    monkeypatch.setattr(cli_model, "instance_decoder", decoder.eval(), raising=False)
+    truth = tifffile.imread(lab2)
+    calls = []
+
+    def exact(model, image, **kwargs):  # the decoder path gives the ground truth back
+        calls.append(kwargs["params"])
+        return truth
+
+    def points(*args, **kwargs):
+        raise AssertionError("the point mode ran for a model with an instance decoder")
+
+    monkeypatch.setattr(instance_decoder, "segment_everything_nd", exact)
+    monkeypatch.setattr(automatic, "segment_everything_nd", points)
+    assert cli.main(["evaluate", img2, lab2, "--automatic", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["mode"] == "decoder" and r["methods"]["default"]["f1_50"] == 1.0
+    assert type(calls[0]).__name__ == "DecoderParams"
 
 
 def test_evaluate_automatic_classical_only_and_3d(tmp_path, volume):

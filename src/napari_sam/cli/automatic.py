@@ -68,7 +68,6 @@ def register(sub) -> None:
 def run(args) -> int:
     """Run ``automatic``; returns the exit code. Bad input raises :class:`InputError`."""
     # torch: the automatic mask generator and the model
-    from ..workflows.automatic import segment_everything_nd
     from ..workflows.segment import is_rgb, spatial_shape
 
     _common.check_outputs([("--out", args.out)],
@@ -97,25 +96,31 @@ def run(args) -> int:
     params = _common.automatic_params(args)
     indices = None if args.axis is None else _parse_slices(args.slices, shape[args.axis])
     model = _common.load_model(args)
-    mode = args.mode
-    if mode != "points":
-        from ..workflows import instance_decoder
-
-        if mode == "auto":
-            mode = "decoder" if instance_decoder.has_instance_decoder(model) else "points"
-    if mode == "decoder":
-        if not instance_decoder.has_instance_decoder(model):
-            raise InputError(f"--mode decoder: the model {args.model!r} has no "
-                             "instance-segmentation decoder; use a micro-sam model (see "
-                             "`napari-sam models`) or --mode points")
-        segment_everything_nd = instance_decoder.segment_everything_nd
-        params = _decoder_params(args, params.link_overlap)
-    labels = segment_everything_nd(model, image, axis=args.axis, indices=indices, params=params,
-                                   link_3d=not args.no_link)
+    _, segment, params = segmenter(args, model, params)
+    labels = segment(model, image, axis=args.axis, indices=indices, params=params,
+                     link_3d=not args.no_link)
     write_labels(args.out, labels)
     n = int(labels.max())
     print(f"wrote {args.out}: {n} object(s), shape {labels.shape}")
     return 0
+
+
+def segmenter(args, model, params):
+    """``(mode, segment_everything_nd, params)`` of ``--mode`` (``auto``: the decoder when the
+    model has one) for ``model``; ``params`` are the point mode's (their ``link_overlap`` is
+    kept for the decoder)."""
+    from ..workflows import automatic, instance_decoder
+
+    mode = getattr(args, "mode", "auto")
+    if mode == "auto":
+        mode = "decoder" if instance_decoder.has_instance_decoder(model) else "points"
+    if mode == "points":
+        return mode, automatic.segment_everything_nd, params
+    if not instance_decoder.has_instance_decoder(model):
+        raise InputError(f"--mode decoder: the model {args.model!r} has no "
+                         "instance-segmentation decoder; use a micro-sam model (see "
+                         "`napari-sam models`) or --mode points")
+    return mode, instance_decoder.segment_everything_nd, _decoder_params(args, params.link_overlap)
 
 
 def _decoder_params(args, link_overlap: float):

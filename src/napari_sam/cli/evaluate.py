@@ -61,6 +61,10 @@ def register(sub) -> None:
         help="score automatic segmentation (F1 at IoU 0.5, mean accuracy over IoU 0.5..0.95) "
              "beside the classical baseline",
     )
+    ev.add_argument("--mode", choices=["auto", "points", "decoder"], default="auto",
+                    help="--automatic: the model's instance decoder or SAM's point prompts, as "
+                         "`napari-sam automatic --mode` (auto, the default: the decoder when "
+                         "the model has one, as the viewer and `automatic` do)")
     _common.add_automatic_options(ev)
     ev.set_defaults(handler=run)
 
@@ -94,6 +98,8 @@ def run(args) -> int:
 def _check_inputs(args, image: np.ndarray, labels: np.ndarray) -> None:
     if args.clicks < 1:
         raise InputError("--clicks must be at least 1")
+    if args.mode != "auto" and not args.automatic:
+        raise InputError(f"--mode {args.mode} chooses how --automatic segments: add --automatic")
     if labels.dtype.kind not in "iub":
         raise InputError(f"{args.labels}: labels must be integers, got {labels.dtype}")
     if image.shape[: labels.ndim] != labels.shape:
@@ -202,7 +208,8 @@ def _evaluate_automatic(args, image, labels) -> dict[str, Any]:
     """``evaluate --automatic``: automatic segmentation beside the classical baseline."""
     # torch, scipy, skimage: only for this mode
     from ..evaluation.baselines import instance_metrics
-    from ..workflows.automatic import AutomaticParams, segment_everything_nd
+    from ..workflows.automatic import AutomaticParams
+    from .automatic import segmenter
 
     if args.clicks != 1 or args.prompt != "point":
         raise InputError("--automatic takes no --clicks / --prompt")
@@ -215,9 +222,11 @@ def _evaluate_automatic(args, image, labels) -> dict[str, Any]:
     classical = args.model == "classical"
     params = AutomaticParams() if classical else _common.automatic_params(args)
     methods: dict[str, dict] = {}
+    mode = None
     if not classical:
         model = _common.load_model(args)
-        pred = segment_everything_nd(model, image, axis=args.axis, params=params)
+        mode, segment, params = segmenter(args, model, params)
+        pred = segment(model, image, axis=args.axis, params=params)
         methods[str(args.checkpoint or args.model)] = instance_metrics(pred, labels)
     methods["classical"] = instance_metrics(
         _classical_labels(image, args.axis, params.link_overlap), labels
@@ -225,6 +234,7 @@ def _evaluate_automatic(args, image, labels) -> dict[str, Any]:
     return {
         "n_true": int(next(iter(methods.values()))["n_true"]),
         "methods": methods,
+        "mode": mode,
         "params": {f.name: getattr(params, f.name) for f in fields(params)},
         "axis": args.axis,
         "classical": "Gaussian + Li threshold + distance-transform watershed "
