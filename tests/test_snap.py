@@ -113,6 +113,13 @@ def test_the_wrapper_snaps_segment_and_makes_instances_once_per_slice(monkeypatc
     predictor.set_image(image)
     predictor.segment(points=[[20, 20]], labels=[1])
     assert len(calls) == 2  # again for a new slice
+    emb = predictor.embedding
+    predictor.set_embedding(emb)  # a slice without its pixels: no snapping
+    with pytest.raises(RuntimeError, match="pixels"):
+        predictor.segment(points=[[20, 20]], labels=[1])
+    predictor.set_embedding(emb, image)
+    predictor.segment(points=[[20, 20]], labels=[1])
+    assert len(calls) == 3
     with pytest.raises(ValueError, match="instance decoder"):
         SnapPredictor(SamPredictor(build_sam(tiny_config())))
 

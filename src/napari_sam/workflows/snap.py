@@ -170,11 +170,20 @@ class SnapPredictor:
         self._slice = (np.asarray(image), intensity_range)
         self._instances = self._sizes = None
 
+    def set_embedding(self, embedding: Any, image: npt.ArrayLike | None = None,
+                      intensity_range: tuple[float, float] | None = None) -> None:
+        """Set a slice by its embedding (the wrapped predictor's ``set_embedding``); snapping
+        needs the slice's pixels, ``image``."""
+        self.predictor.set_embedding(embedding, image, intensity_range)
+        self._slice = None if image is None else (np.asarray(image), intensity_range)
+        self._instances = self._sizes = None
+
     @property
     def instances(self) -> npt.NDArray[np.int32]:
         """The current slice's instance labels, ``(H, W)`` (computed once per slice)."""
         if self._slice is None:
-            raise RuntimeError("no image is set: call set_image() first")
+            raise RuntimeError("no image is set: call set_image() (or set_embedding() with the "
+                               "slice's pixels) first")
         if self._instances is None:
             image, intensity_range = self._slice
             self._instances = segment_everything(self.predictor.model, image, params=self.params,
