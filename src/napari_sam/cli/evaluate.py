@@ -24,8 +24,9 @@ def register(sub) -> None:
         description=(
             "First click at the point of each object farthest from its boundary (or the object's "
             "box); the multimask output with the highest predicted IoU is kept (the oracle, the "
-            "best of the candidates, is reported too); each further click at the centre of the larger error region, with "
-            "all clicks so far and the previous logits as prompts. --model classical scores the "
+            "best of the candidates, is reported too); each further click at the centre of the "
+            "larger error region, with all clicks so far and the previous logits as prompts. "
+            "--model classical scores the "
             "classical baseline (threshold + watershed, 1 click) in the same format."
         ),
     )

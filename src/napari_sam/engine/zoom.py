@@ -349,7 +349,8 @@ class ZoomPredictor:
         -------
         masks : numpy.ndarray, shape (B, M, H, W), bool
             In slice coordinates; index 0 the single-output mask with ``single_output``; ``M``
-            is ``K + 1``, ``K`` or 1 (see :func:`~napari_sam.engine.every_output.predict_every_output`).
+            is ``K + 1``, ``K`` or 1 (see
+            :func:`~napari_sam.engine.every_output.predict_every_output`).
         scores : numpy.ndarray, shape (B, M)
         low_res_logits : numpy.ndarray, shape (B, M, 4h, 4w)
             In the frame of each object's crop.

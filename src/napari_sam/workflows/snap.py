@@ -135,7 +135,8 @@ class SnapPredictor:
     predictor : SamPredictor or ZoomPredictor
         Its model must have an instance decoder (the default model has one).
     params : DecoderParams, optional
-        How the slice's instances are made (:func:`~napari_sam.workflows.instance_decoder.segment_everything`).
+        How the slice's instances are made
+        (:func:`~napari_sam.workflows.instance_decoder.segment_everything`).
     min_cover, min_agreement : float
         See :func:`snap_to_instances`.
 
