@@ -346,15 +346,16 @@ def evaluate_image(
         object by object with :func:`evaluate_object`.
     oracle : {"first", "every"}
         Score the oracle for the first prompt only (the paper's), or after every click too (the
-        candidates are then upsampled and refined at every click: ~20 % more time at 5 clicks).
+        candidates are then upsampled and refined at every click: 1.3-1.5x the time at 5 clicks).
 
     Returns
     -------
     dict
         JSON-serialisable: ``miou`` (mean IoU over objects after 1, 2, ... ``clicks``
         interactions) and ``miou_oracle`` (the oracle's, for the first prompt or, with
-        ``oracle="every"``, after each interaction), ``per_object``  (``{"id", "slice", "iou", "iou_oracle"}`` each,
-        ``slice`` is ``None`` for a 2D image), ``n_objects``, ``protocol`` and ``model``.
+        ``oracle="every"``, after each interaction), ``per_object`` (``{"id", "slice", "iou",
+        "iou_oracle"}`` each, ``slice`` is ``None`` for a 2D image), ``n_objects``,
+        ``protocol`` and ``model``.
 
     Raises
     ------
