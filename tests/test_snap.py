@@ -93,7 +93,7 @@ def test_the_wrapper_snaps_segment_and_makes_instances_once_per_slice(monkeypatc
     calls = []
     inst = _two_touching()
 
-    def fake_instances(model, image, params=None, intensity_range=None):
+    def fake_instances(model, image, params=None, intensity_range=None, embedding=None):
         calls.append(image.shape)
         return inst
 

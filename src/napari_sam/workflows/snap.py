@@ -127,6 +127,14 @@ def snap_to_instances(
                                 box)
 
 
+def _instance_map(model, image, params, intensity_range, embedding=None):
+    """``(labels (H, W), np.bincount of them)``: a slice's instances, as segment everything
+    makes them (``embedding``: the whole slice's, if already computed)."""
+    labels = segment_everything(model, np.asarray(image), params=params,
+                                intensity_range=intensity_range, embedding=embedding)
+    return labels, np.bincount(labels.ravel())
+
+
 class SnapPredictor:
     """A predictor whose masks snap to the instance decoder's objects (see the module).
 
@@ -187,25 +195,27 @@ class SnapPredictor:
                                "slice's pixels) first")
         if self._instances is None:
             image, intensity_range = self._slice
-            self._instances = segment_everything(self.predictor.model, image, params=self.params,
-                                                 intensity_range=intensity_range)
-            self._sizes = np.bincount(self._instances.ravel())
+            self._instances, self._sizes = _instance_map(self.predictor.model, image, self.params,
+                                                         intensity_range)
         return self._instances
 
     def finish_mask(self, mask: npt.NDArray[np.bool_], points=None, labels=None,
                     box=None) -> npt.NDArray[np.bool_]:
         """What :meth:`segment` returns for a decoded mask: its prompted pieces, snapped."""
-        mask = keep_prompted_pieces(mask, points, labels, box)
-        inst = self.instances
-        return snap_to_instances(mask, inst, points, labels, box, self.min_cover,
-                                 self.min_agreement, sizes=self._sizes)
+        return self._snap(keep_prompted_pieces(mask, points, labels, box), points, labels, box)
 
     def segment(self, points=None, labels=None, box=None, mask_input=None):
         """The wrapped predictor's ``segment``, snapped: ``(mask (H, W) bool, score,
         low_res_logits (1, 4h, 4w))``; the logits are SAM's (pass them back as
         ``mask_input``)."""
+        # the wrapped segment() already keeps the prompted pieces
         mask, score, logits = self.predictor.segment(points, labels, box, mask_input)
-        return self.finish_mask(mask, points, labels, box), score, logits
+        return self._snap(mask, points, labels, box), score, logits
+
+    def _snap(self, mask, points, labels, box) -> npt.NDArray[np.bool_]:
+        inst = self.instances
+        return snap_to_instances(mask, inst, points, labels, box, self.min_cover,
+                                 self.min_agreement, sizes=self._sizes)
 
 
 class SliceSnapper:
@@ -255,9 +265,7 @@ class SliceSnapper:
         if not has_instance_decoder(predictor.model):
             raise ValueError("snapping to objects needs a model with an instance decoder")
         image, intensity_range = pixels
-        labels = segment_everything(predictor.model, np.asarray(image), params=self.params,
-                                    intensity_range=intensity_range, embedding=emb)
-        entry = (emb, labels, np.bincount(labels.ravel()))
+        entry = (emb, *_instance_map(predictor.model, image, self.params, intensity_range, emb))
         with self._lock:
             self._maps = [entry, *(e for e in self._maps if e[0] is not emb)][:self.keep]
         return entry
