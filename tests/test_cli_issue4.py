@@ -153,6 +153,11 @@ def test_evaluate_automatic_scores_the_instance_decoder_like_the_automatic_comma
     assert "instance-segmentation decoder" in capsys.readouterr().err
     assert cli.main(["evaluate", img2, lab2, "--mode", "points"]) == 2  # without --automatic
     assert "--automatic" in capsys.readouterr().err
+    # options of the click protocol are refused, not ignored, with the other modes
+    assert cli.main(["evaluate", img2, lab2, "--automatic", "--snap"]) == 2
+    assert "--snap applies to clicks and boxes" in capsys.readouterr().err
+    assert cli.main(["evaluate", img2, lab2, "--automatic", "--oracle", "every"]) == 2
+    assert "--oracle" in capsys.readouterr().err
     decoder = InstanceDecoder(embed_dim=cli_model.prompt_encoder.embed_dim, initial_features=8)
     monkeypatch.setattr(cli_model, "instance_decoder", decoder.eval(), raising=False)
     truth = tifffile.imread(lab2)

@@ -138,3 +138,81 @@ def test_every_output_of_several_objects_at_once(model):
                                     candidates=False)
     with pytest.raises(ValueError, match="origins"):
         zoomed.predict_every_output(centres, np.ones((3, 1)), None, logits[:, :1])
+
+
+def _speck_and_nucleus(size=1024):
+    """A 1024 px slice: a large blurred nucleus and, apart from it, a speck of radius 2 px
+    (1 px at a 512 px model's input); and their labels (1 nucleus, 2 speck)."""
+    yy, xx = np.mgrid[:size, :size]
+    lab = np.zeros((size, size), np.int32)
+    lab[(yy - 300) ** 2 + (xx - 300) ** 2 <= 60 ** 2] = 1
+    lab[(yy - 700) ** 2 + (xx - 640) ** 2 <= 2 ** 2] = 2
+    rng = np.random.default_rng(3)
+    img = ndimage.gaussian_filter((lab > 0) * 1.0, 0.7) + rng.normal(0, 0.02, lab.shape)
+    return img.astype(np.float32), lab
+
+
+def test_a_small_object_is_decoded_in_a_crop_of_its_own(model):
+    img, _ = _speck_and_nucleus()
+    on, off = ZoomPredictor(model, zoom=1), ZoomPredictor(model, zoom=1, small_objects=False)
+    for p in (on, off):
+        p.set_image(img, (0.0, 1.0))
+    speck, nucleus = np.array([[700.0, 640.0]]), np.array([[300.0, 300.0]])
+    assert on.object_zoom(speck, [1]) > 8 and on.object_zoom(nucleus, [1]) == 1.0
+    assert off.object_zoom(speck, [1]) == 1.0
+    masks, _, logits, frames = on.predict_every_output(np.stack([speck, nucleus]),
+                                                       np.ones((2, 1)), None)
+    r0, c0, ch, cw = frames[0]
+    assert ch < 128 and r0 <= 700 < r0 + ch and c0 <= 640 < c0 + cw  # a magnified crop
+    assert tuple(frames[1]) == (0, 0, 1024, 1024)  # the nucleus: the whole slice
+    assert not masks[0][:, :r0].any() and not masks[0][:, :, c0 + cw:].any()
+    # the nucleus decodes as without small objects; the speck in its crop, again with its
+    # logits in the same frame
+    plain = off.predict_every_output(nucleus[None], np.ones((1, 1)), None)
+    np.testing.assert_array_equal(masks[1], plain[0][0])
+    again = on.predict_every_output(speck[None], np.ones((1, 1)), None, logits[:1, :1],
+                                    frames[:1], single_output=False)
+    assert (again[3] == frames[:1]).all()
+    # predict() of the speck: the same crop, then its logits fed back stay in it
+    _, _, low = on.predict(speck, np.array([1]))
+    assert on._last == tuple(int(v) for v in frames[0])
+    on.predict(speck, np.array([1]), mask_input=low[:1], multimask=False)
+    assert on._last == tuple(int(v) for v in frames[0])
+
+
+def test_the_slice_zoomer_magnifies_small_objects_on_a_plain_predictor(model, monkeypatch):
+    import threading
+
+    from napari_sam.engine.zoom import SliceZoomer
+
+    img, _ = _speck_and_nucleus()
+    plain = SamPredictor(model)
+    plain.set_image(img, (0.0, 1.0))
+    zoomer, reference = SliceZoomer(), ZoomPredictor(model, zoom=1)
+    reference.set_image(img, (0.0, 1.0))
+    speck, nucleus, one = np.array([[700.0, 640.0]]), np.array([[300.0, 300.0]]), np.array([1])
+    expected = reference.segment(speck, one)
+    encoded = []
+    real = SamPredictor.compute_embedding
+    monkeypatch.setattr(SamPredictor, "compute_embedding",
+                        lambda self, *a, **k: encoded.append(1) or real(self, *a, **k))
+    mask, score, _ = zoomer.segment(plain, speck, one)
+    np.testing.assert_array_equal(mask, expected[0])
+    assert score == pytest.approx(expected[1], abs=1e-5)
+    assert len(encoded) == 1  # the speck's crop (the slice's own embedding is reused)
+    np.testing.assert_array_equal(zoomer.segment(plain, nucleus, one)[0],
+                                  plain.segment(nucleus, one)[0])
+    # from another thread (the viewer's next decoding worker): the same mask, no new crop
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(m=zoomer.segment(plain, speck, one)[0]))
+    worker.start()
+    worker.join()
+    np.testing.assert_array_equal(out["m"], mask)
+    zoomer.segment(plain, speck, one)  # and back in this thread
+    assert len(encoded) == 1
+    # without the slice's pixels it cannot crop: the plain predictor decodes
+    bare = SamPredictor(model)
+    bare.set_embedding(plain.embedding)
+    assert zoomer.zoom_predictor(bare) is None
+    np.testing.assert_array_equal(zoomer.segment(bare, speck, one)[0],
+                                  bare.segment(speck, one)[0])

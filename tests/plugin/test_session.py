@@ -59,6 +59,35 @@ def test_a_session_embeds_and_decodes_a_plane_headless(tiny_model):
     np.testing.assert_array_equal(result.masks[0], expected)
 
 
+def test_a_small_object_is_decoded_magnified_in_the_session(tiny_model):
+    from scipy import ndimage
+
+    from napari_sam.engine.zoom import SliceZoomer
+
+    yy, xx = np.mgrid[:256, :256]
+    plane = (((yy - 60) ** 2 + (xx - 60) ** 2 <= 30 ** 2)
+             | ((yy - 200) ** 2 + (xx - 180) ** 2 <= 2)).astype(np.float32)
+    image = np.stack([plane, ndimage.gaussian_filter(plane, 0.7)])
+    session = SamSession()
+    session.set_model(tiny_model, "tiny")
+    assert isinstance(session.zoomer, SliceZoomer)
+    embedder = session.embedder("img", image, (1, 2), disk=False)
+    key, _, errors = _embed(session, embedder, 1)
+    assert session.wait(30) and errors == [None]
+    session.use_embedding(key, image[1])
+    speck, nucleus, one = np.array([[200.0, 180.0]]), np.array([[60.0, 60.0]]), np.array([1])
+    results = []
+    session.decode([{"points": speck, "labels": one}, {"points": nucleus, "labels": one}],
+                   results.append)
+    assert session.wait(30) and results[0].error is None
+    zoomed = session.zoomer.zoom_predictor(session.predictor)
+    assert zoomed.object_zoom(speck, one) > 1 and zoomed.object_zoom(nucleus, one) == 1
+    assert len(zoomed._crops) == 2  # the plane's own embedding and the speck's crop
+    np.testing.assert_array_equal(results[0].masks[0], zoomed.segment(speck, one)[0])
+    np.testing.assert_array_equal(results[0].masks[1],
+                                  session.predictor.segment(nucleus, one)[0])
+
+
 def test_a_new_model_makes_a_running_embedding_stale(tiny_model):
     image, _ = nuclei_3d((4, 48, 48))
     session = SamSession()

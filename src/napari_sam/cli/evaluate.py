@@ -101,6 +101,12 @@ def _check_inputs(args, image: np.ndarray, labels: np.ndarray) -> None:
         raise InputError("--clicks must be at least 1")
     if args.mode != "auto" and not args.automatic:
         raise InputError(f"--mode {args.mode} chooses how --automatic segments: add --automatic")
+    if args.propagate or args.automatic:
+        other = "--propagate" if args.propagate else "--automatic"
+        if args.snap:
+            raise InputError(f"--snap applies to clicks and boxes, not to {other}")
+        if args.oracle != "first":
+            raise InputError(f"--oracle applies to clicks and boxes, not to {other}")
     if labels.dtype.kind not in "iub":
         raise InputError(f"{args.labels}: labels must be integers, got {labels.dtype}")
     if image.shape[: labels.ndim] != labels.shape:

@@ -119,15 +119,18 @@ class PlanePredictor:
     (:func:`~napari_sam.engine.tiling.is_large`, the viewer's rule) is
     decoded with a :class:`~napari_sam.engine.tiling.TiledPredictor` (only the tiles under the
     prompts are embedded, kept in a bounded memory cache; objects across tile borders come out
-    whole), any other plane whole. With a ``snapper``
+    whole), any other plane whole, a small object there in a magnified crop of its own
+    (:class:`~napari_sam.engine.zoom.SliceZoomer`, as in the viewer). With a ``snapper``
     (:class:`~napari_sam.workflows.snap.SliceSnapper`) the masks of planes decoded whole are
     snapped to the plane's objects."""
 
     def __init__(self, model, rgb: bool, snapper=None) -> None:
         from ..engine.predictor import SamPredictor
+        from ..engine.zoom import SliceZoomer
 
         self.model, self.rgb, self.snapper = model, rgb, snapper
         self.whole = SamPredictor(model)
+        self.zoomer = SliceZoomer(keep=1)
         self.tiled = None  # the TiledPredictor of the current plane, when it is large
 
     def set_image(self, plane, intensity_range=None) -> None:
@@ -143,7 +146,8 @@ class PlanePredictor:
 
     def segment(self, points=None, labels=None, box=None, mask_input=None):
         if self.tiled is None:
-            mask, score, logits = self.whole.segment(points, labels, box, mask_input)
+            mask, score, logits = self.zoomer.segment(self.whole, points, labels, box,
+                                                      mask_input)
             if self.snapper is not None:
                 mask = self.snapper.snap(self.whole, mask, points, labels, box)
             return mask, score, logits

@@ -12,6 +12,12 @@ With ``zoom="auto"`` the magnification comes from the slice itself: the median r
 bright objects (:func:`typical_radius`) at the model's input scale; slices whose objects are
 already large enough are decoded as a whole, exactly as by :class:`SamPredictor`.
 
+An object that is small even at the slice's zoom (a speck or micronucleus beside large nuclei)
+is decoded in a crop magnified for it alone (``small_objects``, on by default): its size is
+read from its prompt (:func:`napari_sam.engine.scale.object_zoom`: a box's side, or the bright
+blob under the clicks), so the decision costs no decoding. :class:`SliceZoomer` does the same
+on whatever slice a :class:`SamPredictor` holds (the viewer's clicks).
+
 The class offers :class:`SamPredictor`'s ``set_image`` / ``predict`` / ``segment`` interface
 (masks and logits in slice coordinates; the low-resolution logits it returns are in the frame
 of the crop the prompt was decoded in, and passing them back as ``mask_input`` decodes in that
@@ -21,6 +27,7 @@ scripts can use it in place of a :class:`SamPredictor`.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,90 +37,27 @@ from .every_output import predict_every_output
 from .lru import LRUCache
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
 from .prompts import check_boxes, check_points
+from .scale import (  # noqa: F401  (re-exported: they lived here until v0.18)
+    MAX_OBJECT_ZOOM,
+    MAX_ZOOM,
+    OBJECT_RADIUS,
+    SMALL_OBJECT_RADIUS,
+    SMALL_RADIUS,
+    TARGET_RADIUS,
+    auto_zoom,
+    blob_radius,
+    object_zoom,
+    typical_radius,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..modeling import Sam
 
-__all__ = ["ZoomPredictor", "auto_zoom", "crop_origin", "prompt_centre", "typical_radius",
-           "zoomed_crop_shape"]
+__all__ = ["SliceZoomer", "ZoomPredictor", "auto_zoom", "blob_radius", "crop_origin",
+           "prompt_centre", "typical_radius", "zoomed_crop_shape"]
 
-#: Objects whose median radius at the model's input scale is below this are zoomed in on.
-SMALL_RADIUS = 10.0
-#: ... to bring them to about this radius (px at the model's input scale).
-TARGET_RADIUS = 16.0
-#: Most magnification used by ``zoom="auto"``.
-MAX_ZOOM = 4.0
 #: Fill value of the logits outside the crop a prompt was decoded in.
 OUTSIDE = -20.0
-
-
-def typical_radius(image: npt.ArrayLike,
-                   intensity_range: tuple[float, float] | None = None) -> float | None:
-    """Median radius in pixels of the bright objects of a slice, or None if it has none.
-
-    The slice is smoothed (2 px), thresholded (Li's minimum cross-entropy) and holes are
-    filled; the radius of each object is the height of a maximum of the foreground's distance
-    transform (its deepest point), so touching objects still count one by one; the median is
-    weighted by the radius.
-    """
-    from scipy import ndimage
-    from skimage.feature import peak_local_max
-    from skimage.filters import threshold_li
-
-    gray = np.asarray(image, dtype=np.float32)
-    if gray.ndim == 3:
-        gray = gray[..., :3].mean(axis=-1)
-    lo, hi = np.percentile(gray, (0.5, 99.5)) if intensity_range is None else intensity_range
-    gray = np.clip((np.nan_to_num(gray) - lo) / max(float(hi - lo), 1e-12), 0, 1)
-    gray = ndimage.gaussian_filter(gray, 2.0)
-    if not gray.max() > gray.min():
-        return None
-    fg = ndimage.binary_fill_holes(gray > threshold_li(gray))
-    if not fg.any() or fg.mean() > 0.9:
-        return None
-    dist = ndimage.distance_transform_edt(fg)
-    peaks = peak_local_max(dist, min_distance=2, threshold_abs=1.0, labels=fg.astype(np.int32),
-                           exclude_border=False)
-    if len(peaks) == 0:
-        return None
-    radii = np.sort(dist[peaks[:, 0], peaks[:, 1]])
-    # weighted by the radius: fragments of a textured object's foreground leave small maxima
-    # but matter less; crowded small objects stay many (an area weighting let the few merged
-    # clumps of a crowded image win)
-    weight = np.cumsum(radii)
-    return float(radii[np.searchsorted(weight, weight[-1] / 2)])
-
-
-def auto_zoom(
-    image: npt.ArrayLike,
-    img_size: int,
-    intensity_range: tuple[float, float] | None = None,
-) -> float:
-    """The magnification that brings a slice's objects to a size the model segments well.
-
-    Parameters
-    ----------
-    image : array-like, shape (H, W) or (H, W, 3)
-    img_size : int
-        The model's input side.
-    intensity_range : (float, float), optional
-
-    Returns
-    -------
-    float
-        1.0 when the objects' median radius (:func:`typical_radius`) at the model's input
-        scale is at least :data:`SMALL_RADIUS` (or there are none); otherwise
-        ``TARGET_RADIUS / radius``, at most :data:`MAX_ZOOM`.
-    """
-    r = typical_radius(image, intensity_range)
-    if r is None:
-        return 1.0
-    r *= img_size / max(np.shape(image)[:2])  # at the model's input scale
-    if r >= SMALL_RADIUS:
-        return 1.0
-    return float(min(MAX_ZOOM, TARGET_RADIUS / max(r, 1.0)))
-
-
 def zoomed_crop_shape(shape_hw: tuple[int, int], zoom: float) -> tuple[int, int]:
     """``(h, w)`` of the crops of a ``shape_hw`` slice magnified ``zoom`` times: squares with
     the slice's longer side divided by ``zoom``, cut to the slice."""
@@ -177,6 +121,13 @@ class ZoomPredictor:
         Crop embeddings kept in memory (least recently used dropped).
     precision, refine
         As for :class:`SamPredictor` (the refiner sees the crop a prompt is decoded in).
+    small_objects : bool
+        Decode an object that is small even at the slice's zoom in a crop magnified for it
+        alone: when the radius of its box, or of the bright blob under its positive points
+        (:func:`blob_radius`), is below :data:`SMALL_OBJECT_RADIUS` px at the model's input
+        scale, its crop is magnified to bring it to :data:`OBJECT_RADIUS` (at most
+        :data:`MAX_OBJECT_ZOOM` times; zooms are rounded to powers of ``sqrt(2)`` so that
+        neighbouring specks share crops). Costs one crop embedding per small object.
 
     Attributes
     ----------
@@ -185,7 +136,8 @@ class ZoomPredictor:
     """
 
     def __init__(self, model: Sam, zoom: float | str = "auto", *, overlap: float = 0.5,
-                 max_crops: int = 64, precision: str = "float32", refine: bool = True) -> None:
+                 max_crops: int = 64, precision: str = "float32", refine: bool = True,
+                 small_objects: bool = True) -> None:
         if not (zoom == "auto" or (isinstance(zoom, (int, float)) and zoom >= 1)):
             raise ValueError(f"zoom must be 'auto' or a number >= 1, got {zoom!r}")
         if not 0 <= overlap < 1:
@@ -194,6 +146,7 @@ class ZoomPredictor:
         self.requested_zoom = zoom
         self.overlap = float(overlap)
         self.max_crops = int(max_crops)
+        self.small_objects = bool(small_objects)
         self._predictor = SamPredictor(model, precision=precision, refine=refine)
         # prompts are checked against the whole slice here; in a crop's frame they may lie
         # beyond the crop (a corrective click outside it), as before the predictor checked them
@@ -201,7 +154,8 @@ class ZoomPredictor:
         self._image: np.ndarray | None = None
         self._range: tuple[float, float] | None = None
         self._crops: LRUCache[ImageEmbedding] = LRUCache(max_items=self.max_crops)
-        self._last: tuple[int, int] | None = None
+        self._last: tuple[int, int, int, int] | None = None  # frame of the last predict()
+        self._current: tuple | None = None  # (frame, thread) that set _predictor's embedding
         self.zoom = 1.0
         self.crop_shape: tuple[int, int] = (0, 0)
 
@@ -229,15 +183,39 @@ class ZoomPredictor:
             intensity_range = estimate_intensity_range(image)
         self._image, self._range = image, intensity_range
         self._crops.clear()
-        self._last = None
+        self._last = self._current = None
         h, w = image.shape[:2]
         zoom = self.requested_zoom
         if zoom == "auto":
             zoom = auto_zoom(image, self.model.img_size, intensity_range)
         self.zoom = float(zoom)
         self.crop_shape = zoomed_crop_shape((h, w), self.zoom)
-        if self.crop_shape == (h, w):
+        if self.crop_shape == (h, w):  # embedded now, as by SamPredictor.set_image
             self._predictor.set_image(image, intensity_range)
+            self._current = ((0, 0, h, w), threading.get_ident())
+            self._crops.put((0, 0, h, w), self._predictor.embedding)
+
+    def set_embedding(self, embedding: ImageEmbedding, image: npt.ArrayLike,
+                      intensity_range: tuple[float, float] | None = None) -> None:
+        """Take a 2D slice with its whole-slice embedding computed earlier (a cache's): the
+        slice is decoded whole (zoom 1), small objects in crops of their own.
+
+        Parameters
+        ----------
+        embedding : ImageEmbedding
+            Of ``image``, made with ``intensity_range``.
+        image : array-like, shape (H, W) or (H, W, 3)
+        intensity_range : (float, float), optional
+        """
+        image = np.asarray(image)
+        h, w = image.shape[:2]
+        self._predictor.set_embedding(embedding, image, intensity_range)  # checks the shape
+        self._image, self._range = image, intensity_range
+        self._crops.clear()
+        self._last = None
+        self.zoom, self.crop_shape = 1.0, (h, w)
+        self._current = ((0, 0, h, w), threading.get_ident())
+        self._crops.put((0, 0, h, w), self._predictor.embedding)
 
     # -- decoding ----------------------------------------------------------------------------
 
@@ -263,9 +241,6 @@ class ZoomPredictor:
             check_points(points, (h, w))
         if box is not None and np.size(box) > 0:
             check_boxes(box, (h, w))
-        if self.crop_shape == (h, w):  # no zoom: the whole slice
-            return self._predictor.predict(points, labels, box, mask_input, multimask,
-                                           return_logits)
         pts = None if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 2)
         bx = None if box is None else np.asarray(box, dtype=np.float64).reshape(4)
         low_res = mask_input is not None and np.ndim(mask_input) == 3
@@ -275,13 +250,15 @@ class ZoomPredictor:
                     "low-resolution logits as mask_input come from an earlier predict() call "
                     "on this slice; pass a binary (H, W) mask instead"
                 )
-            origin = self._last  # the logits are in this crop's frame
+            frame = self._last  # the logits are in this crop's frame
         else:
-            origin = self._crop_for(pts, labels, bx, mask_input)
-        r0, c0 = origin
-        ch, cw = self.crop_shape
-        self._predictor.set_embedding(self._embedding(origin),
-                                      self._image[r0:r0 + ch, c0:c0 + cw], self._range)
+            frame = self._frame_for(pts, labels, bx, mask_input)
+        self._use(frame)
+        self._last = frame
+        if frame == (0, 0, h, w):  # the whole slice
+            return self._predictor.predict(points, labels, box, mask_input, multimask,
+                                           return_logits)
+        r0, c0, ch, cw = frame
         local_pts = None if pts is None else pts - [r0, c0]
         local_box = None if bx is None else bx - [r0, c0, r0, c0]
         local_mask = mask_input
@@ -290,7 +267,6 @@ class ZoomPredictor:
         masks, scores, logits = self._predictor.predict(
             local_pts, labels, local_box, local_mask, multimask, return_logits
         )
-        self._last = origin
         fill = OUTSIDE if return_logits else False
         full = np.full((masks.shape[0], h, w), fill, dtype=masks.dtype)
         full[:, r0:r0 + ch, c0:c0 + cw] = masks
@@ -337,7 +313,7 @@ class ZoomPredictor:
         boxes : array-like, shape (B, 4), optional
         mask_input : array-like, shape (B, 1, 4h, 4w), optional
             Low-resolution logits of an earlier call (in the frames of its ``origins``).
-        origins : array-like of int, shape (B, 2), optional
+        origins : array-like of int, shape (B, 4), optional
             The crops to decode in, as an earlier call returned them; required with
             ``mask_input``. By default each object's crop is chosen from its prompts.
         single_output : bool
@@ -354,8 +330,9 @@ class ZoomPredictor:
         scores : numpy.ndarray, shape (B, M)
         low_res_logits : numpy.ndarray, shape (B, M, 4h, 4w)
             In the frame of each object's crop.
-        origins : numpy.ndarray of int, shape (B, 2)
-            ``(row0, col0)`` of each object's crop (zeros without zoom).
+        origins : numpy.ndarray of int, shape (B, 4)
+            ``(row0, col0, height, width)`` of each object's crop (``(0, 0, H, W)``: the
+            whole slice).
         """
         if self._image is None:
             raise RuntimeError("no image is set: call set_image() first")
@@ -367,27 +344,26 @@ class ZoomPredictor:
         if bxs is not None and bxs.size:
             check_boxes(bxs.reshape(-1, 4), (h, w))
         self._last = None  # batched logits are not a single predict()'s
-        if self.crop_shape == (h, w):  # no zoom: the whole slice
-            masks, scores, logits = predict_every_output(self._predictor, pts, labels, bxs,
-                                                         mask_input, single_output, candidates)
-            return masks, scores, logits, np.zeros((len(masks), 2), dtype=np.int64)
         n = len(pts) if pts is not None and pts.size else len(bxs)
         if origins is None:
             if mask_input is not None:
                 raise ValueError("low-resolution logits as mask_input need the origins of the "
                                  "call that returned them")
             labs = None if labels is None else np.asarray(labels)
-            origins = [self._crop_for(None if pts is None or not pts.size else pts[i],
-                                      None if labs is None else labs[i],
-                                      None if bxs is None else bxs[i], None) for i in range(n)]
-        origins = np.asarray(origins, dtype=np.int64).reshape(n, 2)
-        ch, cw = self.crop_shape
+            origins = [self._frame_for(None if pts is None or not pts.size else pts[i],
+                                       None if labs is None else labs[i],
+                                       None if bxs is None else bxs[i], None) for i in range(n)]
+        origins = np.asarray(origins, dtype=np.int64).reshape(n, 4)
+        if (origins == [0, 0, h, w]).all():  # the whole slice for all
+            self._use((0, 0, h, w))
+            masks, scores, logits = predict_every_output(self._predictor, pts, labels, bxs,
+                                                         mask_input, single_output, candidates)
+            return masks, scores, logits, origins
         masks = scores = logits = None
-        for origin in np.unique(origins, axis=0):
-            idx = np.flatnonzero((origins == origin).all(axis=1))
-            r0, c0 = (int(v) for v in origin)
-            self._predictor.set_embedding(self._embedding((r0, c0)),
-                                          self._image[r0:r0 + ch, c0:c0 + cw], self._range)
+        for frame in np.unique(origins, axis=0):
+            idx = np.flatnonzero((origins == frame).all(axis=1))
+            r0, c0, ch, cw = (int(v) for v in frame)
+            self._use((r0, c0, ch, cw))
             m, s, lg = predict_every_output(
                 self._predictor,
                 None if pts is None or not pts.size else pts[idx] - [r0, c0],
@@ -406,18 +382,92 @@ class ZoomPredictor:
 
     # -- crops -------------------------------------------------------------------------------
 
-    def _crop_for(self, pts, labels, box, mask) -> tuple[int, int]:
-        """Origin of the crop in which the prompt's centre is most central."""
-        return crop_origin(prompt_centre(pts, labels, box, mask), self._image.shape[:2],
-                           self.crop_shape, self.overlap)
+    def _frame_for(self, pts, labels, box, mask) -> tuple[int, int, int, int]:
+        """``(row0, col0, height, width)`` of the crop to decode a prompt in: of the slice's
+        zoom, or of the object's own (:meth:`object_zoom`), the one in which the prompt's
+        centre is most central."""
+        centre = prompt_centre(pts, labels, box, mask)
+        shape = self._image.shape[:2]
+        zoom = self.object_zoom(pts, labels, box)
+        crop = self.crop_shape if zoom == self.zoom else zoomed_crop_shape(shape, zoom)
+        return (*crop_origin(centre, shape, crop, self.overlap), *crop)
 
-    def _embedding(self, origin: tuple[int, int]) -> ImageEmbedding:
-        emb = self._crops.get(origin)
+    def object_zoom(self, points=None, labels=None, box=None) -> float:
+        """The magnification to decode a prompt at: the slice's, or a larger one for a small
+        object (see ``small_objects`` and :func:`~napari_sam.engine.scale.object_zoom`)."""
+        if not self.small_objects or self._image is None:
+            return self.zoom
+        return object_zoom(self._image, self.zoom, self.model.img_size, points, labels, box)
+
+    def _use(self, frame: tuple[int, int, int, int]) -> None:
+        """Make the wrapped predictor decode in ``frame`` (its crop's embedding)."""
+        current = (tuple(int(v) for v in frame), threading.get_ident())
+        if current != self._current:  # (a SamPredictor is set again in another thread)
+            r0, c0, ch, cw = current[0]
+            self._predictor.set_embedding(self._embedding(current[0]),
+                                          self._image[r0:r0 + ch, c0:c0 + cw], self._range)
+            self._current = current
+
+    def _embedding(self, frame: tuple[int, int, int, int]) -> ImageEmbedding:
+        emb = self._crops.get(frame)
         if emb is None:
-            r0, c0 = origin
-            ch, cw = self.crop_shape
+            r0, c0, ch, cw = frame
             emb = self._predictor.compute_embedding(
                 self._image[r0:r0 + ch, c0:c0 + cw], self._range
             )
-            self._crops.put(origin, emb)
+            self._crops.put(frame, emb)
         return emb
+
+
+class SliceZoomer:
+    """Small objects magnified on whatever slice a :class:`SamPredictor` holds.
+
+    The viewer decodes clicks with a plain :class:`SamPredictor` on a slice's cached
+    embedding; :meth:`segment` decodes them as :class:`ZoomPredictor` with ``zoom=1`` would:
+    an object that the model would see only a few pixels across is decoded in a magnified crop
+    of its own. The crops' embeddings are kept for the last ``keep`` slices. Thread-safe (the
+    viewer decodes in a worker), one decode at a time.
+
+    Parameters
+    ----------
+    keep : int
+        Slices whose crops are kept.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = max(1, int(keep))
+        self._zoomers: list[tuple[ImageEmbedding, ZoomPredictor]] = []
+        self._lock = threading.RLock()
+
+    def zoom_predictor(self, predictor: SamPredictor) -> ZoomPredictor | None:
+        """The :class:`ZoomPredictor` of the predictor's current slice, or None when it cannot
+        be made (no slice, or not its pixels)."""
+        emb, pixels = predictor.embedding, predictor.pixels
+        if emb is None or pixels is None:
+            return None
+        with self._lock:
+            for entry in self._zoomers:
+                if entry[0] is emb:
+                    entry[1]._predictor.refine = predictor.refine
+                    return entry[1]
+            image, span = pixels
+            if span is None and not (np.ndim(image) == 3 and np.asarray(image).dtype == np.uint8):
+                from .preprocess import estimate_intensity_range
+
+                span = estimate_intensity_range(image)  # the slice's, as it was embedded with
+            zoomer = ZoomPredictor(predictor.model, zoom=1.0, precision=predictor.precision,
+                                   refine=predictor.refine)
+            zoomer.set_embedding(emb, image, span)
+            self._zoomers = [(emb, zoomer), *self._zoomers][:self.keep]
+            return zoomer
+
+    def segment(self, predictor: SamPredictor, points=None, labels=None, box=None,
+                mask_input=None) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
+        """:meth:`SamPredictor.segment` of the prompts on the predictor's slice, a small
+        object decoded magnified (then the low-resolution logits are its crop's)."""
+        with self._lock:
+            zoomer = self.zoom_predictor(predictor)
+            prompts = {"points": points, "labels": labels, "box": box, "mask_input": mask_input}
+            if zoomer is None or zoomer.object_zoom(points, labels, box) == 1.0:
+                return predictor.segment(**prompts)
+            return zoomer.segment(**prompts)

@@ -117,7 +117,7 @@ def evaluate_objects(
 
 def _run_rounds(decode: Callable, sessions: list[ClickSession]) -> None:
     """Decode all sessions' clicks round by round until every session is done."""
-    origins = np.zeros((len(sessions), 2), dtype=np.int64)
+    origins = None  # each object's frame, as the decoder returned it
     while True:
         for session in sessions:
             session.advance()
@@ -144,4 +144,6 @@ def _run_rounds(decode: Callable, sessions: list[ClickSession]) -> None:
             else:
                 sessions[i].record(masks[j, 1:], scores[j, 1:], logits[j, 1:],
                                    masks[j, 0], logits[j, 0])
+        if origins is None:
+            origins = np.zeros((len(sessions), *np.shape(where)[1:]), dtype=np.int64)
         origins[active] = where

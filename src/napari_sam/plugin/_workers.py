@@ -4,6 +4,7 @@ for one notification."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -43,16 +44,19 @@ def _segment_each(segment, objects):
     return masks, scores
 
 
-def segment_objects(predictor, objects, snapper=None):
-    """Worker body: one mask per object of the slice the predictor holds, snapped to the
-    slice's objects by ``snapper`` (a :class:`~napari_sam.workflows.snap.SliceSnapper`) if
-    given.
+def segment_objects(predictor, objects, snapper=None, zoomer=None):
+    """Worker body: one mask per object of the slice the predictor holds, small objects
+    decoded magnified by ``zoomer`` (a :class:`~napari_sam.engine.zoom.SliceZoomer`) and the
+    masks snapped to the slice's objects by ``snapper`` (a
+    :class:`~napari_sam.workflows.snap.SliceSnapper`), each if given.
 
     Returns ``(masks, scores, error)``; a failure is returned, not raised, so the GUI thread
     reports it.
     """
     try:
-        masks, scores = _segment_each(predictor.segment, objects)
+        segment = (predictor.segment if zoomer is None
+                   else functools.partial(zoomer.segment, predictor))
+        masks, scores = _segment_each(segment, objects)
         if snapper is not None:
             masks = [snapper.snap(predictor, m, **obj) for m, obj in zip(masks, objects)]
         return masks, scores, None

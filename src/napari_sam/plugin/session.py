@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ._runner import ThreadRunner
 from ._workers import (
     PrefetchState,
     TaskContext,
@@ -54,39 +53,6 @@ logger = logging.getLogger(__name__)
 PREFETCH_SLICES = 2
 
 Runner = Callable[[Callable, tuple, Callable[[Any], None]], Any]
-
-
-class ThreadRunner:
-    """Runs each job in a daemon thread; results are delivered by :meth:`process_events`,
-    in the thread that calls it (as Qt's event loop does for the widget)."""
-
-    def __init__(self) -> None:
-        self._results: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
-        self.running = 0
-
-    def __call__(self, fn: Callable, args: tuple, on_done: Callable[[Any], None]) -> None:
-        with self._lock:
-            self.running += 1
-
-        def run() -> None:
-            self._results.put((on_done, fn(*args)))
-
-        threading.Thread(target=run, daemon=True).start()
-
-    def process_events(self, timeout: float = 0.0) -> int:
-        """Deliver the results that arrived (waiting up to ``timeout`` s for the first one)."""
-        n = 0
-        try:
-            item = self._results.get(timeout=timeout) if timeout > 0 else self._results.get_nowait()
-            while True:
-                with self._lock:
-                    self.running -= 1
-                item[0](item[1])
-                n += 1
-                item = self._results.get_nowait()
-        except queue.Empty:
-            return n
 
 
 @dataclass
@@ -199,6 +165,7 @@ class SamSession:
         self.prefetch_slices = PREFETCH_SLICES
         self.refine = True
         self.snapper = None  # a SliceSnapper while "snap to objects" is on
+        self.zoomer = None  # a SliceZoomer (small objects magnified) for a SAM model
         self.job: EmbeddingJob | None = None
         self.task: TaskContext | None = None
         self.generation = 0
@@ -222,11 +189,14 @@ class SamSession:
     def set_model(self, model: Any, name: str = "model") -> None:
         """Use ``model`` (a :class:`napari_sam.modeling.Sam`, or a SAM 2 ``Sam2``: see
         :mod:`._sam2`); embeddings of the previous model are dropped."""
+        from ..engine.predictor import SamPredictor
         from ..engine.sam2_predictor import predictor_for
+        from ..engine.zoom import SliceZoomer
 
         for handle in self._hooks:
             handle.remove()
         self.predictor = predictor_for(model, refine=self.refine)
+        self.zoomer = SliceZoomer() if type(self.predictor) is SamPredictor else None
         self._hooks = install_yield_points(model)
         self.model_name = name
         self.model_token += 1
@@ -414,7 +384,7 @@ class SamSession:
             self._decode_again = True
             return False
         self._decoding = True
-        self.runner(segment_objects, (self.predictor, objects, self.snapper),
+        self.runner(segment_objects, (self.predictor, objects, self.snapper, self.zoomer),
                     functools.partial(self._decoded, self._ticket(), on_done))
         return True
 
