@@ -23,10 +23,12 @@ too, goes to OUT/summary.json (each evaluate JSON to OUT/json/).
 
     python benchmarks/evaluate_real.py --model default --out /tmp/real [--checkpoint PATH]
         [--n N] [--clicks 3] [--data ../shared/data/bbbc039] [--holdout-every 4] [--threads 1]
-        [--snap]
+        [--snap | --no-snap]
 
-``--snap`` scores clicks and boxes snapped to the instance decoder's objects
-(:mod:`napari_sam.workflows.snap`, ``evaluate --snap``); the rest is unchanged.
+Clicks and boxes are scored as ``napari-sam evaluate`` scores them by default: snapped to the
+instance decoder's objects (:mod:`napari_sam.workflows.snap`) when the model has one (the
+default model since v0.18); ``--no-snap`` scores SAM's masks alone, ``--snap`` asks for
+snapping explicitly. The rest is unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from napari_sam import build_model
 from napari_sam.cli import main as cli
 from napari_sam.data.io import read_image
 from napari_sam.engine.zoom import ZoomPredictor
+from napari_sam.workflows.instance_decoder import has_instance_decoder
 from napari_sam.evaluation.baselines import classical_instances
 from napari_sam.evaluation.interactive import farthest_point, ground_truth_objects, mask_iou
 from napari_sam.training import holdout_split
@@ -106,7 +109,7 @@ def score_image(img: Path, lab: Path, args, predictor: ZoomPredictor, root: Path
         r[key] = fn()
         times[key] = round(time.perf_counter() - t, 1)
 
-    snap = ["--snap"] if args.snap else []
+    snap = {None: [], True: ["--snap"], False: ["--no-snap"]}[args.snap]
     timed("point", lambda: evaluate(img, lab, [*model, *snap, "--clicks", str(args.clicks)],
                                     root / f"{stem}_point.json"))
     timed("box", lambda: evaluate(img, lab, [*model, *snap, "--prompt", "box"],
@@ -206,9 +209,9 @@ def main() -> None:
                         help="the real data folder (images/, labels/); default ../shared/data/bbbc039")
     parser.add_argument("--holdout-every", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--snap", action="store_true",
+    parser.add_argument("--snap", action=argparse.BooleanOptionalAction, default=None,
                         help="clicks and boxes snapped to the instance decoder's objects "
-                             "(evaluate --snap)")
+                             "(default: as evaluate, on for models with one)")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -217,8 +220,9 @@ def main() -> None:
     root = Path(args.out)
     (root / "json").mkdir(parents=True, exist_ok=True)
     pairs = validation_pairs(Path(args.data), args.holdout_every, args.n)
-    predictor = ZoomPredictor(build_model(args.model, checkpoint=args.checkpoint), zoom="auto")
-    if args.snap:
+    model = build_model(args.model, checkpoint=args.checkpoint)
+    predictor = ZoomPredictor(model, zoom="auto")
+    if args.snap or (args.snap is None and has_instance_decoder(model)):
         from napari_sam.workflows.snap import SnapPredictor
 
         predictor = SnapPredictor(predictor)

@@ -4,6 +4,8 @@ and the default model on a real validation image."""
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -238,5 +240,54 @@ def test_segment_snap_on_the_command_line(tmp_path, cli_model, monkeypatch, caps
                         mask_input=None: (sam_mask.copy(), 0.9, np.zeros((1, 16, 16))))
     assert cli.main(args) == 0
     np.testing.assert_array_equal(tifffile.imread(out) > 0, inst == 1)
-    assert cli.main(args[:-1]) == 0  # without --snap: SAM's mask
+    assert cli.main(args[:-1]) == 0  # by default too, as in the viewer
+    np.testing.assert_array_equal(tifffile.imread(out) > 0, inst == 1)
+    assert cli.main([*args[:-1], "--no-snap"]) == 0  # SAM's mask
     np.testing.assert_array_equal(tifffile.imread(out) > 0, sam_mask)
+    # evaluate snaps by default too with such a model, and says so
+    tifffile.imwrite(tmp_path / "lab.tif", inst)
+    report = tmp_path / "r.json"
+    for extra, snapped in (([], True), (["--no-snap"], False), (["--raw-masks"], False)):
+        assert cli.main(["evaluate", str(tmp_path / "img.tif"), str(tmp_path / "lab.tif"),
+                         "--json", str(report), *extra]) == 0
+        assert json.loads(report.read_text())["protocol"]["snap"] is snapped
+
+
+def test_a_slices_objects_are_made_once_ahead_of_its_first_click(monkeypatch):
+    import threading
+
+    from napari_sam.workflows.snap import SliceSnapper
+
+    inst = _two_touching()
+    made, gate = [], threading.Event()
+
+    def slow_instances(model, image, params=None, intensity_range=None, embedding=None):
+        made.append(embedding)
+        assert gate.wait(10)
+        return inst
+
+    monkeypatch.setattr(snap_module, "segment_everything", slow_instances)
+    model = _tiny_with_decoder()
+    predictor = SamPredictor(model)
+    image = np.random.default_rng(1).random(inst.shape).astype(np.float32)
+    predictor.set_image(image)
+    snapper = SliceSnapper()
+    ahead = threading.Thread(target=snapper.prepare, args=(model, predictor.embedding, image))
+    ahead.start()  # the viewer's background job, once the embedding is ready
+    while not made:
+        threading.Event().wait(0.01)
+    mask = np.zeros(inst.shape, bool)
+    mask[11:29, 9:34] = True
+    out = {}
+    click = threading.Thread(target=lambda: out.update(m=snapper.snap(
+        predictor, mask, points=[[20, 20]], labels=[1])))
+    click.start()  # a click meanwhile waits for them instead of making them again
+    click.join(0.2)
+    assert click.is_alive() and len(made) == 1
+    gate.set()
+    ahead.join(10)
+    click.join(10)
+    np.testing.assert_array_equal(out["m"], inst == 1)
+    assert made == [predictor.embedding]
+    with pytest.raises(ValueError, match="instance decoder"):
+        snapper.prepare(build_sam(tiny_config()), predictor.embedding, image)

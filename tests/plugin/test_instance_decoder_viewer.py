@@ -71,9 +71,13 @@ def test_snap_to_objects_redraws_the_preview_with_the_slice_objects(sam, qtbot, 
     go_to(viewer, axis0=2)
     widget.points_layer.add([2, 30, 20])
     wait_idle(qtbot, widget, 20_000)
-    np.testing.assert_array_equal(widget.preview.masks[0], sam_mask)  # off by default
+    # on by default, but the tiny model has no instance decoder: SAM's mask, and no word
+    assert widget.snap_objects.value and widget.session.snapper is None
+    np.testing.assert_array_equal(widget.preview.masks[0], sam_mask)
+    assert not any("instance decoder" in n for n in notes)
 
-    widget.snap_objects.value = True  # the tiny model has no instance decoder: said once
+    widget.snap_objects.value = False
+    widget.snap_objects.value = True  # ticked by the user: said once
     wait_idle(qtbot, widget, 20_000)
     assert widget.session.snapper is None and any("instance decoder" in n for n in notes)
     np.testing.assert_array_equal(widget.preview.masks[0], sam_mask)
@@ -88,5 +92,17 @@ def test_snap_to_objects_redraws_the_preview_with_the_slice_objects(sam, qtbot, 
     widget.points_layer.add([2, 25, 15])  # another click on the slice: its objects are kept
     wait_idle(qtbot, widget, 20_000)
     assert made == [(64, 64)]
+    # another slice: its objects are found in the background once its embedding is ready,
+    # before any click there
+    go_to(viewer, axis0=0)
+    qtbot.waitUntil(lambda: len(made) == 2, timeout=20_000)
+    wait_idle(qtbot, widget, 20_000)
+    widget.points_layer.add([0, 30, 20])
+    wait_idle(qtbot, widget, 20_000)
+    qtbot.waitUntil(lambda: widget.preview is not None
+                    and (widget.preview.masks[0] == square).all(), timeout=20_000)
+    assert len(made) == 2  # the click used them
+    go_to(viewer, axis0=2)
+    wait_idle(qtbot, widget, 20_000)
     widget.snap_objects.value = False  # off again: SAM's mask
     qtbot.waitUntil(lambda: (widget.preview.masks[0] == sam_mask).all(), timeout=20_000)

@@ -4,6 +4,8 @@ segmentation."""
 
 from __future__ import annotations
 
+import argparse
+
 import json
 from dataclasses import fields
 from typing import Any
@@ -44,9 +46,11 @@ def register(sub) -> None:
     ev.add_argument("--oracle", choices=["first", "every"], default="first",
                     help="score the oracle (best true IoU of the candidates) for the first "
                          "prompt only, as the paper does, or after every click (slower)")
-    ev.add_argument("--snap", action="store_true",
+    ev.add_argument("--snap", action=argparse.BooleanOptionalAction, default=None,
                     help="snap each mask to the objects of the model's instance decoder, as "
-                         "the viewer's 'snap to objects' does (napari_sam.workflows.snap)")
+                         "the viewer's 'snap to objects' does (napari_sam.workflows.snap; "
+                         "default: on for a model with an instance decoder, such as the "
+                         "default model, unless --raw-masks)")
     ev.add_argument("--raw-masks", action="store_true",
                     help="score the model's masks as decoded; by default each is cut to what "
                          "the prompt asked for (the box, the clicked pieces), as in the viewer")
@@ -103,7 +107,7 @@ def _check_inputs(args, image: np.ndarray, labels: np.ndarray) -> None:
         raise InputError(f"--mode {args.mode} chooses how --automatic segments: add --automatic")
     if args.propagate or args.automatic:
         other = "--propagate" if args.propagate else "--automatic"
-        if args.snap:
+        if args.snap:  # (None, the default, is fine)
             raise InputError(f"--snap applies to clicks and boxes, not to {other}")
         if args.oracle != "first":
             raise InputError(f"--oracle applies to clicks and boxes, not to {other}")
@@ -162,7 +166,12 @@ def _evaluate_interactive(args, image, labels, zoom: float | str) -> dict[str, A
 
     model = _common.load_model(args)
     predictor = ZoomPredictor(model, zoom=zoom)
-    if args.snap:
+    snap = args.snap
+    if snap is None:  # as the viewer: on where the model has an instance decoder
+        from ..workflows.instance_decoder import has_instance_decoder
+
+        snap = has_instance_decoder(model) and not args.raw_masks
+    if snap:
         from ..workflows.snap import SnapPredictor
 
         try:
@@ -175,6 +184,7 @@ def _evaluate_interactive(args, image, labels, zoom: float | str) -> dict[str, A
         raw=args.raw_masks, oracle=args.oracle,
     )
     result["protocol"]["zoom"] = zoom
+    result["protocol"]["snap"] = bool(snap)
     return result
 
 

@@ -51,10 +51,11 @@ def register(sub) -> None:
                      help="treat the last axis as RGB (default: guessed from the shape)")
     seg.add_argument("--overwrite-objects", action="store_true",
                      help="let later objects take pixels of earlier ones")
-    seg.add_argument("--snap", action="store_true",
+    seg.add_argument("--snap", action=argparse.BooleanOptionalAction, default=None,
                      help="snap each mask to the objects of the model's instance decoder, as the "
                           "viewer's 'snap to objects' (planes decoded whole; not with "
-                          "--propagate or --text)")
+                          "--propagate or --text; default: on for a model with an instance "
+                          "decoder, such as the default model)")
     prop = seg.add_argument_group(
         "propagation",
         "Follow each prompted object along a leading axis of a stack (z or t), in both "
@@ -102,7 +103,12 @@ def run(args) -> int:
     objects, names = _prompted_objects(args, shape)
 
     model = _common.load_model(args)
-    snapper = _snapper(model) if args.snap else None
+    snapper = None
+    if args.propagate is None and args.snap is not False:
+        from ..workflows.instance_decoder import has_instance_decoder
+
+        if args.snap or has_instance_decoder(model):  # default: as the viewer
+            snapper = _snapper(model)
     if args.propagate is not None:
         labels = _propagate_objects(model, image, rgb, objects, names, args)
     else:

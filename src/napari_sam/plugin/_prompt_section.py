@@ -69,11 +69,12 @@ class PromptSection(Section):
                     "input size). Used for previews and segment everything",
         )
         self.snap_objects = CheckBox(
-            text="snap to objects", value=False,
+            text="snap to objects", value=True,
             tooltip="Draw each mask with the outline of the object that segment everything's "
-                    "instance decoder finds there (the default model has one): touching nuclei "
-                    "split better. A slice's objects are found at its first prompt (1-2 s on a "
-                    "CPU); slices decoded in tiles or zoomed crops are not snapped",
+                    "instance decoder finds there (models with one, such as the default "
+                    "model): touching nuclei split better. A slice's objects are found in the "
+                    "background once its embedding is ready (1-2 s on a CPU); slices decoded "
+                    "in tiles or zoomed crops are not snapped",
         )
         self.commit_button = PushButton(text=f"Commit ({KEY_COMMIT})")
         self.clear_button = PushButton(text=f"Clear slice ({KEY_CLEAR})")
@@ -214,12 +215,13 @@ class PromptSection(Section):
 
     def _on_snap_changed(self, value=None) -> None:
         """The preview is decoded again, snapped to the slice's objects or not."""
-        self.apply_snap()
+        self.apply_snap(ticked=True)
         self.host.loop.schedule("prompts")
 
-    def apply_snap(self) -> None:
+    def apply_snap(self, ticked: bool = False) -> None:
         """Give the session a snapper while "snap to objects" is on and the model has an
-        instance decoder (else say so, once)."""
+        instance decoder (else, when the user has just ``ticked`` the box, say so once; on by
+        default, it stays quiet for models without one)."""
         session = self.host.session
         model = None if session.predictor is None else session.predictor.model
         session.snapper = None
@@ -229,9 +231,10 @@ class PromptSection(Section):
         from ..workflows.snap import SliceSnapper
 
         if not has_instance_decoder(model):
-            self.host.warn_once("snap:no-decoder", "'snap to objects' needs a model with an "
-                                "instance decoder (the default model, micro-sam's *_lm): masks "
-                                "are shown as SAM draws them.")
+            if ticked:
+                self.host.warn_once("snap:no-decoder", "'snap to objects' needs a model with "
+                                    "an instance decoder (the default model, micro-sam's *_lm): "
+                                    "masks are shown as SAM draws them.")
             return
         session.snapper = SliceSnapper()  # a new model: new objects
 

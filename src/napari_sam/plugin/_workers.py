@@ -65,6 +65,16 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None):
         return None, None, exc
 
 
+def prepare_snap(snapper, model, embedding, pixels, intensity_range) -> None:
+    """Worker body: a slice's objects for "snap to objects", made before its first click
+    (:meth:`~napari_sam.workflows.snap.SliceSnapper.prepare`). A failure is logged: the first
+    click then makes them again and reports its error."""
+    try:
+        snapper.prepare(model, embedding, pixels, intensity_range)
+    except Exception:
+        logger.exception("finding the slice's objects for snapping failed")
+
+
 def segment_tiled(tiled, objects):
     """Worker body: one mask per object over a whole large plane (tiles embedded on demand).
 

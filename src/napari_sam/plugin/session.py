@@ -40,6 +40,7 @@ from ._workers import (
     compute_embedding,
     install_yield_points,
     prefetch,
+    prepare_snap,
     run_task,
     segment_objects,
     segment_tiled,
@@ -330,6 +331,9 @@ class SamSession:
         if self.embedding_key != key:
             self.predictor.set_embedding(self.cache.get(key), pixels, self._ranges.get(key[0]))
             self.embedding_key = key
+            if self.snapper is not None and pixels is not None:  # its objects, in the background
+                self.runner(prepare_snap, (self.snapper, self.predictor.model, self.cache.get(key),
+                                           pixels, self._ranges.get(key[0])), lambda _: None)
 
     # -- prefetch ----------------------------------------------------------------------------------
 

@@ -240,6 +240,7 @@ class SliceSnapper:
         self.params, self.keep = params, max(1, int(keep))
         self.min_cover, self.min_agreement = float(min_cover), float(min_agreement)
         self._maps: list[tuple[Any, np.ndarray, np.ndarray]] = []  # (embedding, labels, sizes)
+        self._pending: dict[int, tuple[Any, threading.Event]] = {}  # being made, by id()
         self._lock = threading.Lock()
 
     def instances(self, predictor: SamPredictor) -> npt.NDArray[np.int32]:
@@ -258,17 +259,46 @@ class SliceSnapper:
         emb, pixels = predictor.embedding, predictor.pixels
         if emb is None or pixels is None:
             raise RuntimeError("snapping needs the slice and its pixels: set_image() first")
-        with self._lock:
-            for entry in self._maps:
-                if entry[0] is emb:
-                    return entry
-        if not has_instance_decoder(predictor.model):
+        return self._made(predictor.model, emb, *pixels)
+
+    def prepare(self, model: Any, embedding: Any, image: npt.ArrayLike,
+                intensity_range: tuple[float, float] | None = None) -> None:
+        """Make a slice's instances ahead of its first :meth:`snap` (the viewer does it in
+        the background once the slice's embedding is ready), from its whole-slice
+        ``embedding`` and its pixels. A :meth:`snap` meanwhile waits for it instead of making
+        them a second time.
+
+        Raises
+        ------
+        ValueError
+            If the model has no instance decoder.
+        """
+        self._made(model, embedding, image, intensity_range)
+
+    def _made(self, model, emb, image, intensity_range) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The slice's entry: kept, being made by another thread (waited for), or made."""
+        if not has_instance_decoder(model):
             raise ValueError("snapping to objects needs a model with an instance decoder")
-        image, intensity_range = pixels
-        entry = (emb, *_instance_map(predictor.model, image, self.params, intensity_range, emb))
-        with self._lock:
-            self._maps = [entry, *(e for e in self._maps if e[0] is not emb)][:self.keep]
-        return entry
+        while True:
+            with self._lock:
+                for entry in self._maps:
+                    if entry[0] is emb:
+                        return entry
+                pending = self._pending.get(id(emb))
+                if pending is None or pending[0] is not emb:
+                    done = threading.Event()
+                    self._pending[id(emb)] = (emb, done)
+                    break
+            pending[1].wait()  # then kept (or failed there: made here)
+        try:
+            entry = (emb, *_instance_map(model, image, self.params, intensity_range, emb))
+            with self._lock:
+                self._maps = [entry, *(e for e in self._maps if e[0] is not emb)][:self.keep]
+            return entry
+        finally:
+            with self._lock:
+                self._pending.pop(id(emb), None)
+            done.set()
 
     def snap(self, predictor: SamPredictor, mask: npt.NDArray[np.bool_], points=None,
              labels=None, box=None, mask_input=None) -> npt.NDArray[np.bool_]:
