@@ -44,10 +44,10 @@ from napari_sam import build_model
 from napari_sam.cli import main as cli
 from napari_sam.data.io import read_image
 from napari_sam.engine.zoom import ZoomPredictor
-from napari_sam.workflows.instance_decoder import has_instance_decoder
 from napari_sam.evaluation.baselines import classical_instances
 from napari_sam.evaluation.interactive import farthest_point, ground_truth_objects, mask_iou
 from napari_sam.training import holdout_split
+from napari_sam.workflows.instance_decoder import has_instance_decoder
 
 
 def validation_pairs(data: Path, every: int, n: int | None) -> list[tuple[Path, Path]]:

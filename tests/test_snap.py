@@ -5,7 +5,6 @@ and the default model on a real validation image."""
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np

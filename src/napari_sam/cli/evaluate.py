@@ -5,7 +5,6 @@ segmentation."""
 from __future__ import annotations
 
 import argparse
-
 import json
 from dataclasses import fields
 from typing import Any
