@@ -105,8 +105,9 @@ def blob_radius(image: npt.ArrayLike, centre: npt.ArrayLike, max_radius: float) 
     only (one zero-sum kernel per scale on the pixels within ``4 sigma``, the slice's edge
     extended) for ``sigma`` from 0.5 px up to ``max_radius / sqrt(2)`` in steps of 2**0.25;
     a disc of radius ``R`` answers most strongly at ``sigma = R / sqrt(2)``, so the radius is
-    ``sqrt(2)`` times the best ``sigma``: the finest scale whose response is a local maximum
-    of at least :data:`RELATIVE_PEAK` of the strongest (a speck beside a brighter nucleus
+    ``sqrt(2)`` times the best ``sigma``: the finest scale (above 0.5 px, too small a kernel to
+    compare) whose response is a local maximum of at least :data:`RELATIVE_PEAK` of the
+    strongest, else the strongest (a speck beside a brighter nucleus
     peaks at its own scale before the nucleus's). Contrast and offset do not change the
     answer; a blob larger than ``max_radius`` gives about ``max_radius``.
 
@@ -189,7 +190,7 @@ def object_zoom(image: npt.ArrayLike, zoom: float, img_size: int, points=None, l
     h, w = np.shape(image)[:2]
     to_input = zoom * img_size / max(h, w)  # slice px -> model input px
     limit = SMALL_OBJECT_RADIUS / to_input  # the largest small radius, slice px
-    if box is not None:
+    if box is not None and np.size(box):
         box = np.asarray(box, dtype=np.float64).reshape(4)
         radius = max(box[2] - box[0], box[3] - box[1]) / 2
     elif points is not None and np.size(points):
