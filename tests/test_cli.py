@@ -307,3 +307,19 @@ def test_synthetic_crop_sizes_the_generator_apart_from_real_crops(tmp_path, caps
                      "--out", str(tmp_path / "m.pt")])
     assert code == 0
     assert shapes == [(48, 48)] and real_crops == [96]
+
+
+def test_the_default_model_warns_about_a_brightfield_image(tmp_path, cli_model, capsys):
+    yy, xx = np.mgrid[:64, :64]
+    nuclei = ((yy - 20) ** 2 + (xx - 20) ** 2 < 64) | ((yy - 40) ** 2 + (xx - 44) ** 2 < 100)
+    fluorescence = (20 + 180 * nuclei).astype(np.uint8)
+    for name, image, warned in (("fluo.tif", fluorescence, False),
+                                ("bf.tif", np.repeat(255 - fluorescence[..., None], 3, -1), True)):
+        tifffile.imwrite(tmp_path / name, image)
+        out = tmp_path / f"out_{name}"
+        for model in ("default", "vit_b"):
+            code = cli.main(["segment", str(tmp_path / name), "--box", "10,10,30,30", "--out",
+                             str(out), "--model", model, "--no-snap"])
+            err = capsys.readouterr().err
+            assert code == 0 and out.exists()  # a warning, not an error
+            assert ("bright background" in err) == (warned and model == "default"), err

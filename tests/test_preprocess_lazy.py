@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from napari_sam.engine.preprocess import estimate_intensity_range
@@ -33,3 +35,17 @@ def test_lazy_stack_range_from_a_few_planes():
     full = estimate_intensity_range(data)
     assert lazy.reads <= 16
     assert abs(low - full[0]) < 10 and abs(high - full[1]) < 10
+
+
+def test_bright_background_tells_brightfield_from_fluorescence():
+    import tifffile
+
+    from napari_sam.engine.preprocess import bright_background
+
+    real = tifffile.imread(Path(__file__).parent / "data" / "bbbc039_val_image.tif")
+    assert not bright_background(real)  # fluorescence: mostly dark background
+    inverted = real.max() - real.astype(np.float64)
+    assert bright_background(inverted)
+    rgb = np.repeat((255 * inverted / inverted.max()).astype(np.uint8)[..., None], 3, axis=-1)
+    assert bright_background(rgb) and not bright_background(255 - rgb)
+    assert not bright_background(np.full((8, 8), 7.0))  # constant: nothing to tell

@@ -169,3 +169,25 @@ def test_commit_onto_existing_objects_only(sam, idle, notes):
     assert any("existing objects" in m for m in notes), notes
     np.testing.assert_array_equal(target.data, existing)
     assert len(widget.shapes_layer.data) == 1  # the prompt is kept
+
+
+def test_a_brightfield_image_is_flagged_once_for_the_default_model(sam, idle, notes,
+                                                                    tiny_model):
+    yy, xx = np.mgrid[:64, :64]
+    nuclei = ((yy - 20) ** 2 + (xx - 20) ** 2 < 64) | ((yy - 40) ** 2 + (xx - 44) ** 2 < 100)
+    noise = np.random.default_rng(0).normal(0, 5, nuclei.shape)
+    fluorescence = np.clip(20 + 180 * nuclei + noise, 0, 255).astype(np.uint8)
+    brightfield = np.repeat(255 - fluorescence[..., None], 3, axis=-1)  # dark nuclei, RGB
+    viewer, widget, _ = sam(brightfield, model=False, rgb=True)
+    widget.set_model(tiny_model, "vit_b")  # another model: nothing to say
+    idle(widget)
+    assert not any("bright background" in m for m in notes), notes
+    widget.set_model(tiny_model, "default")  # (the name is what counts)
+    widget.points_layer.add([10, 10])
+    idle(widget)
+    warned = [m for m in notes if "bright background" in m]
+    assert len(warned) == 1 and "Invert" in warned[0], notes
+    viewer.add_image(fluorescence, name="fluo")  # a fluorescence image: nothing
+    widget.points_layer.add([10, 10])
+    idle(widget)
+    assert sum("bright background" in m for m in notes) == 1, notes

@@ -136,6 +136,27 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "refiner (the default model has one; see docs/default-model.md)")
 
 
+def warn_if_brightfield(args, image, rgb: bool) -> None:
+    """One line on stderr when the default model is given an image that looks like dark
+    objects on a bright background (it has only seen bright objects on a dark one): the
+    first plane of ``image`` is looked at."""
+    if args.model != "default" or getattr(args, "checkpoint", None):
+        return
+    import sys
+
+    import numpy as np
+
+    from ..engine.preprocess import bright_background
+
+    lead = np.ndim(image) - (3 if rgb else 2)
+    plane = image[(0,) * lead] if lead > 0 else image
+    if bright_background(plane):
+        print("napari-sam: warning: the image looks like dark objects on a bright background "
+              "(brightfield, H&E); the default model has only seen bright objects on a dark "
+              "background and fails there: invert the image first, or use --model vit_b",
+              file=sys.stderr)
+
+
 def load_model(args):
     """The model that :func:`add_model_args`'s options name.
 

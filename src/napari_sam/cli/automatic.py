@@ -75,6 +75,7 @@ def run(args) -> int:
     image = read_image(args.image)
     rgb = is_rgb(image) and image.ndim == (3 if args.axis is None else 4)
     shape = spatial_shape(image, rgb)
+    _common.warn_if_brightfield(args, image, rgb)
     if len(shape) == 2:
         if args.axis is not None:
             raise InputError(f"--axis {args.axis} given for a 2D image {image.shape}")

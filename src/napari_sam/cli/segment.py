@@ -96,6 +96,7 @@ def run(args) -> int:
     shape = spatial_shape(image, rgb)
     if len(shape) < 2 or min(shape[-2:]) < 1:
         raise InputError(f"{args.image}: not an image with two spatial axes (shape {image.shape})")
+    _common.warn_if_brightfield(args, image, rgb)
     nlead = len(shape) - 2
     if args.propagate is not None and not 0 <= args.propagate < nlead:
         raise InputError(f"--propagate {args.propagate}: the image has {nlead} leading axis(es) "

@@ -51,6 +51,7 @@ class PreviewLoop:
         self.host = host
         self._pending: set[str] = set()
         self._plane_key: tuple | None = None
+        self._polarity_checked: set = set()  # (image, model token) looked at for brightfield
         self.timer = QTimer(host.native)
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self._on_timer)
@@ -134,12 +135,30 @@ class PreviewLoop:
                                               bool(self.host.refine_masks.value)))
             return
         if session.cache.get(key) is None:
+            self._warn_if_brightfield(image, plane)
             self._request_embedding(image, plane, key)
             return
         if session.embedding_key != key:
             # the plane's pixels too: the default model's refiner redraws masks from them
             session.use_embedding(key, np.asarray(image_level0(image)[plane.indexer()]))
         self._decode(image, plane)
+
+    def _warn_if_brightfield(self, image: Image, plane: Plane) -> None:
+        """The default model has only seen bright objects on a dark background: say so, once
+        per image, when its first plane looks like brightfield or H&E."""
+        seen = (image.unique_id, self.host.session.model_token)
+        if self.host.model_name != "default" or seen in self._polarity_checked:
+            return
+        self._polarity_checked.add(seen)
+        from ..engine.preprocess import bright_background
+
+        if bright_background(np.asarray(image_level0(image)[plane.indexer()])):
+            self.host.warn_once(
+                f"brightfield:{image.unique_id}",
+                f"'{image.name}' looks like dark objects on a bright background (brightfield, "
+                "H&E): the default model has only seen bright objects on a dark background and "
+                "fails on such images. Invert the image first (for 8-bit RGB: "
+                "viewer.add_image(255 - image)), or load SAM's vit_b or a micro-sam model.")
 
     def _request_embedding(self, image: Image, plane: Plane, key: tuple) -> None:
         """Start the embedding of the plane on screen unless one is running (then it is asked
