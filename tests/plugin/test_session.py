@@ -88,6 +88,40 @@ def test_a_small_object_is_decoded_magnified_in_the_session(tiny_model):
                                   session.predictor.segment(nucleus, one)[0])
 
 
+def test_a_click_added_refines_the_previous_mask_as_in_sams_protocol(tiny_model):
+    image, gt = nuclei_3d((4, 64, 64))
+    session = SamSession()
+    session.set_model(tiny_model, "tiny")
+    embedder = session.embedder("img", image, (1, 2), disk=False)
+    key, _, errors = _embed(session, embedder, 2)
+    assert session.wait(30) and errors == [None]
+    session.use_embedding(key, image[2])
+    centre = object_centre(gt[2])
+    one = {"points": np.array([centre], float), "labels": np.array([1])}
+    two = {"points": np.array([centre, [5.0, 5.0]]), "labels": np.array([1, 0])}
+    box = {"box": np.array([2.0, 2.0, 40.0, 40.0])}
+    results = []
+
+    def decode(*objects):
+        assert session.decode(list(objects), results.append) and session.wait(30)
+        assert results[-1].error is None
+        return results[-1].masks
+
+    predictor = session.predictor
+    _, _, logits = predictor.segment(**one)
+    decode(one, box)
+    masks = decode(two, box)  # a negative click added to the first object
+    expected, _, _ = predictor.segment(**two, mask_input=logits)
+    np.testing.assert_array_equal(masks[0], expected)
+    assert (expected != predictor.segment(**two)[0]).any()  # not what it gives from nothing
+    # another object's change does not redraw it: the same prompt as before
+    masks = decode(two, {"box": np.array([2.0, 2.0, 41.0, 41.0])})
+    np.testing.assert_array_equal(masks[0], expected)
+    # a moved point starts from nothing
+    moved = {"points": np.array([centre, [6.0, 5.0]]), "labels": np.array([1, 0])}
+    np.testing.assert_array_equal(decode(moved)[0], predictor.segment(**moved)[0])
+
+
 def test_a_new_model_makes_a_running_embedding_stale(tiny_model):
     image, _ = nuclei_3d((4, 48, 48))
     session = SamSession()

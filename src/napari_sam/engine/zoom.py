@@ -461,6 +461,12 @@ class SliceZoomer:
             self._zoomers = [(emb, zoomer), *self._zoomers][:self.keep]
             return zoomer
 
+    def zooms(self, predictor: SamPredictor, points=None, labels=None, box=None) -> bool:
+        """Whether :meth:`segment` decodes these prompts in a magnified crop."""
+        with self._lock:
+            zoomer = self.zoom_predictor(predictor)
+            return zoomer is not None and zoomer.object_zoom(points, labels, box) != 1.0
+
     def segment(self, predictor: SamPredictor, points=None, labels=None, box=None,
                 mask_input=None) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
         """:meth:`SamPredictor.segment` of the prompts on the predictor's slice, a small

@@ -44,9 +44,11 @@ def _segment_each(segment, objects):
     return masks, scores
 
 
-def segment_objects(predictor, objects, snapper=None, zoomer=None):
+def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
     """Worker body: one mask per object of the slice the predictor holds, small objects
-    decoded magnified by ``zoomer`` (a :class:`~napari_sam.engine.zoom.SliceZoomer`) and the
+    decoded magnified by ``zoomer`` (a :class:`~napari_sam.engine.zoom.SliceZoomer`), a click
+    added to an object decoded with its previous logits from ``memory`` (a
+    :class:`~napari_sam.engine.click_memory.ClickMemory`, as SAM's protocol does), and the
     masks snapped to the slice's objects by ``snapper`` (a
     :class:`~napari_sam.workflows.snap.SliceSnapper`), each if given.
 
@@ -56,6 +58,8 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None):
     try:
         segment = (predictor.segment if zoomer is None
                    else functools.partial(zoomer.segment, predictor))
+        if memory is not None:
+            segment = functools.partial(_segment_refining, predictor, segment, zoomer, memory)
         masks, scores = _segment_each(segment, objects)
         if snapper is not None:
             masks = [snapper.snap(predictor, m, **obj) for m, obj in zip(masks, objects)]
@@ -63,6 +67,22 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None):
     except Exception as exc:
         logger.exception("decoding the prompts failed")
         return None, None, exc
+
+
+def _segment_refining(predictor, segment, zoomer, memory, **obj):
+    """``segment(**obj)`` with the object's previous logits as its mask prompt when a click
+    was added to it (objects decoded in a magnified crop start from nothing: their logits are
+    the crop's)."""
+    prompt = dict(obj)
+    whole = zoomer is None or not zoomer.zooms(predictor, obj.get("points"), obj.get("labels"),
+                                                obj.get("box"))
+    previous = memory.mask_prompt(predictor.embedding, obj) if whole else None
+    if previous is not None:
+        prompt["mask_input"] = previous
+    out = segment(**prompt)
+    memory.remember(predictor.embedding, obj, previous,
+                    out[2] if whole and len(out) > 2 else None)
+    return out
 
 
 def prepare_snap(snapper, model, embedding, pixels, intensity_range) -> None:

@@ -167,6 +167,7 @@ class SamSession:
         self.refine = True
         self.snapper = None  # a SliceSnapper while "snap to objects" is on
         self.zoomer = None  # a SliceZoomer (small objects magnified) for a SAM model
+        self.clicks = None  # a ClickMemory (a click refines its object's last mask) likewise
         self.job: EmbeddingJob | None = None
         self.task: TaskContext | None = None
         self.generation = 0
@@ -190,6 +191,7 @@ class SamSession:
     def set_model(self, model: Any, name: str = "model") -> None:
         """Use ``model`` (a :class:`napari_sam.modeling.Sam`, or a SAM 2 ``Sam2``: see
         :mod:`._sam2`); embeddings of the previous model are dropped."""
+        from ..engine.click_memory import ClickMemory
         from ..engine.predictor import SamPredictor
         from ..engine.sam2_predictor import predictor_for
         from ..engine.zoom import SliceZoomer
@@ -197,7 +199,8 @@ class SamSession:
         for handle in self._hooks:
             handle.remove()
         self.predictor = predictor_for(model, refine=self.refine)
-        self.zoomer = SliceZoomer() if type(self.predictor) is SamPredictor else None
+        sam = type(self.predictor) is SamPredictor
+        self.zoomer, self.clicks = (SliceZoomer(), ClickMemory()) if sam else (None, None)
         self._hooks = install_yield_points(model)
         self.model_name = name
         self.model_token += 1
@@ -388,7 +391,8 @@ class SamSession:
             self._decode_again = True
             return False
         self._decoding = True
-        self.runner(segment_objects, (self.predictor, objects, self.snapper, self.zoomer),
+        self.runner(segment_objects, (self.predictor, objects, self.snapper, self.zoomer,
+                                      self.clicks),
                     functools.partial(self._decoded, self._ticket(), on_done))
         return True
 

@@ -1,0 +1,48 @@
+"""A click added to an object refines its previous mask (napari_sam.engine.click_memory)."""
+
+import numpy as np
+
+from napari_sam.engine.click_memory import ClickMemory
+
+
+def _obj(points=None, labels=None, box=None, mask=None):
+    return {"points": None if points is None else np.asarray(points, float),
+            "labels": None if labels is None else np.asarray(labels),
+            "box": box, "mask_input": mask}
+
+
+def test_a_click_added_gets_the_previous_logits_and_nothing_else_does():
+    memory, emb, other_emb = ClickMemory(), object(), object()
+    first = _obj([[10, 10]], [1])
+    logits1, logits2 = np.full((1, 8, 8), 1.0, np.float32), np.full((1, 8, 8), 2.0, np.float32)
+    assert memory.mask_prompt(emb, first) is None  # nothing decoded yet
+    memory.remember(emb, first, None, logits1)
+    assert memory.mask_prompt(emb, first) is None  # the same points: the same prompt as before
+    second = _obj([[10, 10], [20, 5]], [1, 0])
+    np.testing.assert_array_equal(memory.mask_prompt(emb, second), logits1)  # a click added
+    memory.remember(emb, second, logits1, logits2)
+    np.testing.assert_array_equal(memory.mask_prompt(emb, second), logits1)  # decoded again
+    third = _obj([[10, 10], [20, 5], [3, 3]], [1, 0, 1])
+    np.testing.assert_array_equal(memory.mask_prompt(emb, third), logits2)
+    # a moved or deleted point, another label, another slice: from nothing
+    assert memory.mask_prompt(emb, _obj([[11, 10], [20, 5], [3, 3]], [1, 0, 1])) is None
+    assert memory.mask_prompt(emb, _obj([[10, 10], [20, 5], [3, 3]], [1, 1, 1])) is None
+    assert memory.mask_prompt(emb, first) is None
+    assert memory.mask_prompt(other_emb, third) is None
+    memory.remember(other_emb, first, None, logits1)  # another slice: the old one forgotten
+    assert memory.mask_prompt(emb, third) is None
+
+
+def test_boxes_are_objects_of_their_own_and_mask_prompts_are_not_followed():
+    memory, emb = ClickMemory(), object()
+    logits = np.ones((1, 8, 8), np.float32)
+    box_a, box_b = np.array([0, 0, 10, 10.0]), np.array([20, 20, 30, 30.0])
+    memory.remember(emb, _obj(box=box_a), None, logits)
+    np.testing.assert_array_equal(memory.mask_prompt(emb, _obj([[5, 5]], [0], box=box_a)), logits)
+    assert memory.mask_prompt(emb, _obj([[25, 25]], [0], box=box_b)) is None
+    assert memory.mask_prompt(emb, _obj([[5, 5]], [1])) is None  # the free points: another one
+    mask = np.zeros((32, 32), bool)
+    memory.remember(emb, _obj(box=box_a, mask=mask), None, logits)
+    assert memory.mask_prompt(emb, _obj([[5, 5]], [0], box=box_a, mask=mask)) is None
+    memory.clear()
+    assert memory.mask_prompt(emb, _obj([[5, 5]], [0], box=box_a)) is None
