@@ -323,3 +323,25 @@ def test_the_default_model_warns_about_a_brightfield_image(tmp_path, cli_model, 
             err = capsys.readouterr().err
             assert code == 0 and out.exists()  # a warning, not an error
             assert ("bright background" in err) == (warned and model == "default"), err
+
+
+def test_segment_decodes_an_objects_points_in_their_click_order(tmp_path, cli_model):
+    from napari_sam import SamPredictor
+
+    yy, xx = np.mgrid[:64, :64]
+    image = (((yy - 30) ** 2 + (xx - 30) ** 2 < 300) * 200 + 20).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    csv = tmp_path / "points.csv"
+    csv.write_text("index,axis-0,axis-1,label\n0,30,30,1\n1,50,12,0\n2,22,36,1\n")
+    out = tmp_path / "out.tif"
+    assert cli.main(["segment", str(tmp_path / "img.tif"), "--points", str(csv), "--out",
+                     str(out)]) == 0
+    predictor = SamPredictor(cli_model)
+    predictor.set_image(image)
+    points, labels = np.array([[30.0, 30], [50, 12], [22, 36]]), np.array([1, 0, 1])
+    _, _, logits = predictor.segment(points[:1], labels[:1])
+    _, _, logits = predictor.segment(points[:2], labels[:2], mask_input=logits)
+    clicked, _, _ = predictor.segment(points, labels, mask_input=logits)
+    at_once, _, _ = predictor.segment(points, labels)
+    assert (clicked != at_once).any()  # (the test tells them apart)
+    np.testing.assert_array_equal(tifffile.imread(out) > 0, clicked)

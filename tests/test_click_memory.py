@@ -46,3 +46,24 @@ def test_boxes_are_objects_of_their_own_and_mask_prompts_are_not_followed():
     assert memory.mask_prompt(emb, _obj([[5, 5]], [0], box=box_a, mask=mask)) is None
     memory.clear()
     assert memory.mask_prompt(emb, _obj([[5, 5]], [0], box=box_a)) is None
+
+
+def test_points_given_at_once_are_decoded_in_click_order():
+    from napari_sam.engine.click_memory import segment_in_click_order
+
+    calls = []
+
+    def segment(points=None, labels=None, box=None, mask_input=None):
+        calls.append((None if points is None else len(points), box is not None,
+                      None if mask_input is None else float(mask_input[0, 0, 0])))
+        return np.zeros((4, 4), bool), 0.5, np.full((1, 2, 2), float(len(calls)), np.float32)
+
+    out = segment_in_click_order(segment, [[1, 1], [2, 2], [3, 3]], [0, 1, 0])
+    # the lone negative point makes no object yet; then each click with the last logits
+    assert calls == [(2, False, None), (3, False, 1.0)] and out[2][0, 0, 0] == 2.0
+    calls.clear()
+    segment_in_click_order(segment, [[1, 1]], [0], box=np.array([0, 0, 3, 3.0]))
+    assert calls == [(None, True, None), (1, True, 1.0)]  # the box first
+    calls.clear()
+    segment_in_click_order(segment, [[1, 1]], [0])  # negative points alone: as given
+    assert calls == [(1, False, None)]

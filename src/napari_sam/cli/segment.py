@@ -127,7 +127,10 @@ class PlanePredictor:
     decoded with a :class:`~napari_sam.engine.tiling.TiledPredictor` (only the tiles under the
     prompts are embedded, kept in a bounded memory cache; objects across tile borders come out
     whole), any other plane whole, a small object there in a magnified crop of its own
-    (:class:`~napari_sam.engine.zoom.SliceZoomer`, as in the viewer). With a ``snapper``
+    (:class:`~napari_sam.engine.zoom.SliceZoomer`, as in the viewer), any other object's
+    points decoded as if clicked one at a time in their order, each click with the previous
+    logits (:func:`~napari_sam.engine.click_memory.segment_in_click_order`: what the viewer
+    shows for the same clicks). With a ``snapper``
     (:class:`~napari_sam.workflows.snap.SliceSnapper`) the masks of planes decoded whole are
     snapped to the plane's objects."""
 
@@ -152,9 +155,16 @@ class PlanePredictor:
             self.whole.set_image(plane, intensity_range)
 
     def segment(self, points=None, labels=None, box=None, mask_input=None):
+        from ..engine.click_memory import segment_in_click_order
+
         if self.tiled is None:
-            mask, score, logits = self.zoomer.segment(self.whole, points, labels, box,
-                                                      mask_input)
+            if mask_input is None and not self.zoomer.zooms(self.whole, points, labels, box):
+                # as in the viewer, clicked in the CSV's order
+                mask, score, logits = segment_in_click_order(self.whole.segment, points,
+                                                             labels, box)
+            else:
+                mask, score, logits = self.zoomer.segment(self.whole, points, labels, box,
+                                                          mask_input)
             if self.snapper is not None:
                 mask = self.snapper.snap(self.whole, mask, points, labels, box)
             return mask, score, logits

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["ClickMemory"]
+__all__ = ["ClickMemory", "segment_in_click_order"]
 
 
 class ClickMemory:
@@ -76,6 +76,41 @@ class ClickMemory:
     def clear(self) -> None:
         with self._lock:
             self._embedding, self._last = None, {}
+
+
+def segment_in_click_order(segment, points=None, labels=None, box=None):
+    """Decode one object as the viewer does when its prompts are given one at a time: the box
+    first, then each point in its order with the previous decode's logits (prefixes of free
+    points with no positive point make no object yet, as in the viewer).
+
+    Parameters
+    ----------
+    segment : callable
+        :meth:`SamPredictor.segment` (or one with its signature) on the object's slice.
+    points : array-like, shape (N, 2), optional
+    labels : array-like, shape (N,), optional
+    box : array-like, shape (4,), optional
+
+    Returns
+    -------
+    tuple
+        What the last ``segment`` call returned: ``(mask, score, low_res_logits)``.
+    """
+    pts, labs = _points({"points": points, "labels": labels})
+    has_box = box is not None and np.size(box) > 0
+    out, logits = None, None
+    if has_box:
+        out = segment(box=box)
+        logits = out[2]
+    for k in range(1, len(pts) + 1):
+        if not has_box and not np.any(labs[:k] == 1):
+            continue  # no object yet
+        out = segment(points=pts[:k], labels=labs[:k], box=box if has_box else None,
+                      mask_input=logits)
+        logits = out[2]
+    if out is None:  # negative points alone: decoded as given
+        out = segment(points=points, labels=labels, box=box)
+    return out
 
 
 def _points(obj: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
