@@ -36,6 +36,17 @@ def _embed(session, embedder, z, uid="img"):
     return key, job, errors
 
 
+def _ready(model, image, z):
+    """A session with the tiny model and plane ``z`` of ``image`` embedded and in use."""
+    session = SamSession()
+    session.set_model(model, "tiny")
+    embedder = session.embedder("img", image, (1, 2), disk=False)
+    key, _, errors = _embed(session, embedder, z)
+    assert session.wait(30) and errors == [None]
+    session.use_embedding(key, image[z])
+    return session
+
+
 def test_a_session_embeds_and_decodes_a_plane_headless(tiny_model):
     image, gt = nuclei_3d((6, 64, 64))
     session = SamSession()
@@ -68,13 +79,8 @@ def test_a_small_object_is_decoded_magnified_in_the_session(tiny_model):
     plane = (((yy - 60) ** 2 + (xx - 60) ** 2 <= 30 ** 2)
              | ((yy - 200) ** 2 + (xx - 180) ** 2 <= 2)).astype(np.float32)
     image = np.stack([plane, ndimage.gaussian_filter(plane, 0.7)])
-    session = SamSession()
-    session.set_model(tiny_model, "tiny")
+    session = _ready(tiny_model, image, 1)
     assert isinstance(session.zoomer, SliceZoomer)
-    embedder = session.embedder("img", image, (1, 2), disk=False)
-    key, _, errors = _embed(session, embedder, 1)
-    assert session.wait(30) and errors == [None]
-    session.use_embedding(key, image[1])
     speck, nucleus, one = np.array([[200.0, 180.0]]), np.array([[60.0, 60.0]]), np.array([1])
     results = []
     session.decode([{"points": speck, "labels": one}, {"points": nucleus, "labels": one}],
@@ -90,12 +96,7 @@ def test_a_small_object_is_decoded_magnified_in_the_session(tiny_model):
 
 def test_a_click_added_refines_the_previous_mask_as_in_sams_protocol(tiny_model):
     image, gt = nuclei_3d((4, 64, 64))
-    session = SamSession()
-    session.set_model(tiny_model, "tiny")
-    embedder = session.embedder("img", image, (1, 2), disk=False)
-    key, _, errors = _embed(session, embedder, 2)
-    assert session.wait(30) and errors == [None]
-    session.use_embedding(key, image[2])
+    session = _ready(tiny_model, image, 2)
     centre = object_centre(gt[2])
     one = {"points": np.array([centre], float), "labels": np.array([1])}
     two = {"points": np.array([centre, [5.0, 5.0]]), "labels": np.array([1, 0])}
