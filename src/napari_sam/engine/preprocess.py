@@ -110,6 +110,8 @@ def bright_background(image: npt.ArrayLike) -> bool:
         One 2D slice (C = 3 or 4 is colour).
     """
     arr = np.asarray(image)
+    step = max(1, int(np.ceil(np.sqrt(arr.shape[0] * arr.shape[1] / 1e6))))
+    arr = arr[::step, ::step]  # about a million pixels at most: a large plane stays cheap
     gray = arr[..., :3].mean(axis=-1) if arr.ndim == 3 and arr.shape[-1] in (3, 4) else arr
     gray = np.asarray(gray, dtype=np.float64)
     low, high = estimate_intensity_range(gray)
