@@ -56,10 +56,12 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
     reports it.
     """
     try:
-        segment = (predictor.segment if zoomer is None
-                   else functools.partial(zoomer.segment, predictor))
         if memory is not None:
-            segment = functools.partial(_segment_refining, predictor, segment, zoomer, memory)
+            segment = functools.partial(_segment_refining, predictor, zoomer, memory)
+        elif zoomer is not None:
+            segment = functools.partial(zoomer.segment, predictor)
+        else:
+            segment = predictor.segment
         masks, scores = _segment_each(segment, objects)
         if snapper is not None:
             masks = [snapper.snap(predictor, m, **obj) for m, obj in zip(masks, objects)]
@@ -69,19 +71,18 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
         return None, None, exc
 
 
-def _segment_refining(predictor, segment, zoomer, memory, **obj):
-    """``segment(**obj)`` with the object's previous logits as its mask prompt when a click
-    was added to it (objects decoded in a magnified crop start from nothing: their logits are
-    the crop's)."""
-    prompt = dict(obj)
-    whole = zoomer is None or not zoomer.zooms(predictor, obj.get("points"), obj.get("labels"),
-                                                obj.get("box"))
-    previous = memory.mask_prompt(predictor.embedding, obj) if whole else None
-    if previous is not None:
-        prompt["mask_input"] = previous
-    out = segment(**prompt)
-    memory.remember(predictor.embedding, obj, previous,
-                    out[2] if whole and len(out) > 2 else None)
+def _segment_refining(predictor, zoomer, memory, **obj):
+    """One object's mask: on the whole slice with its previous logits as the mask prompt when
+    a click was added to it; a small object in its magnified crop (``zoomer``), from nothing
+    (its logits are the crop's, not kept). The zoom is decided once per object."""
+    if zoomer is not None and zoomer.zooms(predictor, obj.get("points"), obj.get("labels"),
+                                           obj.get("box")):
+        memory.remember(predictor.embedding, obj, None, None)  # forget its whole-slice logits
+        return zoomer.segment(predictor, **obj)
+    previous = memory.mask_prompt(predictor.embedding, obj)
+    prompt = dict(obj) if previous is None else {**obj, "mask_input": previous}
+    out = predictor.segment(**prompt)
+    memory.remember(predictor.embedding, obj, previous, out[2] if len(out) > 2 else None)
     return out
 
 
