@@ -67,3 +67,53 @@ def test_points_given_at_once_are_decoded_in_click_order():
     calls.clear()
     segment_in_click_order(segment, [[1, 1]], [0])  # negative points alone: as given
     assert calls == [(1, False, None)]
+
+
+def _disc(centre, radius, shape=(100, 100)):
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def test_settle_keeps_a_clicks_change_near_the_click():
+    from napari_sam.engine.postprocess import after_click
+
+    memory, emb = ClickMemory(), object()
+    first, second = _obj([[50, 50]], [1]), _obj([[50, 50], [50, 72]], [1, 1])
+    shown1 = _disc((50, 50), 20)
+    moved = _disc((50, 53), 20)  # the decode with the click: the far side moved too
+    assert memory.settle(emb, first, shown1) is shown1  # the first decode: as it is
+    shown2 = memory.settle(emb, second, moved)
+    np.testing.assert_array_equal(shown2, after_click(shown1, moved, [[50, 50], [50, 72]],
+                                                      [1, 1]))
+    assert shown2[50, 30] and not moved[50, 30]
+    # decoded again with the same points (another object changed): the same mask again
+    np.testing.assert_array_equal(memory.settle(emb, second, moved), shown2)
+    # a third click builds on what was shown after the second
+    third = _obj([[50, 50], [50, 72], [20, 50]], [1, 1, 0])
+    np.testing.assert_array_equal(
+        memory.settle(emb, third, moved),
+        after_click(shown2, moved, [[50, 50], [50, 72], [20, 50]], [1, 1, 0]))
+    # a moved point, another slice, a mask-layer prompt: the mask as decoded
+    assert memory.settle(emb, _obj([[51, 50], [50, 72]], [1, 1]), moved) is moved
+    assert memory.settle(object(), second, moved) is moved
+    assert memory.settle(emb, _obj([[50, 50]], [1], mask=shown1), moved) is moved
+
+
+def test_points_given_at_once_show_what_clicking_them_one_by_one_shows():
+    from napari_sam.engine.click_memory import segment_in_click_order
+    from napari_sam.engine.postprocess import after_click
+
+    decodes = [_disc((50, 50), 20), _disc((50, 53), 20)]
+    finished = []
+
+    def segment(points=None, labels=None, box=None, mask_input=None):
+        return decodes[len(points) - 1], 0.9, np.zeros((1, 4, 4), np.float32)
+
+    def finish(mask, points=None, labels=None, box=None):
+        finished.append(len(points))
+        return mask
+
+    pts, labs = [[50, 50], [50, 72]], [1, 1]
+    mask, score, _ = segment_in_click_order(segment, pts, labs, finish=finish)
+    np.testing.assert_array_equal(mask, after_click(decodes[0], decodes[1], pts, labs))
+    assert score == 0.9 and finished == [1, 2]  # every click's mask finished (snapped)

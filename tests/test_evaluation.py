@@ -7,6 +7,7 @@ from skimage.draw import disk
 
 from napari_sam.models.build import build_sam, tiny_config
 from napari_sam.evaluation.interactive import (
+    MASKS,
     evaluate_image,
     evaluate_object,
     farthest_point,
@@ -399,7 +400,7 @@ def test_masks_are_scored_as_the_viewer_shows_them_unless_raw(prompt):
     raw = evaluate_image(fake, image, labels, prompt=prompt, clicks=2, raw=True)
     assert shown["miou"] == [1.0, 1.0]  # the stray piece holds no click / lies outside the box
     assert raw["miou"][0] < 1.0
-    assert shown["protocol"]["masks"] == "prompted_pieces" and raw["protocol"]["masks"] == "raw"
+    assert shown["protocol"]["masks"] == MASKS[False] and raw["protocol"]["masks"] == "raw"
 
 
 # -- batched evaluation --------------------------------------------------------------------
@@ -508,3 +509,32 @@ def test_a_perfect_decoder_stops_clicking_in_a_batch():
     assert calls == [(3, False, True), (1, True, False), (1, True, False)]
     assert results[0].iou == [1.0, 1.0, 1.0] and results[2].iou == [1.0, 1.0, 1.0]
     assert results[1].iou[0] < 1.0 and len(results[1].points) == 3
+
+
+def test_a_corrective_clicks_mask_is_kept_near_the_click():
+    from napari_sam.engine.postprocess import after_click, keep_prompted_pieces
+    from napari_sam.evaluation.clicks import ClickSession
+
+    def disc(centre, radius):
+        m = np.zeros((100, 100), bool)
+        m[disk(centre, radius, shape=m.shape)] = True
+        return m
+
+    gt = disc((50, 50), 20)
+    session = ClickSession(gt, "point", clicks=2, raw=False)
+    first = disc((50, 47), 20)  # 3 px too far left
+    logits = np.zeros((3, 4, 4), np.float32)
+    session.record([first] * 3, [0.9, 0.8, 0.7], logits)
+    session.advance()  # a positive click in the missed part, on the right
+    pts, labs, _, _ = session.prompts()
+    assert list(labs) == [1, 1] and pts[1][1] > 65
+    spoiled = disc((50, 53), 20)  # the decode with the click: it overshoots on the right
+    session.record([], [], [], spoiled, logits[0])
+    expected = after_click(first, keep_prompted_pieces(spoiled, pts, labs), pts, labs)
+    assert session.ious[1] == pytest.approx(mask_iou(expected, gt))
+    assert mask_iou(expected, gt) > mask_iou(spoiled, gt)  # the left side was kept
+    raw = ClickSession(gt, "point", clicks=2, raw=True)  # raw: the decodes as they are
+    raw.record([first] * 3, [0.9, 0.8, 0.7], logits)
+    raw.advance()
+    raw.record([], [], [], spoiled, logits[0])
+    assert raw.ious[1] == pytest.approx(mask_iou(spoiled, gt))

@@ -1,8 +1,17 @@
-"""What a prompt asked for of a mask: cut to the box, the prompted pieces."""
+"""What a prompt asked for of a mask: cut to the box, clicks followed, the prompted pieces; a
+corrective click's mask kept near the click."""
 
 import numpy as np
 
-from napari_sam.engine.postprocess import BOX_MARGIN, clip_to_box, keep_prompted_pieces
+import pytest
+
+from napari_sam.engine.postprocess import (
+    BOX_MARGIN,
+    after_click,
+    clip_to_box,
+    follow_clicks,
+    keep_prompted_pieces,
+)
 
 
 def _spilling_mask():
@@ -49,3 +58,64 @@ def test_keep_prompted_pieces_cuts_to_the_box_before_choosing_pieces():
     assert out[20:40, 20:40].all()
     # with a positive point inside the box the same cut applies
     np.testing.assert_array_equal(keep_prompted_pieces(far, [[30, 30]], [1], [20, 20, 39, 39]), out)
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def test_a_negative_click_inside_the_mask_moves_its_edge_there_only():
+    truth = _disc((80, 80), (40, 40), 15)
+    mask = _disc((80, 80), (40, 40), 18)  # 3 px too large all round
+    out = follow_clicks(mask, [[40, 40], [23, 40]], [1, 0])  # the click in the top rim
+    assert mask[23, 40] and not out[23, 40]
+    removed = mask & ~out
+    assert removed[:26].sum() == removed.sum() > 5  # a dent at the click only
+    assert out[57, 40] and out[40, 23] and out[40, 57]  # the other sides untouched
+    assert np.count_nonzero(out & ~truth) < np.count_nonzero(mask & ~truth)
+    assert not (out & ~mask).any()
+
+
+def test_a_positive_click_outside_grows_the_mask_towards_it():
+    mask = _disc((80, 80), (40, 40), 12)
+    out = follow_clicks(mask, [[40, 40], [40, 56]], [1, 1])  # 4 px right of the edge
+    assert out[40, 56] and not mask[40, 56]
+    assert out[40, 52:57].all()  # joined to the mask, not a speck
+    assert not (mask & ~out).any() and not (out & ~mask)[:, :40].any()
+
+
+def test_clicks_on_the_right_side_and_first_clicks_change_nothing():
+    mask = _disc((60, 60), (30, 30), 10)
+    assert follow_clicks(mask, [[30, 30], [5, 5]], [1, 0]) is mask  # already outside
+    assert follow_clicks(mask, [[5, 5]], [1]) is mask  # the first click: SAM's choice
+    assert follow_clicks(mask, None) is mask
+    # with a box every point is corrective
+    boxed = follow_clicks(mask, [[30, 21]], [0], box=[15, 15, 45, 45])
+    assert not boxed[30, 21] and boxed[30, 30]
+    # keep_prompted_pieces follows the clicks unless told not to
+    assert not keep_prompted_pieces(mask, [[30, 30], [30, 21]], [1, 0])[30, 21]
+    assert keep_prompted_pieces(mask, [[30, 30], [30, 21]], [1, 0], follow=False)[30, 21]
+
+
+def test_the_image_border_is_not_an_edge_of_the_mask():
+    mask = np.zeros((40, 40), bool)
+    mask[:, :10] = True  # an object cut by the image's left border
+    out = follow_clicks(mask, [[5, 5], [20, 1]], [1, 0])
+    # the click is 9 px from the mask's edge (column 10), not 1 px from the border
+    assert not out[20, 1:10].any()
+    assert out[:3, :6].all() and out[37:, :6].all()  # far from it: untouched
+
+
+def test_after_click_takes_the_new_mask_near_the_click_only():
+    previous = _disc((100, 100), (50, 50), 20)
+    new = _disc((100, 100), (50, 53), 20)  # shifted right: the left side moved too
+    near_click = after_click(previous, new, [[50, 50], [50, 72]], [1, 1])
+    assert near_click[50, 72] and near_click[50, 73]  # grown where clicked (right)
+    assert near_click[50, 30] and not new[50, 30]  # the left side kept as it was
+    # a click that chose another object: its mask is taken whole
+    other = _disc((100, 100), (20, 20), 8)
+    np.testing.assert_array_equal(after_click(previous, other, [[50, 50], [20, 20]], [1, 1]),
+                                  keep_prompted_pieces(other, [[50, 50], [20, 20]], [1, 1]))
+    with pytest.raises(ValueError, match="differ"):
+        after_click(previous, new[:50], [[50, 50]], [1])

@@ -4,6 +4,7 @@ axis) or from a text (:mod:`.text`), written as a label image."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import numpy as np
@@ -158,15 +159,15 @@ class PlanePredictor:
         from ..engine.click_memory import segment_in_click_order
 
         if self.tiled is None:
+            snap = (None if self.snapper is None
+                    else functools.partial(self.snapper.snap, self.whole))
             if mask_input is None and not self.zoomer.zooms(self.whole, points, labels, box):
-                # as in the viewer, clicked in the CSV's order
-                mask, score, logits = segment_in_click_order(self.whole.segment, points,
-                                                             labels, box)
-            else:
-                mask, score, logits = self.zoomer.segment(self.whole, points, labels, box,
-                                                          mask_input)
-            if self.snapper is not None:
-                mask = self.snapper.snap(self.whole, mask, points, labels, box)
+                # as in the viewer, clicked in the CSV's order (each click's mask snapped)
+                return segment_in_click_order(self.whole.segment, points, labels, box, snap)
+            mask, score, logits = self.zoomer.segment(self.whole, points, labels, box,
+                                                      mask_input)
+            if snap is not None:
+                mask = snap(mask, points=points, labels=labels, box=box)
             return mask, score, logits
         mask, score = self.tiled.segment(points, labels, box, mask_input)
         return mask, score, None

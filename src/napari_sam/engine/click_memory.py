@@ -9,6 +9,11 @@ slice on screen, the prompts and logits of its last decode and gives the logits 
 object's new points extend the old ones (a click added); the same points decode with the same
 mask prompt as last time (another object's change does not redraw this one); a moved or
 deleted point, another slice or a mask-layer prompt decodes from nothing, as before.
+
+It also keeps the mask each object was shown with, so that :meth:`ClickMemory.settle` makes
+of a click's new mask what the evaluation keeps
+(:func:`~napari_sam.engine.postprocess.after_click`: the new mask near the click, the
+previous one elsewhere). :func:`segment_in_click_order` does both for ``napari-sam segment``.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .postprocess import after_click
 
 __all__ = ["ClickMemory", "segment_in_click_order"]
 
@@ -29,6 +36,8 @@ class ClickMemory:
         self._embedding: Any = None
         # key -> (points, labels, the mask prompt used, the logits it gave)
         self._last: dict[tuple, tuple] = {}
+        # key -> (points, labels, the mask it was merged with or None, the mask shown)
+        self._shown: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -67,21 +76,54 @@ class ClickMemory:
         key = self.key(obj)
         with self._lock:
             if embedding is not self._embedding:
-                self._embedding, self._last = embedding, {}
+                self._embedding, self._last, self._shown = embedding, {}, {}
             if key is None or logits is None or np.ndim(logits) != 3:
                 self._last.pop(key, None)
                 return
             self._last[key] = (*_points(obj), used, np.asarray(logits, dtype=np.float32))
 
+    def settle(self, embedding: Any, obj: dict[str, Any],
+               mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """The mask to show for the object, decoded (and snapped) as ``mask`` on this slice.
+
+        After a click added to the object: the new mask near the click, the previous shown
+        mask elsewhere (:func:`~napari_sam.engine.postprocess.after_click`); the same points
+        as last time give the same mask again; otherwise ``mask``. What is returned is kept
+        as the object's shown mask.
+        """
+        key = self.key(obj)
+        if key is None:
+            return mask
+        points, labels = _points(obj)
+        with self._lock:
+            if embedding is not self._embedding:
+                self._embedding, self._last, self._shown = embedding, {}, {}
+            entry = self._shown.get(key)
+        base = None
+        if entry is not None:
+            old_points, old_labels, old_base, old_shown = entry
+            n = len(old_points)
+            if len(points) >= n and (np.array_equal(points[:n], old_points)
+                                     and np.array_equal(labels[:n], old_labels)):
+                base = old_base if len(points) == n else old_shown
+        shown = mask
+        if base is not None and base.shape == np.shape(mask):
+            shown = after_click(base, mask, points, labels, obj.get("box"))
+        with self._lock:
+            if embedding is self._embedding:
+                self._shown[key] = (points, labels, base, shown)
+        return shown
+
     def clear(self) -> None:
         with self._lock:
-            self._embedding, self._last = None, {}
+            self._embedding, self._last, self._shown = None, {}, {}
 
 
-def segment_in_click_order(segment, points=None, labels=None, box=None):
+def segment_in_click_order(segment, points=None, labels=None, box=None, finish=None):
     """Decode one object as the viewer does when its prompts are given one at a time: the box
     first, then each point in its order with the previous decode's logits (prefixes of free
-    points with no positive point make no object yet, as in the viewer).
+    points with no positive point make no object yet, as in the viewer), each click's mask
+    kept near the click only (:func:`~napari_sam.engine.postprocess.after_click`).
 
     Parameters
     ----------
@@ -90,27 +132,40 @@ def segment_in_click_order(segment, points=None, labels=None, box=None):
     points : array-like, shape (N, 2), optional
     labels : array-like, shape (N,), optional
     box : array-like, shape (4,), optional
+    finish : callable, optional
+        ``finish(mask, points=..., labels=..., box=...) -> mask``: what is made of every
+        decoded mask before the next click (the viewer's snapping,
+        :meth:`~napari_sam.workflows.snap.SliceSnapper.snap` with its predictor bound).
 
     Returns
     -------
     tuple
-        What the last ``segment`` call returned: ``(mask, score, low_res_logits)``.
+        ``(mask, score, low_res_logits)``: the mask shown after the last click, with the last
+        ``segment`` call's score and logits.
     """
     pts, labs = _points({"points": points, "labels": labels})
     has_box = box is not None and np.size(box) > 0
-    out, logits = None, None
+    out, logits, shown = None, None, None
+
+    def decoded(result, p, lab, b):
+        mask = result[0] if finish is None else finish(result[0], points=p, labels=lab, box=b)
+        if shown is not None and p is not None and len(p):
+            mask = after_click(shown, mask, p, lab, b)
+        return mask
+
     if has_box:
         out = segment(box=box)
-        logits = out[2]
+        logits, shown = out[2], decoded(out, None, None, box)
     for k in range(1, len(pts) + 1):
         if not has_box and not np.any(labs[:k] == 1):
             continue  # no object yet
-        out = segment(points=pts[:k], labels=labs[:k], box=box if has_box else None,
-                      mask_input=logits)
-        logits = out[2]
+        prompt = (pts[:k], labs[:k], box if has_box else None)
+        out = segment(points=prompt[0], labels=prompt[1], box=prompt[2], mask_input=logits)
+        logits, shown = out[2], decoded(out, *prompt)
     if out is None:  # negative points alone: decoded as given
         out = segment(points=points, labels=labels, box=box)
-    return out
+        shown = decoded(out, points, labels, box)
+    return (shown, *out[1:])
 
 
 def _points(obj: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

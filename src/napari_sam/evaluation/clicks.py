@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine.masks import bounding_box, deepest_point, farthest_point
-from ..engine.postprocess import keep_prompted_pieces
+from ..engine.postprocess import after_click, keep_prompted_pieces
 
 __all__ = ["ORACLES", "ClickSession", "ObjectEvaluation", "check_protocol", "next_click"]
 
@@ -108,7 +108,9 @@ class ObjectEvaluation:
     ----------
     iou : list of float
         IoU after each click (index 0 = first prompt) of the mask the protocol keeps: the
-        candidate with the highest predicted IoU for a single point, the single output otherwise.
+        candidate with the highest predicted IoU for a single point, the single output otherwise
+        (after a corrective click: near the click only,
+        :func:`~napari_sam.engine.postprocess.after_click`, as the viewer shows it).
     iou_oracle : list of float
         Best true IoU among the masks decoded for the same prompts (the three candidates and the
         kept mask), so ``iou_oracle[k] >= iou[k]``: for the first prompt only (one entry, the
@@ -258,6 +260,8 @@ class ClickSession:
             pred, logits = single, single_logits
             if not self.raw:
                 pred = self.finish(pred, pts, labs, box)
+                if self.pred is not None:  # a corrective click: it changes the mask near it
+                    pred = after_click(self.pred, pred, pts, labs, box)
         self.ious.append(self.iou(pred))
         if oracle:
             self.oracle.append(max([self.ious[-1], *(self.iou(m) for m in multi)]))

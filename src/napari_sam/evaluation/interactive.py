@@ -14,11 +14,14 @@ recorded after every click:
    decoded together with all the clicks so far (and the box), with the previous low-resolution
    logits as the mask prompt, by the single-output head.
 
-Each mask is scored as the viewer shows it: cut to the box and kept to the prompted connected
-pieces (:func:`napari_sam.engine.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
+Each mask is scored as the viewer shows it: cut to the box, its edge moved to the right side
+of the corrective clicks and kept to the prompted connected pieces
+(:func:`napari_sam.engine.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
 returns), or what the predictor's own ``finish_mask`` makes of it (a
 :class:`~napari_sam.workflows.snap.SnapPredictor` snaps it to the instance decoder's objects);
-``raw=True`` scores the model's masks unchanged.
+after a corrective click the new mask replaces the previous one only near the click
+(:func:`napari_sam.engine.postprocess.after_click`). ``raw=True`` scores the model's masks
+unchanged.
 
 :func:`evaluate_image` decodes all objects of a slice together, one round per click, with one
 decoder pass for a click's kept mask and candidates (:mod:`napari_sam.evaluation.batched`);
@@ -68,7 +71,7 @@ NEXT_CLICK = "center_of_larger_error_region"
 SELECTION = "highest_predicted_iou"
 ORACLE = {"first": "best_true_iou_of_candidates_first_prompt",
           "every": "best_true_iou_of_candidates_every_click"}
-MASKS = {False: "prompted_pieces", True: "raw"}
+MASKS = {False: "prompted_pieces+clicks_followed+changed_near_click", True: "raw"}
 
 
 # -- one object --------------------------------------------------------------------------------

@@ -48,9 +48,10 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
     """Worker body: one mask per object of the slice the predictor holds, small objects
     decoded magnified by ``zoomer`` (a :class:`~napari_sam.engine.zoom.SliceZoomer`), a click
     added to an object decoded with its previous logits from ``memory`` (a
-    :class:`~napari_sam.engine.click_memory.ClickMemory`, as SAM's protocol does), and the
+    :class:`~napari_sam.engine.click_memory.ClickMemory`, as SAM's protocol does), the
     masks snapped to the slice's objects by ``snapper`` (a
-    :class:`~napari_sam.workflows.snap.SliceSnapper`), each if given.
+    :class:`~napari_sam.workflows.snap.SliceSnapper`), each if given, and a click's new mask
+    kept near the click (:meth:`ClickMemory.settle`).
 
     Returns ``(masks, scores, error)``; a failure is returned, not raised, so the GUI thread
     reports it.
@@ -65,6 +66,8 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
         masks, scores = _segment_each(segment, objects)
         if snapper is not None:
             masks = [snapper.snap(predictor, m, **obj) for m, obj in zip(masks, objects)]
+        if memory is not None:  # a click changes its object's mask near the click
+            masks = [memory.settle(predictor.embedding, obj, m) for m, obj in zip(masks, objects)]
         return masks, scores, None
     except Exception as exc:
         logger.exception("decoding the prompts failed")
