@@ -538,3 +538,28 @@ def test_a_corrective_clicks_mask_is_kept_near_the_click():
     raw.advance()
     raw.record([], [], [], spoiled, logits[0])
     assert raw.ious[1] == pytest.approx(mask_iou(spoiled, gt))
+
+
+def test_corrective_clicks_that_act_where_placed_help_on_a_real_image(monkeypatch):
+    # the default model on a real validation image it never saw (BBBC039, 110 nuclei): the
+    # protocol's masks with the clicks followed and kept near them, against SAM's redraws
+    from pathlib import Path
+
+    import tifffile
+
+    from napari_sam import build_model
+    from napari_sam.engine import postprocess
+    from napari_sam.engine.zoom import ZoomPredictor
+    from napari_sam.evaluation import clicks
+
+    data = Path(__file__).parent / "data"
+    image = tifffile.imread(data / "bbbc039_val_image.tif")
+    labels = tifffile.imread(data / "bbbc039_val_labels.tif")
+    model = build_model("default")
+    acting = evaluate_image(ZoomPredictor(model), image, labels, clicks=3)["miou"]
+    monkeypatch.setattr(clicks, "after_click", lambda previous, mask, *args: mask)
+    monkeypatch.setattr(postprocess, "follow_clicks", lambda mask, *args, **kwargs: mask)
+    redrawn = evaluate_image(ZoomPredictor(model), image, labels, clicks=3)["miou"]
+    assert acting[0] == redrawn[0]  # the first click is SAM's choice either way
+    assert acting[1] > redrawn[1] + 0.01 and acting[2] > redrawn[2] + 0.005, (acting, redrawn)
+    assert acting[2] > 0.9

@@ -2,7 +2,6 @@
 corrective click's mask kept near the click."""
 
 import numpy as np
-
 import pytest
 
 from napari_sam.engine.postprocess import (
