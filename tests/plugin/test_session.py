@@ -95,6 +95,8 @@ def test_a_small_object_is_decoded_magnified_in_the_session(tiny_model):
 
 
 def test_a_click_added_refines_the_previous_mask_as_in_sams_protocol(tiny_model):
+    from napari_sam.engine.postprocess import after_click
+
     image, gt = nuclei_3d((4, 64, 64))
     session = _ready(tiny_model, image, 2)
     centre = object_centre(gt[2])
@@ -110,11 +112,14 @@ def test_a_click_added_refines_the_previous_mask_as_in_sams_protocol(tiny_model)
 
     predictor = session.predictor
     _, _, logits = predictor.segment(**one)
-    decode(one, box)
+    shown = decode(one, box)[0]
     masks = decode(two, box)  # a negative click added to the first object
-    expected, _, _ = predictor.segment(**two, mask_input=logits)
+    decoded, _, _ = predictor.segment(**two, mask_input=logits)
+    assert (decoded != predictor.segment(**two)[0]).any()  # not what it gives from nothing
+    # what is shown: the new decode near the click, the first mask elsewhere
+    expected = after_click(shown, decoded, two["points"], two["labels"])
     np.testing.assert_array_equal(masks[0], expected)
-    assert (expected != predictor.segment(**two)[0]).any()  # not what it gives from nothing
+    assert not expected[5, 5]  # the negative click is outside the mask shown
     # another object's change does not redraw it: the same prompt as before
     masks = decode(two, {"box": np.array([2.0, 2.0, 41.0, 41.0])})
     np.testing.assert_array_equal(masks[0], expected)
