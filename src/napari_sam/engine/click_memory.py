@@ -62,12 +62,10 @@ class ClickMemory:
         if entry is None:
             return None
         old_points, old_labels, used, logits = entry
-        points, labels = _points(obj)
-        n = len(old_points)
-        if len(points) < n or not (np.array_equal(points[:n], old_points)
-                                   and np.array_equal(labels[:n], old_labels)):
+        added = _added(old_points, old_labels, *_points(obj))
+        if added is None:
             return None
-        return used if len(points) == n else logits
+        return used if added == 0 else logits
 
     def remember(self, embedding: Any, obj: dict[str, Any], used: npt.ArrayLike | None,
                  logits: npt.ArrayLike | None) -> None:
@@ -75,8 +73,7 @@ class ClickMemory:
         of its decode; another slice's decodes are forgotten."""
         key = self.key(obj)
         with self._lock:
-            if embedding is not self._embedding:
-                self._embedding, self._last, self._shown = embedding, {}, {}
+            self._use(embedding)
             if key is None or logits is None or np.ndim(logits) != 3:
                 self._last.pop(key, None)
                 return
@@ -96,16 +93,14 @@ class ClickMemory:
             return mask
         points, labels = _points(obj)
         with self._lock:
-            if embedding is not self._embedding:
-                self._embedding, self._last, self._shown = embedding, {}, {}
+            self._use(embedding)
             entry = self._shown.get(key)
         base = None
         if entry is not None:
             old_points, old_labels, old_base, old_shown = entry
-            n = len(old_points)
-            if len(points) >= n and (np.array_equal(points[:n], old_points)
-                                     and np.array_equal(labels[:n], old_labels)):
-                base = old_base if len(points) == n else old_shown
+            added = _added(old_points, old_labels, points, labels)
+            if added is not None:
+                base = old_base if added == 0 else old_shown
         shown = mask
         if base is not None and base.shape == np.shape(mask):
             shown = after_click(base, mask, points, labels, obj.get("box"))
@@ -117,6 +112,11 @@ class ClickMemory:
     def clear(self) -> None:
         with self._lock:
             self._embedding, self._last, self._shown = None, {}, {}
+
+    def _use(self, embedding: Any) -> None:
+        """Another slice's entries are forgotten (call with the lock held)."""
+        if embedding is not self._embedding:
+            self._embedding, self._last, self._shown = embedding, {}, {}
 
 
 def segment_in_click_order(segment, points=None, labels=None, box=None, finish=None):
@@ -166,6 +166,16 @@ def segment_in_click_order(segment, points=None, labels=None, box=None, finish=N
         out = segment(points=points, labels=labels, box=box)
         shown = decoded(out, points, labels, box)
     return (shown, *out[1:])
+
+
+def _added(old_points, old_labels, points, labels) -> int | None:
+    """How many points were added to ``old_points`` to give ``points`` (0: the same), or
+    None if the old ones are not where they were (moved, deleted, relabelled)."""
+    n = len(old_points)
+    if len(points) < n or not (np.array_equal(points[:n], old_points)
+                               and np.array_equal(labels[:n], old_labels)):
+        return None
+    return len(points) - n
 
 
 def _points(obj: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
