@@ -327,6 +327,7 @@ def test_the_default_model_warns_about_a_brightfield_image(tmp_path, cli_model, 
 
 def test_segment_decodes_an_objects_points_in_their_click_order(tmp_path, cli_model):
     from napari_sam import SamPredictor
+    from napari_sam.engine.postprocess import after_click
 
     yy, xx = np.mgrid[:64, :64]
     image = (((yy - 30) ** 2 + (xx - 30) ** 2 < 300) * 200 + 20).astype(np.float32)
@@ -339,9 +340,12 @@ def test_segment_decodes_an_objects_points_in_their_click_order(tmp_path, cli_mo
     predictor = SamPredictor(cli_model)
     predictor.set_image(image)
     points, labels = np.array([[30.0, 30], [50, 12], [22, 36]]), np.array([1, 0, 1])
-    _, _, logits = predictor.segment(points[:1], labels[:1])
-    _, _, logits = predictor.segment(points[:2], labels[:2], mask_input=logits)
-    clicked, _, _ = predictor.segment(points, labels, mask_input=logits)
+    # each click decoded with the mask shown after the last as its mask prompt, and kept
+    # near the click
+    clicked, _, _ = predictor.segment(points[:1], labels[:1])
+    for k in (2, 3):
+        decoded, _, _ = predictor.segment(points[:k], labels[:k], mask_input=clicked)
+        clicked = after_click(clicked, decoded, points[:k], labels[:k])
     at_once, _, _ = predictor.segment(points, labels)
     assert (clicked != at_once).any()  # (the test tells them apart)
     np.testing.assert_array_equal(tifffile.imread(out) > 0, clicked)

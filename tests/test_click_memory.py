@@ -55,15 +55,18 @@ def test_points_given_at_once_are_decoded_in_click_order():
 
     def segment(points=None, labels=None, box=None, mask_input=None):
         calls.append((None if points is None else len(points), box is not None,
-                      None if mask_input is None else float(mask_input[0, 0, 0])))
-        return np.zeros((4, 4), bool), 0.5, np.full((1, 2, 2), float(len(calls)), np.float32)
+                      None if mask_input is None else int(np.count_nonzero(mask_input))))
+        mask = np.zeros((4, 4), bool)
+        mask[:len(calls)] = True  # the n-th call: n rows
+        return mask, 0.5, np.full((1, 2, 2), float(len(calls)), np.float32)
 
     out = segment_in_click_order(segment, [[1, 1], [2, 2], [3, 3]], [0, 1, 0])
-    # the lone negative point makes no object yet; then each click with the last logits
-    assert calls == [(2, False, None), (3, False, 1.0)] and out[2][0, 0, 0] == 2.0
+    # the lone negative point makes no object yet; then each click with the last mask shown
+    # (a binary mask, which the predictor turns into logits in its frame) as its mask prompt
+    assert calls == [(2, False, None), (3, False, 4)] and out[2][0, 0, 0] == 2.0
     calls.clear()
     segment_in_click_order(segment, [[1, 1]], [0], box=np.array([0, 0, 3, 3.0]))
-    assert calls == [(None, True, None), (1, True, 1.0)]  # the box first
+    assert calls == [(None, True, None), (1, True, 4)]  # the box first
     calls.clear()
     segment_in_click_order(segment, [[1, 1]], [0])  # negative points alone: as given
     assert calls == [(1, False, None)]
@@ -117,3 +120,33 @@ def test_points_given_at_once_show_what_clicking_them_one_by_one_shows():
     mask, score, _ = segment_in_click_order(segment, pts, labs, finish=finish)
     np.testing.assert_array_equal(mask, after_click(decodes[0], decodes[1], pts, labs))
     assert score == 0.9 and finished == [1, 2]  # every click's mask finished (snapped)
+
+
+
+def test_the_mask_shown_is_the_next_clicks_prompt():
+    memory, emb = ClickMemory(), object()
+    first, second = _obj([[50, 50]], [1]), _obj([[50, 50], [50, 72]], [1, 1])
+    decoded = np.full((1, 4, 4), -3.0, np.float32)
+    memory.remember(emb, first, None, decoded)
+    shown1 = memory.settle(emb, first, _disc((50, 50), 20))
+    # the next click gets the shown mask (as a binary mask), not the decoder's logits
+    np.testing.assert_array_equal(memory.mask_prompt(emb, second), shown1)
+    memory.remember(emb, second, memory.mask_prompt(emb, second), decoded)
+    shown2 = memory.settle(emb, second, _disc((50, 53), 20))
+    assert not np.array_equal(shown1, shown2)
+    third = _obj([[50, 50], [50, 72], [20, 50]], [1, 1, 0])
+    np.testing.assert_array_equal(memory.mask_prompt(emb, third), shown2)
+    # decoded again with the same points: the prompt used last time, as before
+    np.testing.assert_array_equal(memory.mask_prompt(emb, second), shown1)
+    # a small object decoded in its magnified crop: its logits are not kept, the mask shown is
+    memory.remember(emb, third, shown2, None)
+    fourth = _obj([[50, 50], [50, 72], [20, 50], [80, 50]], [1, 1, 0, 0])
+    assert memory.mask_prompt(emb, fourth) is None  # not settled: nothing to prompt with
+    shown3 = memory.settle(emb, third, _disc((52, 53), 18))
+    np.testing.assert_array_equal(memory.mask_prompt(emb, fourth), shown3)
+    # a decode that was not remembered is not followed; another slice forgets
+    memory.settle(emb, _obj([[10, 10]], [1], box=np.array([0, 0, 20, 20.0])), shown1)
+    assert memory.mask_prompt(emb, _obj([[10, 10], [5, 5]], [1, 0],
+                                        box=np.array([0, 0, 20, 20.0]))) is None
+    assert memory.mask_prompt(object(), fourth) is None
+

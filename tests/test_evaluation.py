@@ -27,6 +27,8 @@ class GroundTruthPredictorForTests(SamPredictor):
     Not a model: it proves that a perfect segmenter scores exactly 1 under the protocol.
     """
 
+    mask_to_logits = None  # no model: the decoder's logits are passed on, as for any stand-in
+
     def __init__(self, labels2d):
         super().__init__(model=None)
         self.labels = np.asarray(labels2d)
@@ -55,6 +57,8 @@ class GroundTruthPredictorForTests(SamPredictor):
 class EmptyMaskPredictorForTests(SamPredictor):
     """Always predicts nothing: the metric must then report 0."""
 
+    mask_to_logits = None
+
     def __init__(self):
         super().__init__(model=None)
         self.shape = None
@@ -74,6 +78,8 @@ class ScriptedPredictorForTests(SamPredictor):
 
     Records every call so the protocol's prompts can be checked.
     """
+
+    mask_to_logits = None
 
     def __init__(self, gt):
         super().__init__(model=None)
@@ -237,6 +243,42 @@ def test_evaluate_object_selects_by_predicted_iou_and_reports_the_oracle(oracle)
     assert len(second_single["points"]) == 2
     # the previous logits passed on are those of the selected mask (index 0 -> value 1.0)
     np.testing.assert_array_equal(second_single["mask_input"], np.full((1, 16, 16), 1.0))
+
+
+class MaskPromptPredictorForTests(ScriptedPredictorForTests):
+    """The scripted predictor with a ``mask_to_logits`` that writes a mask's area into every
+    logit, so the mask prompt shows which mask it was made from."""
+
+    def __init__(self, gt):
+        super().__init__(gt)
+        self.turned = []
+
+    def mask_to_logits(self, mask, frame=None):
+        self.turned.append(np.array(mask))
+        return np.full((1, 16, 16), float(np.count_nonzero(mask)), np.float32)
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_the_mask_kept_prompts_the_next_click(raw):
+    gt = np.zeros((32, 32), bool)
+    gt[10:20, 12:24] = True
+    fake = MaskPromptPredictorForTests(gt)
+    fake.set_image = lambda image, intensity_range=None: None
+    result = evaluate_image(fake, gt.astype(np.float32), gt.astype(np.int32), clicks=2,
+                            raw=raw, batched=False)
+    second = fake.calls[-1]
+    if raw:  # SAM's protocol: the decoder's logits of the selected mask (index 0 -> 1.0)
+        np.testing.assert_array_equal(second["mask_input"], np.full((1, 16, 16), 1.0))
+        assert result["protocol"]["mask_prompt"] == "previous_logits"
+        return
+    # the mask kept after click 1 (the wrong candidate, ranked first: 4 px in a corner)
+    # turned into logits is what click 2 gets
+    wrong = np.zeros_like(gt)
+    wrong[:2, :2] = True
+    np.testing.assert_array_equal(fake.turned[0], wrong)
+    np.testing.assert_array_equal(second["mask_input"], np.full((1, 16, 16), 4.0))
+    np.testing.assert_array_equal(fake.turned[1], gt)  # and click 2's kept mask after it
+    assert result["protocol"]["mask_prompt"] == "kept_mask_as_logits"
 
 
 def test_evaluate_object_box_mode_keeps_the_box():
@@ -465,7 +507,8 @@ def test_batched_rounds_cover_every_object_in_order(predictor, nuclei_12):
     ticks = []
     # batches of 5: 12 objects in rounds of 5, 5 and 2
     results = evaluate_objects(decode, iter(masks), "point", clicks=2, batch_size=5,
-                               progress=lambda: ticks.append(1))
+                               progress=lambda: ticks.append(1),
+                               to_logits=predictor.mask_to_logits)  # as evaluate_object's
     assert len(results) == len(objects) == len(ticks)
     for gt, result in zip(masks, results):
         one = evaluate_object(predictor, gt, "point", clicks=2)

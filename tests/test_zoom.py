@@ -180,6 +180,39 @@ def test_a_small_object_is_decoded_in_a_crop_of_its_own(model):
     assert on._last == tuple(int(v) for v in frames[0])
 
 
+def test_a_mask_becomes_logits_in_the_frame_it_is_decoded_in(model):
+    img, lab = _speck_and_nucleus()
+    zoomed = ZoomPredictor(model, zoom=1)
+    zoomed.set_image(img, (0.0, 1.0))
+    speck, nucleus = np.array([[700.0, 640.0]]), np.array([[300.0, 300.0]])
+    _, _, _, frames = zoomed.predict_every_output(np.stack([speck, nucleus]), np.ones((2, 1)),
+                                                  None)
+    r0, c0, ch, cw = (int(v) for v in frames[0])
+    # the speck's mask in its magnified crop: what a predictor holding that crop makes of it
+    crop_predictor = SamPredictor(model)
+    crop_predictor.set_image(img[r0:r0 + ch, c0:c0 + cw], (0.0, 1.0))
+    speck_mask = lab == 2
+    logits = zoomed.mask_to_logits(speck_mask, frames[0])
+    expected = crop_predictor.mask_to_logits(speck_mask[r0:r0 + ch, c0:c0 + cw])
+    np.testing.assert_allclose(logits, expected)
+    assert (logits > 0).sum() > 4  # magnified: the 13 px speck covers several logits
+    # the nucleus on the whole slice, as a plain predictor of the slice
+    whole = SamPredictor(model)
+    whole.set_image(img, (0.0, 1.0))
+    np.testing.assert_allclose(zoomed.mask_to_logits(lab == 1, frames[1]),
+                               whole.mask_to_logits(lab == 1))
+    np.testing.assert_allclose(zoomed.mask_to_logits(lab == 1, [0, 0]),  # a plain batch's frame
+                               whole.mask_to_logits(lab == 1))
+    # by default: the frame of the last predict(); the logits decode there again
+    zoomed.predict(speck, np.array([1]))
+    np.testing.assert_allclose(zoomed.mask_to_logits(speck_mask), expected)
+    again = zoomed.predict_every_output(speck[None], np.ones((1, 1)), None, logits[None],
+                                        frames[:1], single_output=False)
+    assert (again[3] == frames[:1]).all()
+    with pytest.raises(ValueError, match="does not match"):
+        zoomed.mask_to_logits(speck_mask[:10])
+
+
 def test_the_slice_zoomer_magnifies_small_objects_on_a_plain_predictor(model, monkeypatch):
     import threading
 

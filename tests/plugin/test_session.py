@@ -94,7 +94,7 @@ def test_a_small_object_is_decoded_magnified_in_the_session(tiny_model):
                                   session.predictor.segment(nucleus, one)[0])
 
 
-def test_a_click_added_refines_the_previous_mask_as_in_sams_protocol(tiny_model):
+def test_a_click_added_refines_the_mask_shown(tiny_model):
     from napari_sam.engine.postprocess import after_click
 
     image, gt = nuclei_3d((4, 64, 64))
@@ -111,10 +111,11 @@ def test_a_click_added_refines_the_previous_mask_as_in_sams_protocol(tiny_model)
         return results[-1].masks
 
     predictor = session.predictor
-    _, _, logits = predictor.segment(**one)
     shown = decode(one, box)[0]
     masks = decode(two, box)  # a negative click added to the first object
-    decoded, _, _ = predictor.segment(**two, mask_input=logits)
+    # decoded with the mask shown as the mask prompt (as SAM's protocol passes the previous
+    # mask; the one the user corrects)
+    decoded, _, _ = predictor.segment(**two, mask_input=shown)
     assert (decoded != predictor.segment(**two)[0]).any()  # not what it gives from nothing
     # what is shown: the new decode near the click, the first mask elsewhere
     expected = after_click(shown, decoded, two["points"], two["labels"])

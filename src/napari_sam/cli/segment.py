@@ -128,10 +128,10 @@ class PlanePredictor:
     decoded with a :class:`~napari_sam.engine.tiling.TiledPredictor` (only the tiles under the
     prompts are embedded, kept in a bounded memory cache; objects across tile borders come out
     whole), any other plane whole, a small object there in a magnified crop of its own
-    (:class:`~napari_sam.engine.zoom.SliceZoomer`, as in the viewer), any other object's
-    points decoded as if clicked one at a time in their order, each click with the previous
-    logits (:func:`~napari_sam.engine.click_memory.segment_in_click_order`: what the viewer
-    shows for the same clicks). With a ``snapper``
+    (:class:`~napari_sam.engine.zoom.SliceZoomer`, as in the viewer), an object's points
+    decoded as if clicked one at a time in their order, each click with the mask shown after
+    the previous one (:func:`~napari_sam.engine.click_memory.segment_in_click_order`: what
+    the viewer shows for the same clicks). With a ``snapper``
     (:class:`~napari_sam.workflows.snap.SliceSnapper`) the masks of planes decoded whole are
     snapped to the plane's objects."""
 
@@ -161,9 +161,10 @@ class PlanePredictor:
         if self.tiled is None:
             snap = (None if self.snapper is None
                     else functools.partial(self.snapper.snap, self.whole))
-            if mask_input is None and not self.zoomer.zooms(self.whole, points, labels, box):
-                # as in the viewer, clicked in the CSV's order (each click's mask snapped)
-                return segment_in_click_order(self.whole.segment, points, labels, box, snap)
+            if mask_input is None:  # as in the viewer, clicked in the CSV's order (each
+                # click's mask snapped; a small object in its magnified crop)
+                return segment_in_click_order(functools.partial(self.zoomer.segment, self.whole),
+                                              points, labels, box, snap)
             mask, score, logits = self.zoomer.segment(self.whole, points, labels, box,
                                                       mask_input)
             if snap is not None:

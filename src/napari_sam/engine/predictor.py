@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
 
 from ..modeling import Sam
 from .postprocess import clip_to_box, keep_prompted_pieces
@@ -25,7 +24,7 @@ from .preprocess import (
     denoise_input,
     resize_to_input,
 )
-from .prompts import prepare_prompts
+from .prompts import mask_logits, prepare_prompts
 from .upsample import (
     positive_window,
     upsample_weights,
@@ -42,9 +41,6 @@ __all__ = [
     "positive_window",
     "upsample_weights",
 ]
-
-#: Magnitude of the logits a binary mask prompt is turned into (SAM's own logits are of this order).
-MASK_PROMPT_LOGIT = 10.0
 
 #: Numeric precisions the image encoder can run in (see :class:`SamPredictor`).
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -345,35 +341,27 @@ class SamPredictor:
     # -- prompts -----------------------------------------------------------------------------
 
     @_exclusive
-    def mask_to_logits(self, mask: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    def mask_to_logits(self, mask: npt.ArrayLike, frame=None) -> npt.NDArray[np.float32]:
         """Turn a binary mask of the slice into a low-resolution mask prompt.
 
         Parameters
         ----------
         mask : array-like, shape (H, W)
             Nonzero inside the object, in the current slice's pixel grid.
+        frame : ignored
+            The slice is the frame (the argument lets a
+            :class:`~napari_sam.engine.zoom.ZoomPredictor`, whose logits may be a crop's, be
+            called alike).
 
         Returns
         -------
         numpy.ndarray, shape (1, 4h, 4w), float32
             Logits (``+MASK_PROMPT_LOGIT`` inside, ``-MASK_PROMPT_LOGIT`` outside) in the
-            low-resolution frame the mask decoder takes as ``mask_input``.
+            low-resolution frame the mask decoder takes as ``mask_input``
+            (:func:`~napari_sam.engine.prompts.mask_logits`).
         """
         emb = self._require_embedding()
-        m = np.asarray(mask)
-        if m.shape != tuple(emb.original_size):
-            raise ValueError(
-                f"mask shape {m.shape} does not match the slice shape {tuple(emb.original_size)}"
-            )
-        geometry = emb.geometry
-        low = self._low_res_size()
-        t = torch.from_numpy((m != 0).astype(np.float32))[None, None]
-        t = F.interpolate(t, size=geometry.input_size, mode="bilinear", align_corners=False)
-        padded = torch.zeros((1, 1, geometry.img_size, geometry.img_size))
-        padded[..., : geometry.input_size[0], : geometry.input_size[1]] = t
-        small = F.interpolate(padded, size=low, mode="area")
-        logits = (small[0] * 2.0 - 1.0) * MASK_PROMPT_LOGIT
-        return logits.numpy().astype(np.float32)
+        return mask_logits(mask, emb.geometry, self._low_res_size())
 
     def _low_res_size(self) -> tuple[int, int]:
         h, w = self.model.prompt_encoder.image_embedding_size

@@ -15,11 +15,16 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 
-__all__ = ["EDGE_TOLERANCE", "check_boxes", "check_points", "prepare_prompts"]
+__all__ = ["EDGE_TOLERANCE", "MASK_PROMPT_LOGIT", "check_boxes", "check_points", "mask_logits",
+           "prepare_prompts"]
 
 #: How far beyond the centres of the edge pixels a point may lie (their outer half).
 EDGE_TOLERANCE = 0.5
+
+#: Magnitude of the logits a binary mask prompt is turned into (SAM's own logits are of this order).
+MASK_PROMPT_LOGIT = 10.0
 
 
 def _text(values: npt.NDArray) -> str:
@@ -230,3 +235,38 @@ def prepare_prompts(
     if boxes_np is not None:
         boxes_t = torch.as_tensor(boxes_np, dtype=torch.float32, device=device)
     return batched, coords_t, boxes_t, masks_t
+
+
+def mask_logits(mask: npt.ArrayLike, geometry, low_size: tuple[int, int]
+                ) -> npt.NDArray[np.float32]:
+    """Turn a binary mask into a mask prompt: logits in the decoder's low-resolution frame.
+
+    The mask is resized and padded as the slice was for the model's input
+    (:class:`~napari_sam.engine.preprocess.ResizeGeometry`), then averaged down to
+    ``low_size``: ``+MASK_PROMPT_LOGIT`` inside, ``-MASK_PROMPT_LOGIT`` outside, in between
+    where a low-resolution pixel straddles the edge.
+
+    Parameters
+    ----------
+    mask : array-like, shape (H, W)
+        Nonzero inside the object; ``(H, W)`` is ``geometry.original_size``.
+    geometry : ResizeGeometry
+        How the slice (or crop) the mask covers was put into the model's input.
+    low_size : (int, int)
+        ``(4h, 4w)`` of the decoder's low-resolution masks.
+
+    Returns
+    -------
+    numpy.ndarray, shape (1, 4h, 4w), float32
+    """
+    m = np.asarray(mask)
+    if m.shape != tuple(geometry.original_size):
+        raise ValueError(
+            f"mask shape {m.shape} does not match the slice shape {tuple(geometry.original_size)}"
+        )
+    t = torch.from_numpy((m != 0).astype(np.float32))[None, None]
+    t = F.interpolate(t, size=geometry.input_size, mode="bilinear", align_corners=False)
+    padded = torch.zeros((1, 1, geometry.img_size, geometry.img_size))
+    padded[..., : geometry.input_size[0], : geometry.input_size[1]] = t
+    small = F.interpolate(padded, size=tuple(low_size), mode="area")
+    return ((small[0] * 2.0 - 1.0) * MASK_PROMPT_LOGIT).numpy().astype(np.float32)

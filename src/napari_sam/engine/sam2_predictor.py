@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from ..modeling.sam2 import FrameFeatures, Sam2
 from .postprocess import keep_prompted_pieces
-from .predictor import MASK_PROMPT_LOGIT, SamPredictor
+from .predictor import SamPredictor
 from .preprocess import to_rgb_uint8_range
+from .prompts import MASK_PROMPT_LOGIT
 
 __all__ = ["Sam2Embedding", "Sam2Predictor", "predictor_for"]
 
@@ -147,8 +148,9 @@ class Sam2Predictor:
         xy = np.stack([rc[..., 1] * (s / w), rc[..., 0] * (s / h)], axis=-1).astype(np.float32)
         return torch.from_numpy(xy).to(self.device)
 
-    def mask_to_logits(self, mask: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """A binary ``(H, W)`` mask of the slice -> a ``(1, 4h, 4w)`` mask prompt (+-10)."""
+    def mask_to_logits(self, mask: npt.ArrayLike, frame=None) -> npt.NDArray[np.float32]:
+        """A binary ``(H, W)`` mask of the slice -> a ``(1, 4h, 4w)`` mask prompt (+-10);
+        ``frame`` is ignored (as by :meth:`SamPredictor.mask_to_logits`)."""
         _, hw = self._require()
         m = np.asarray(mask)
         if m.shape != hw:

@@ -36,7 +36,8 @@ import numpy.typing as npt
 from .every_output import predict_every_output
 from .lru import LRUCache
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
-from .prompts import check_boxes, check_points
+from .preprocess import ResizeGeometry
+from .prompts import check_boxes, check_points, mask_logits
 from .scale import (  # noqa: F401  (re-exported: they lived here until v0.18)
     MAX_OBJECT_ZOOM,
     MAX_ZOOM,
@@ -379,6 +380,37 @@ class ZoomPredictor:
             masks[idx, :, r0:r0 + ch, c0:c0 + cw] = m
             scores[idx], logits[idx] = s, lg
         return masks, scores, logits, origins
+
+    def mask_to_logits(self, mask: npt.ArrayLike, frame=None) -> npt.NDArray[np.float32]:
+        """Turn a binary mask of the slice into a mask prompt in a crop's frame.
+
+        Parameters
+        ----------
+        mask : array-like, shape (H, W)
+            Nonzero inside the object, in the slice's pixel grid.
+        frame : array-like of int, shape (4,) or (2,), optional
+            ``(row0, col0, height, width)`` of the crop the logits are for, as
+            :meth:`predict_every_output` returned it (two values: the whole slice, as a plain
+            predictor's batched decoding gives); by default the crop of the last
+            :meth:`predict`.
+
+        Returns
+        -------
+        numpy.ndarray, shape (1, 4h, 4w), float32
+            See :func:`~napari_sam.engine.prompts.mask_logits`.
+        """
+        if self._image is None:
+            raise RuntimeError("no image is set: call set_image() first")
+        h, w = self._image.shape[:2]
+        m = np.asarray(mask)
+        if m.shape != (h, w):
+            raise ValueError(f"mask shape {m.shape} does not match the slice shape {(h, w)}")
+        if frame is None:
+            frame = self._last if self._last is not None else (0, 0, h, w)
+        frame = [int(v) for v in np.ravel(frame)]
+        r0, c0, ch, cw = frame if len(frame) == 4 else (0, 0, h, w)
+        geometry = ResizeGeometry((ch, cw), self.model.img_size)
+        return mask_logits(m[r0:r0 + ch, c0:c0 + cw], geometry, self._predictor._low_res_size())
 
     # -- crops -------------------------------------------------------------------------------
 

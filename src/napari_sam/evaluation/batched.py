@@ -74,6 +74,7 @@ def evaluate_objects(
     progress: Callable[[], None] | None = None,
     oracle: str = "first",
     finish: Callable | None = None,
+    to_logits: Callable | None = None,
 ) -> list[ObjectEvaluation]:
     """Run the click protocol on objects of the slice currently set, a batch at a time.
 
@@ -83,8 +84,8 @@ def evaluate_objects(
         :func:`batched_decoder` of the predictor that holds the slice.
     gt_masks : iterable of array-like, shape (H, W)
         The objects' ground truths (non-empty), consumed a batch at a time.
-    prompt, clicks, raw, oracle, finish
-        As in :func:`~napari_sam.evaluation.interactive.evaluate_object`.
+    prompt, clicks, raw, oracle, finish, to_logits
+        As in :class:`~napari_sam.evaluation.clicks.ClickSession`.
     batch_size : int, optional
         Objects decoded together (default :func:`objects_per_round` of the slice).
     progress : callable, optional
@@ -106,7 +107,7 @@ def evaluate_objects(
             return results
         first = np.asarray(first)
         size = batch_size or objects_per_round(first.shape[:2])
-        sessions = [ClickSession(m, prompt, clicks, raw, oracle, finish)
+        sessions = [ClickSession(m, prompt, clicks, raw, oracle, finish, to_logits)
                     for m in (first, *islice(masks, size - 1))]
         _run_rounds(decode, sessions)
         for session in sessions:
@@ -138,12 +139,12 @@ def _run_rounds(decode: Callable, sessions: list[ClickSession]) -> None:
                                               not ambiguous, candidates)
         for j, i in enumerate(active):
             if ambiguous:
-                sessions[i].record(masks[j], scores[j], logits[j])
+                sessions[i].record(masks[j], scores[j], logits[j], frame=where[j])
             elif not candidates:  # the single output alone (no oracle after the first prompt)
-                sessions[i].record([], [], [], masks[j, 0], logits[j, 0])
+                sessions[i].record([], [], [], masks[j, 0], logits[j, 0], frame=where[j])
             else:
                 sessions[i].record(masks[j, 1:], scores[j, 1:], logits[j, 1:],
-                                   masks[j, 0], logits[j, 0])
+                                   masks[j, 0], logits[j, 0], frame=where[j])
         if origins is None:
             origins = np.zeros((len(sessions), *np.shape(where)[1:]), dtype=np.int64)
         origins[active] = where

@@ -22,6 +22,10 @@ from ..engine.postprocess import after_click, keep_prompted_pieces
 __all__ = ["ORACLES", "ClickSession", "ObjectEvaluation", "check_protocol", "next_click"]
 
 PROMPTS = ("point", "box")
+#: What prompts a corrective click's decoding besides the clicks: the mask kept after the
+#: previous click (what the user sees and corrects) as logits, or (``raw``, or a predictor
+#: without ``mask_to_logits``) the decoder's own low-resolution logits, as in SAM's paper.
+MASK_PROMPT = {True: "kept_mask_as_logits", False: "previous_logits"}
 #: When the oracle is scored: at the first prompt only (SAM's "oracle", the best of the three
 #: candidates of an ambiguous prompt; later clicks keep the single output and need no
 #: candidates), or after every click.
@@ -153,12 +157,19 @@ class ClickSession:
         ``finish(mask, points, labels, box) -> mask``, the predictor's ``finish_mask`` if it has
         one (:class:`~napari_sam.workflows.snap.SnapPredictor`); by default
         :func:`~napari_sam.engine.postprocess.keep_prompted_pieces`.
+    to_logits : callable, optional
+        ``to_logits(mask, frame) -> (1, h, w)`` logits: the predictor's ``mask_to_logits``.
+        Given (and not ``raw``), the next click's mask prompt is the mask kept, as the user
+        sees it, turned into logits (in the ``frame`` its decoding returned), not the decoder's
+        own logits, which the kept mask may have changed (see :data:`MASK_PROMPT`).
     """
 
     def __init__(self, gt_mask: npt.ArrayLike, prompt: str, clicks: int, raw: bool,
-                 oracle: str = "first", finish: Callable | None = None) -> None:
+                 oracle: str = "first", finish: Callable | None = None,
+                 to_logits: Callable | None = None) -> None:
         check_protocol(prompt, clicks, oracle)
         self.finish = keep_prompted_pieces if finish is None else finish
+        self.to_logits = to_logits
         self.gt = as_2d_bool(gt_mask, "gt_mask")
         self.gt_area = int(np.count_nonzero(self.gt))
         if self.gt_area == 0:
@@ -232,7 +243,8 @@ class ClickSession:
         inter = int(np.count_nonzero(mask[self._gt_window] & self._gt_crop))
         return inter / (self.gt_area + int(np.count_nonzero(mask)) - inter)
 
-    def record(self, multi, scores, multi_logits, single=None, single_logits=None) -> None:
+    def record(self, multi, scores, multi_logits, single=None, single_logits=None,
+               frame=None) -> None:
         """Score the masks decoded for :meth:`prompts`.
 
         Parameters
@@ -244,6 +256,9 @@ class ClickSession:
         multi_logits : array-like, shape (K, h, w)
         single, single_logits : numpy.ndarray, shape (H, W) and (h, w), optional
             The single-output mask and its logits; required unless :attr:`ambiguous`.
+        frame : optional
+            The frame the logits are in, as the decoding returned it (passed to
+            ``to_logits``).
         """
         pts, labs, box, _ = self.prompts()
         oracle = self.wants_candidates
@@ -265,6 +280,8 @@ class ClickSession:
         self.ious.append(self.iou(pred))
         if oracle:
             self.oracle.append(max([self.ious[-1], *(self.iou(m) for m in multi)]))
+        if self.to_logits is not None and not self.raw:  # the mask as shown prompts the next
+            logits = np.asarray(self.to_logits(pred, frame)).reshape(np.shape(logits))
         self.pred, self.logits = pred, np.asarray(logits)[None]
         if len(self.ious) >= self.clicks:
             self.done = True

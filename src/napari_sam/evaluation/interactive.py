@@ -11,8 +11,10 @@ recorded after every click:
    click too, from the candidates decoded for the same prompts).
 2. Every further click corrects the previous mask (:func:`next_click`): a positive point in the
    missed part or a negative point in the spurious part, whichever error region is deeper. It is
-   decoded together with all the clicks so far (and the box), with the previous low-resolution
-   logits as the mask prompt, by the single-output head.
+   decoded together with all the clicks so far (and the box), by the single-output head, with
+   the previous mask as the mask prompt: the mask kept (as the user saw it, below) turned into
+   logits by the predictor's ``mask_to_logits``, or the decoder's own previous low-resolution
+   logits with ``raw=True`` or a predictor without ``mask_to_logits`` (SAM's paper).
 
 Each mask is scored as the viewer shows it: cut to the box, its edge moved to the right side
 of the corrective clicks and kept to the prompted connected pieces
@@ -48,7 +50,7 @@ from scipy import ndimage
 
 from ..engine.masks import farthest_point, mask_iou
 from .batched import batched_decoder, evaluate_objects
-from .clicks import ClickSession, ObjectEvaluation, check_protocol, next_click
+from .clicks import MASK_PROMPT, ClickSession, ObjectEvaluation, check_protocol, next_click
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.predictor import SamPredictor
@@ -114,7 +116,8 @@ def evaluate_object(
         remaining entries repeat that IoU of 1.0.
     """
     session = ClickSession(gt_mask, prompt, clicks, raw, oracle,
-                           getattr(predictor, "finish_mask", None))
+                           getattr(predictor, "finish_mask", None),
+                           getattr(predictor, "mask_to_logits", None))
     while not session.done:
         session.advance()
         if session.done:
@@ -380,6 +383,7 @@ def evaluate_image(
         intensity_range = estimate_intensity_range(image)
 
     finish = getattr(predictor, "finish_mask", None)  # what segment() makes of a mask
+    to_logits = getattr(predictor, "mask_to_logits", None)  # the kept mask as the next prompt
     per_object = []
     for index, group in groupby(objects, key=lambda o: o.slice):
         plane = _plane(image, axis, index)
@@ -400,7 +404,7 @@ def evaluate_image(
                                             oracle))
             continue
         results = evaluate_objects(decode, (obj.mask(shape) for obj in group), prompt, clicks,
-                                   raw, oracle=oracle, finish=finish)
+                                   raw, oracle=oracle, finish=finish, to_logits=to_logits)
         for obj, result in zip(group, results, strict=True):
             record(obj, result)
 
@@ -411,6 +415,7 @@ def evaluate_image(
         "next_click": NEXT_CLICK,
         "selection": SELECTION,
         "oracle": ORACLE[oracle],
+        "mask_prompt": MASK_PROMPT[to_logits is not None and not raw],
         "masks": MASKS[bool(raw)] if raw or finish is None else (
             f"{MASKS[False]}+{type(predictor).__name__}"),
     }

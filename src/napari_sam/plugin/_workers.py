@@ -51,7 +51,7 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
     :class:`~napari_sam.engine.click_memory.ClickMemory`, as SAM's protocol does), the
     masks snapped to the slice's objects by ``snapper`` (a
     :class:`~napari_sam.workflows.snap.SliceSnapper`), each if given, and a click's new mask
-    kept near the click (:meth:`ClickMemory.settle`).
+    kept near the click (:meth:`ClickMemory.settle`; the mask shown prompts the next click).
 
     Returns ``(masks, scores, error)``; a failure is returned, not raised, so the GUI thread
     reports it.
@@ -75,15 +75,16 @@ def segment_objects(predictor, objects, snapper=None, zoomer=None, memory=None):
 
 
 def _segment_refining(predictor, zoomer, memory, **obj):
-    """One object's mask: on the whole slice with its previous logits as the mask prompt when
-    a click was added to it; a small object in its magnified crop (``zoomer``), from nothing
-    (its logits are the crop's, not kept). The zoom is decided once per object."""
-    if zoomer is not None and zoomer.zooms(predictor, obj.get("points"), obj.get("labels"),
-                                           obj.get("box")):
-        memory.remember(predictor.embedding, obj, None, None)  # forget its whole-slice logits
-        return zoomer.segment(predictor, **obj)
+    """One object's mask, with the mask shown after its previous click as the mask prompt
+    when a click was added to it (``memory``): on the whole slice, or a small object in its
+    magnified crop (``zoomer``; the zoom is decided per decode)."""
     previous = memory.mask_prompt(predictor.embedding, obj)
     prompt = dict(obj) if previous is None else {**obj, "mask_input": previous}
+    if zoomer is not None and zoomer.zooms(predictor, obj.get("points"), obj.get("labels"),
+                                           obj.get("box")):
+        out = zoomer.segment(predictor, **prompt)
+        memory.remember(predictor.embedding, obj, previous, None)  # the crop's logits: not kept
+        return out
     out = predictor.segment(**prompt)
     memory.remember(predictor.embedding, obj, previous, out[2] if len(out) > 2 else None)
     return out
