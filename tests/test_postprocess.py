@@ -108,9 +108,10 @@ def test_the_image_border_is_not_an_edge_of_the_mask():
 
 def test_after_click_takes_the_new_mask_near_the_click_only():
     previous = _disc((100, 100), (50, 50), 20)
-    new = _disc((100, 100), (50, 53), 20)  # shifted right: the left side moved too
-    near_click = after_click(previous, new, [[50, 50], [50, 72]], [1, 1])
-    assert near_click[50, 72] and near_click[50, 73]  # grown where clicked (right)
+    new = _disc((100, 100), (50, 58), 20)  # shifted right: the left side moved too
+    # a click 7 px beyond the edge (deeper than EDGE_CLICK): SAM's new mask near it
+    near_click = after_click(previous, new, [[50, 50], [50, 77]], [1, 1])
+    assert near_click[50, 77] and near_click[50, 78]  # grown where clicked (right)
     assert near_click[50, 30] and not new[50, 30]  # the left side kept as it was
     # a click that chose another object: its mask is taken whole
     other = _disc((100, 100), (20, 20), 8)
@@ -118,3 +119,34 @@ def test_after_click_takes_the_new_mask_near_the_click_only():
                                   keep_prompted_pieces(other, [[50, 50], [20, 20]], [1, 1]))
     with pytest.raises(ValueError, match="differ"):
         after_click(previous, new[:50], [[50, 50]], [1])
+
+
+def test_a_click_at_the_edge_moves_the_edge_only():
+    previous = _disc((100, 100), (50, 50), 20)
+    # SAM's answer to a negative click 2 px inside the edge: a chunk carved out
+    carved = previous & ~_disc((100, 100), (50, 75), 14)
+    points, labels = [[50, 50], [50, 68]], [1, 0]
+    out = after_click(previous, carved, points, labels)
+    np.testing.assert_array_equal(out, keep_prompted_pieces(previous, points, labels))
+    assert not out[50, 68]  # the click is outside the mask
+    assert out[50, 62] and not carved[50, 62]  # the chunk was not carved
+    assert np.count_nonzero(previous & ~out) < 30  # only the edge near the click moved
+    # a positive click 3 px outside: the edge grows to it, SAM's bulge is not taken
+    bulge = previous | _disc((100, 100), (50, 78), 9)
+    grown = after_click(previous, bulge, [[50, 50], [50, 73]], [1, 1])
+    assert grown[50, 73] and not grown[50, 80] and bulge[50, 80]
+    # the same click with edge=0, or a deep click: SAM's mask near the click
+    assert not after_click(previous, carved, points, labels, edge=0)[50, 62]
+    deep = previous & ~_disc((100, 100), (50, 64), 6)
+    assert not after_click(previous, deep, [[50, 50], [50, 62]], [1, 0])[50, 64]
+
+
+def test_a_click_on_its_right_side_or_at_the_image_border_is_not_at_the_edge():
+    from napari_sam.engine.postprocess import _edge_depth
+
+    mask = np.zeros((40, 40), bool)
+    mask[:, :10] = True  # cut by the image's left border
+    assert _edge_depth(mask, 20, 1, 0, 4.0) == np.inf  # 9 px from the edge, 1 from the border
+    assert _edge_depth(mask, 20, 8, 0, 4.0) == 2.0
+    assert _edge_depth(mask, 20, 12, 1, 4.0) == 3.0  # a positive click outside
+    assert _edge_depth(mask, 20, 5, 1, 4.0) == np.inf  # a positive click inside: right side

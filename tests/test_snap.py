@@ -146,7 +146,8 @@ def test_the_evaluation_scores_what_the_predictor_finishes():
             result = evaluate_image(Oracle(inner), image, labels, prompt=prompt, clicks=2,
                                     batched=batched)
             assert result["miou"] == [1.0, 1.0], (prompt, batched)
-            assert result["protocol"]["masks"] == "prompted_pieces+clicks_followed+changed_near_click+Oracle"
+            assert result["protocol"]["masks"] == (
+                "prompted_pieces+clicks_followed+changed_near_click+edge_clicks_move_edge+Oracle")
     assert len(ground_truth_objects(labels)) == 2
 
 

@@ -20,6 +20,7 @@ from .masks import bounding_box
 __all__ = [
     "BOX_MARGIN",
     "CLICK_REACH",
+    "EDGE_CLICK",
     "FOCUS_RADIUS",
     "SAME_OBJECT_IOU",
     "after_click",
@@ -243,6 +244,11 @@ SAME_OBJECT_IOU = 0.5
 """A new mask that overlaps the previous one less than this (IoU) after a click is another
 object (the click chose it): it is taken whole. See :func:`after_click`."""
 
+EDGE_CLICK = 4.0
+"""A corrective click at most this many pixels from the previous mask's edge, on its wrong
+side, moves that edge only (:func:`follow_clicks`): SAM's redraw for it is not taken. See
+:func:`after_click`."""
+
 
 def after_click(
     previous: npt.NDArray[np.bool_],
@@ -251,9 +257,10 @@ def after_click(
     labels: npt.ArrayLike | None = None,
     box: npt.ArrayLike | None = None,
     radius: float = FOCUS_RADIUS,
+    edge: float = EDGE_CLICK,
 ) -> npt.NDArray[np.bool_]:
     """An object's mask after a corrective click: the new mask near the click, the previous
-    one elsewhere.
+    one elsewhere; for a click at the mask's edge, the previous one with that edge moved.
 
     SAM redraws the whole object at every click, and a click meant to fix one side of it
     often moves the other sides too, parts that were right (on the real validation split a
@@ -264,6 +271,14 @@ def after_click(
     mask is taken whole); the result is then
     what the prompt asks for (:func:`keep_prompted_pieces`, which also moves the edge to the
     right side of the clicks).
+
+    A click on the wrong side of the previous mask within ``edge`` pixels of its edge (a
+    sliver left over or missed along the outline: the mask was nearly right) asks for that
+    edge to move, and SAM often answers it with a large change: a negative click at the edge
+    carves a chunk out of the nucleus, a positive one adds a bulge or the neighbour (on 12
+    BBBC039 training images, 4 % of second clicks lost more than 0.1 IoU that way). Such a
+    click moves the previous mask's edge only (:func:`follow_clicks`, inside
+    :func:`keep_prompted_pieces`) and SAM's new mask is not taken.
 
     Parameters
     ----------
@@ -278,6 +293,8 @@ def after_click(
         The object's box prompt.
     radius : float
         :data:`FOCUS_RADIUS`.
+    edge : float
+        :data:`EDGE_CLICK` (0: every click takes SAM's new mask near it).
 
     Returns
     -------
@@ -289,7 +306,11 @@ def after_click(
         raise ValueError(f"the previous mask {previous.shape} and the new one {mask.shape} differ")
     if points is None or not np.size(points):
         return keep_prompted_pieces(mask, points, labels, box)
-    r, c = np.asarray(points, dtype=np.float64).reshape(-1, 2)[-1]
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    r, c = pts[-1]
+    label = 1 if labels is None else int(np.asarray(labels).reshape(-1)[-1])
+    if edge > 0 and _edge_depth(previous, r, c, label, edge) <= edge:
+        return keep_prompted_pieces(previous, points, labels, box)
     changed = bounding_box(previous ^ mask)
     both = np.count_nonzero(previous & mask)
     area = max(np.count_nonzero(previous), np.count_nonzero(mask))
@@ -305,3 +326,24 @@ def after_click(
         near = yy + xx <= reach * reach
         out[window] = np.where(near, mask[window], previous[window])
     return keep_prompted_pieces(out, points, labels, box)
+
+
+def _edge_depth(mask: npt.NDArray[np.bool_], r: float, c: float, label: int,
+                limit: float) -> float:
+    """How far a click at ``(r, c)`` lies on its wrong side of ``mask``'s edge (inside for a
+    negative click, outside for a positive one), in pixels; ``inf`` if it is on its right side
+    or farther than ``limit`` (only a window of ``limit`` around the click is looked at; the
+    image border is not an edge)."""
+    h, w = mask.shape
+    r, c = int(np.clip(round(r), 0, h - 1)), int(np.clip(round(c), 0, w - 1))
+    wrong = mask if label == 0 else ~mask
+    if not wrong[r, c]:
+        return float("inf")
+    k = int(np.ceil(limit)) + 1
+    r0, c0 = max(0, r - k), max(0, c - k)
+    window = wrong[r0:r + k + 1, c0:c + k + 1]
+    if window.all():
+        return float("inf")
+    # the window's own border is no edge: pad with the wrong side
+    depth = ndimage.distance_transform_edt(np.pad(window, 1, constant_values=True))
+    return float(depth[r - r0 + 1, c - c0 + 1])

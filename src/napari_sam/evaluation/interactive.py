@@ -21,7 +21,8 @@ of the corrective clicks and kept to the prompted connected pieces
 (:func:`napari_sam.engine.postprocess.keep_prompted_pieces`, what ``SamPredictor.segment``
 returns), or what the predictor's own ``finish_mask`` makes of it (a
 :class:`~napari_sam.workflows.snap.SnapPredictor` snaps it to the instance decoder's objects);
-after a corrective click the new mask replaces the previous one only near the click
+after a corrective click the new mask replaces the previous one only near the click, and a
+click at the previous mask's edge only moves that edge
 (:func:`napari_sam.engine.postprocess.after_click`). ``raw=True`` scores the model's masks
 unchanged.
 
@@ -73,7 +74,8 @@ NEXT_CLICK = "center_of_larger_error_region"
 SELECTION = "highest_predicted_iou"
 ORACLE = {"first": "best_true_iou_of_candidates_first_prompt",
           "every": "best_true_iou_of_candidates_every_click"}
-MASKS = {False: "prompted_pieces+clicks_followed+changed_near_click", True: "raw"}
+MASKS = {False: "prompted_pieces+clicks_followed+changed_near_click+edge_clicks_move_edge",
+         True: "raw"}
 
 
 # -- one object --------------------------------------------------------------------------------
