@@ -277,7 +277,7 @@ def test_the_mask_kept_prompts_the_next_click(raw):
     wrong[:2, :2] = True
     np.testing.assert_array_equal(fake.turned[0], wrong)
     np.testing.assert_array_equal(second["mask_input"], np.full((1, 16, 16), 4.0))
-    np.testing.assert_array_equal(fake.turned[1], gt)  # and click 2's kept mask after it
+    assert len(fake.turned) == 1  # the last click's mask prompts nothing: not turned
     assert result["protocol"]["mask_prompt"] == "kept_mask_as_logits"
 
 

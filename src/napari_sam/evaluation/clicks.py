@@ -280,10 +280,12 @@ class ClickSession:
         self.ious.append(self.iou(pred))
         if oracle:
             self.oracle.append(max([self.ious[-1], *(self.iou(m) for m in multi)]))
-        if self.to_logits is not None and not self.raw:  # the mask as shown prompts the next
+        last = len(self.ious) >= self.clicks
+        if self.to_logits is not None and not self.raw and not last:  # the mask as shown
+            # prompts the next click
             logits = np.asarray(self.to_logits(pred, frame)).reshape(np.shape(logits))
         self.pred, self.logits = pred, np.asarray(logits)[None]
-        if len(self.ious) >= self.clicks:
+        if last:
             self.done = True
 
     def result(self) -> ObjectEvaluation:
