@@ -336,12 +336,13 @@ def _edge_depth(mask: npt.NDArray[np.bool_], r: float, c: float, label: int,
     image border is not an edge)."""
     h, w = mask.shape
     r, c = int(np.clip(round(r), 0, h - 1)), int(np.clip(round(c), 0, w - 1))
-    wrong = mask if label == 0 else ~mask
-    if not wrong[r, c]:
+    if bool(mask[r, c]) == (label == 1):
         return float("inf")
     k = int(np.ceil(limit)) + 1
     r0, c0 = max(0, r - k), max(0, c - k)
-    window = wrong[r0:r + k + 1, c0:c + k + 1]
+    window = mask[r0:r + k + 1, c0:c + k + 1]  # the wrong side in a window: no whole-slice op
+    if label == 1:
+        window = ~window
     if window.all():
         return float("inf")
     # the window's own border is no edge: pad with the wrong side
