@@ -383,7 +383,7 @@ def test_stray_pieces_of_a_propagated_mask_are_dropped(scene, monkeypatch):
 
 
 def test_contrast_test_stops_in_fading_light(scene):
-    from napari_sam.workflows.propagation import _contrast
+    from napari_sam.workflows.outline import contrast as _contrast
 
     model = scene[0]
     yy, xx = np.mgrid[:S, :S]
@@ -397,11 +397,11 @@ def test_contrast_test_stops_in_fading_light(scene):
     assert _contrast(vol[0], disc) > 0.5 > _contrast(vol[0], np.roll(disc, 100, axis=0))
     seeds = [Seed(1, 0, mask=disc)]
     labels = propagate_volume(model, vol, seeds, intensity_range=(0.0, 1.0),
-                              params=PropagationParams(min_contrast=0.5))
+                              params=PropagationParams(min_contrast=0.5, outline="model"))
     reached = np.flatnonzero(labels.any(axis=(1, 2)))
     assert reached.max() == 3  # stopped where the contrast fell below half of the anchor's
     without = propagate_volume(model, vol, seeds, intensity_range=(0.0, 1.0),
-                               params=PropagationParams(min_contrast=0.0))
+                               params=PropagationParams(min_contrast=0.0, outline="model"))
     assert np.flatnonzero(without.any(axis=(1, 2))).max() > 4  # the model alone goes on
 
 
@@ -482,8 +482,10 @@ def in_crops(scene):
     seeds = [Seed(1, 5, points=_point(1)), Seed(2, 5, points=_point(2))]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SamPredictor, "compute_embedding", recording)
+        # the model's own masks (outline "model"), to compare with ZoomPredictor's
         res = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
-                                 intensity_range=(0.0, 1.0))
+                                 intensity_range=(0.0, 1.0),
+                                 params=PropagationParams(outline="model"))
     return res, shapes
 
 
@@ -525,6 +527,7 @@ def test_in_crops_cancel_keeps_done_objects_and_names_the_rest(scene, in_crops):
 
     part = propagate_in_crops(model, lambda i: image[i], N, seeds, zoom=2,
                               intensity_range=(0.0, 1.0), cancelled=cancelled,
+                              params=PropagationParams(outline="model"),
                               progress=lambda d, t: seen.append((d, t)))
     assert not part.complete
     assert set(part.masks) == set(part.stopped) == {1, 2}
@@ -574,11 +577,32 @@ def test_the_refiner_sees_each_slice_when_the_slices_are_given(scene):
     with torch.no_grad():
         refiner.out.bias.fill_(30.0)  # every pixel of each mask's crop becomes foreground
     seed = [Seed(1, 5, points=_point(1))]
-    params = PropagationParams(max_slices=1, refine=True)
+    params = PropagationParams(max_slices=1, refine=True, outline="model")
     without = propagate(grown, embed, N, seed, params=params)  # no pixels: not refined
     refined = propagate(grown, embed, N, seed, slice_image=lambda i: image[i],
                         intensity_range=(0.0, 1.0), params=params)
     assert refined.masks[1][5].sum() > 1.5 * without.masks[1][5].sum()  # the seed slice
     off = propagate(grown, embed, N, seed, slice_image=lambda i: image[i],
-                    intensity_range=(0.0, 1.0), params=PropagationParams(max_slices=1))
+                    intensity_range=(0.0, 1.0),
+                    params=PropagationParams(max_slices=1, outline="model"))
     np.testing.assert_array_equal(off.masks[1][5], without.masks[1][5])  # off by default
+
+
+def test_half_max_outline_follows_blurred_nuclei_closer_than_the_model_masks():
+    from _blurred import _iou as iou
+    from _blurred import _stack
+
+    torch.manual_seed(0)
+    model = build_model("default")
+    # two blurred nuclei (z step 2x the pixel), labelled at half their peak (the convention)
+    img, truths = _stack([((8, 32, 22), 9), ((8, 24, 44), 7)], noise=10)
+    seeds = [Seed(1, 8, points=np.array([[32, 22]])), Seed(2, 8, points=np.array([[24, 44]]))]
+    outlined = propagate_volume(model, img, seeds)  # outline "half_max": the default
+    own = propagate_volume(model, img, seeds, params=PropagationParams(outline="model"))
+    for k, truth in zip((1, 2), truths):
+        assert iou(outlined == k, truth) > iou(own == k, truth) + 0.05
+        assert iou(outlined == k, truth) > 0.75
+    with pytest.raises(ValueError, match="outline"):
+        PropagationParams(outline="contour")
+    with pytest.raises(ValueError, match="outline"):
+        PropagationParams(outline_level=0.0)

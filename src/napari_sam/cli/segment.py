@@ -65,7 +65,8 @@ def register(sub) -> None:
     prop.add_argument("--propagate", type=int, metavar="AXIS", default=None,
                       help="propagate along this axis (0 for Z-Y-X; 0 or 1 for 4D T-Z-Y-X)")
     prop.add_argument("--time-axis", action="store_true",
-                      help="the axis is time: no stop when a cell grows after shrinking")
+                      help="the axis is time: no stop when a cell grows after shrinking, "
+                           "and the model's masks are kept (no half-maximum outline)")
     prop.add_argument("--max-slices", type=int, default=None, metavar="N",
                       help="at most N slices beyond the outermost prompts of each object")
     _common.add_model_args(seg)
@@ -261,7 +262,8 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
 
     try:
         params = PropagationParams(max_slices=args.max_slices,
-                                   **({"max_regrowth": None} if args.time_axis else {}))
+                                   **({"max_regrowth": None, "outline": "model"}
+                                      if args.time_axis else {}))
     except ValueError as e:
         raise InputError(str(e)) from None
     axis = args.propagate

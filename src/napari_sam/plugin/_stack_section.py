@@ -246,8 +246,10 @@ class StackSection(Section):
         def body(ctx):
             from ..workflows.propagation import PropagationParams, propagate
 
-            # cells do not shrink towards the ends of a time-lapse as nuclei do in z
-            params = PropagationParams(max_regrowth=None) if time_axis else PropagationParams()
+            # cells do not shrink towards the ends of a time-lapse as nuclei do in z, and move:
+            # their masks are not redrawn as one 3D piece (outline "model")
+            params = (PropagationParams(max_regrowth=None, outline="model") if time_axis
+                      else PropagationParams())
             embed(index)  # the seed slice first: it fixes the stack's intensity range
             return propagate(model, embed, n, seeds, params=params, progress=ctx.progress,
                              cancelled=ctx.cancelled, slice_image=slice_image,

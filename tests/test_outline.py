@@ -1,0 +1,114 @@
+"""The half-maximum outline of propagated objects (napari_sam.workflows.outline)."""
+
+import numpy as np
+import pytest
+from _blurred import S, Z, _iou, _stack
+from scipy import ndimage
+
+from napari_sam.workflows.mask_stack import MaskStack, Propagation
+from napari_sam.workflows.outline import contrast, gray, half_max_outlines
+
+
+def _result(masks_by_object, score=0.9):
+    return Propagation(masks={oid: MaskStack(m) for oid, m in masks_by_object.items()},
+                       complete=True,
+                       scores={oid: {i: score for i in m} for oid, m in masks_by_object.items()},
+                       stopped={oid: {} for oid in masks_by_object})
+
+
+def _volume(stack: MaskStack) -> np.ndarray:
+    out = np.zeros((Z, S, S), bool)
+    for i in stack:
+        out[i] = stack[i]
+    return out
+
+
+def test_halo_masks_shrink_to_the_half_maximum_and_missing_ends_are_added():
+    img, (truth,) = _stack([((8, 32, 32), 10)])
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    grown = ndimage.binary_dilation(truth, np.ones((1, 3, 3), bool), iterations=3)
+    # the model's masks: 3 px too large all round, and ending a slice early at both ends
+    masks = {int(i): grown[i] for i in zs[1:-1]}
+    result = _result({1: masks})
+    before = _volume(result.masks[1])
+    out = half_max_outlines(result, lambda i: img[i], Z, {1: [8]})
+    after = _volume(out.masks[1])
+    assert out is result
+    assert _iou(before, truth) < 0.7
+    assert _iou(after, truth) > 0.85
+    assert int(zs[0]) in out.masks[1] and int(zs[-1]) in out.masks[1]  # the ends came back
+    assert out.scores[1][int(zs[0])] == pytest.approx(0.9)  # from the nearest slice
+
+
+def test_slices_beyond_the_object_are_dropped_with_their_scores():
+    img, (truth,) = _stack([((8, 32, 32), 8)])
+    zs = np.flatnonzero(truth.any(axis=(1, 2)))
+    disc = truth[8]
+    # the model carried the object's mask on into the dark slices beyond its end
+    masks = {i: disc for i in range(int(zs[0]), Z)}
+    out = half_max_outlines(_result({1: masks}), lambda i: img[i], Z, {1: [8]})
+    assert max(out.masks[1]) <= int(zs[-1]) + 1
+    assert set(out.scores[1]) == set(out.masks[1])
+
+
+def test_touching_neighbours_keep_the_boundary_the_model_drew():
+    img, truths = _stack([((8, 32, 22), 9), ((8, 32, 40), 9)])
+    right = {i: truths[1][i] for i in range(Z) if truths[1][i].any()}
+    halo = ndimage.binary_dilation(truths[0], np.ones((1, 3, 3), bool), iterations=3)
+    halo &= ~_volume(MaskStack(right))  # too large, up to the neighbour's masks
+    left = {i: halo[i] for i in range(Z) if halo[i].any()}
+    out = half_max_outlines(_result({1: left, 2: right}), lambda i: img[i], Z, {1: [8], 2: [8]})
+    a, b = _volume(out.masks[1]), _volume(out.masks[2])
+    assert not (a & _volume(MaskStack(right))).any()  # no pixel of the neighbour's masks
+    assert _iou(halo, truths[0] & ~truths[1]) < 0.5
+    assert _iou(a, truths[0] & ~truths[1]) > 0.7  # the bright contact between them stays
+    assert _iou(b, truths[1]) > 0.8
+
+
+def test_dark_objects_on_a_bright_background_keep_the_model_masks():
+    img, (truth,) = _stack([((8, 32, 32), 10)])
+    inverted = img.max() - img  # a dark ball on a bright background
+    grown = ndimage.binary_dilation(truth, np.ones((1, 3, 3), bool), iterations=3)
+    masks = {i: grown[i] for i in range(Z) if grown[i].any()}
+    out = half_max_outlines(_result({1: masks}), lambda i: inverted[i], Z, {1: [8]})
+    assert np.array_equal(_volume(out.masks[1]), grown)
+
+
+def test_a_mask_given_as_a_seed_is_not_redrawn():
+    img, (truth,) = _stack([((8, 32, 32), 10)])
+    grown = ndimage.binary_dilation(truth, np.ones((1, 3, 3), bool), iterations=3)
+    result = _result({1: {i: grown[i] for i in range(Z) if grown[i].any()}})
+    result.scores[1][8] = float("inf")  # slice 8's mask was the user's annotation
+    out = half_max_outlines(result, lambda i: img[i], Z, {1: [8]})
+    assert np.array_equal(out.masks[1][8], grown[8])
+    assert np.count_nonzero(out.masks[1][7]) < np.count_nonzero(grown[7])  # the rest redrawn
+
+
+def test_rgb_slices_are_read_as_gray_and_each_slice_once():
+    img, (truth,) = _stack([((8, 32, 32), 10)])
+    rgb = np.repeat(img[..., None], 3, axis=-1)
+    reads = []
+
+    def slice_image(i):
+        reads.append(i)
+        return rgb[i]
+
+    masks = {int(i): truth[i] for i in np.flatnonzero(truth.any(axis=(1, 2)))}
+    out = half_max_outlines(_result({1: masks, 2: {8: truth[8]}}), slice_image, Z,
+                            {1: [8], 2: [8]})
+    assert len(reads) == len(set(reads))
+    assert _iou(_volume(out.masks[1]), truth) > 0.85
+    assert gray(rgb[8]).shape == (S, S)
+
+
+def test_level_is_checked():
+    with pytest.raises(ValueError, match="level"):
+        half_max_outlines(_result({}), lambda i: None, Z, {}, level=1.0)
+
+
+def test_contrast_is_inside_minus_band():
+    img = np.zeros((20, 20), np.float32)
+    img[5:15, 5:15] = 10
+    mask = img > 0
+    assert contrast(img, mask) == pytest.approx(10.0)
+    assert contrast(img, np.zeros_like(mask)) == 0.0
