@@ -12,8 +12,10 @@ propagated object from the slices themselves, with the model's masks as its supp
    ``SMOOTH`` = (1, 1.5, 1.5) (slices, rows, columns) against the noise;
 2. its new region is the 3D connected piece, of the smoothed stack above that level, that
    overlaps the model's masks most, inside their support: the masks grown by ``GROW_PX`` = 3
-   px in each slice and by ``GROW_SLICES`` = 2 slices along the axis, less the other objects'
-   masks (touching nuclei keep the boundary the model drew between them);
+   px in each slice and by ``GROW_SLICES`` = 4 slices along the axis (the half-maximum of a
+   small nucleus under an axial blur several times the lateral one reaches several slices past
+   where the model stops), less the other objects' masks (touching nuclei keep the boundary
+   the model drew between them);
 3. holes inside each slice's mask are filled (a textured nucleus is one object).
 
 An object whose mask is not brighter than its background (dark objects on a bright background)
@@ -41,7 +43,7 @@ __all__ = ["half_max_outlines"]
 #: Gaussian sigma of the smoothing, (slices, rows, columns).
 SMOOTH = (1.0, 1.5, 1.5)
 #: Pixels and slices the model's masks grow by to make an object's support.
-GROW_PX, GROW_SLICES = 3, 2
+GROW_PX, GROW_SLICES = 3, 4
 #: The background band around the reference mask, (from, to] pixels.
 BAND = (2.0, 8.0)
 #: Percentile of the smoothed intensities inside the reference mask taken as its brightness.
@@ -114,7 +116,9 @@ def half_max_outlines(
     for oid, box in boxes.items():
         seeds = [i for i in seed_slices.get(oid, ()) if i in result.masks[oid]]
         ref = max(seeds, key=lambda i: np.count_nonzero(result.masks[oid][i]), default=None)
-        region = _outline(result, oid, box, crops[oid], ref, level)
+        near = [o for o, b in boxes.items() if all(  # objects whose crops meet this one's
+            p.start < q.stop and q.start < p.stop for p, q in zip(b, box))]
+        region = _outline(result, oid, near, box, crops[oid], ref, level)
         if region is not None:
             new[oid] = (box, region)
     for oid, (box, region) in new.items():  # written after all are computed: same inputs
@@ -153,12 +157,13 @@ def _read_crops(boxes, slice_image, n_slices) -> dict[int, np.ndarray]:
     return {oid: np.stack(p) for oid, p in parts.items()}
 
 
-def _masks_in(result: Propagation, oid: int, box) -> tuple[np.ndarray, np.ndarray]:
-    """The object's masks and the union of the other objects' masks in its crop."""
+def _masks_in(result: Propagation, oid: int, near, box) -> tuple[np.ndarray, np.ndarray]:
+    """The object's masks and the union of the ``near`` objects' masks in its crop."""
     zs, ys, xs = box
     own = np.zeros((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), bool)
     others = np.zeros_like(own)
-    for other, stack in result.masks.items():
+    for other in near:
+        stack = result.masks[other]
         target = own if other == oid else others
         for i in stack:
             if not zs.start <= i < zs.stop:
@@ -173,9 +178,9 @@ def _masks_in(result: Propagation, oid: int, box) -> tuple[np.ndarray, np.ndarra
     return own, others & ~own
 
 
-def _outline(result, oid, box, image, ref, level) -> np.ndarray | None:
+def _outline(result, oid, near, box, image, ref, level) -> np.ndarray | None:
     """The object's new region in its crop, ``(z, y, x)`` bool, or None to keep its masks."""
-    own, others = _masks_in(result, oid, box)
+    own, others = _masks_in(result, oid, near, box)
     smooth = ndimage.gaussian_filter(image, SMOOTH)
     areas = own.sum(axis=(1, 2))
     k = None if ref is None else int(ref) - box[0].start
