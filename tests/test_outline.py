@@ -7,6 +7,14 @@ from scipy import ndimage
 
 from napari_sam.workflows.mask_stack import MaskStack, Propagation
 from napari_sam.workflows.outline import contrast, gray, half_max_outlines
+from napari_sam.workflows.propagation import Seed
+
+
+def _seeds(*ids, clicks=None):
+    """One seed per object on slice 8, a positive click (at ``clicks[id]``, else the centre)."""
+    clicks = clicks or {}
+    return {oid: [Seed(oid, 8, points=np.array([clicks.get(oid, (S // 2, S // 2))], float))]
+            for oid in ids}
 
 
 def _result(masks_by_object, score=0.9):
@@ -31,7 +39,7 @@ def test_halo_masks_shrink_to_the_half_maximum_and_missing_ends_are_added():
     masks = {int(i): grown[i] for i in zs[1:-1]}
     result = _result({1: masks})
     before = _volume(result.masks[1])
-    out = half_max_outlines(result, lambda i: img[i], Z, {1: [8]})
+    out = half_max_outlines(result, lambda i: img[i], Z, _seeds(1))
     after = _volume(out.masks[1])
     assert out is result
     assert _iou(before, truth) < 0.7
@@ -46,7 +54,7 @@ def test_slices_beyond_the_object_are_dropped_with_their_scores():
     disc = truth[8]
     # the model carried the object's mask on into the dark slices beyond its end
     masks = {i: disc for i in range(int(zs[0]), Z)}
-    out = half_max_outlines(_result({1: masks}), lambda i: img[i], Z, {1: [8]})
+    out = half_max_outlines(_result({1: masks}), lambda i: img[i], Z, _seeds(1))
     assert max(out.masks[1]) <= int(zs[-1]) + 1
     assert set(out.scores[1]) == set(out.masks[1])
 
@@ -57,7 +65,7 @@ def test_touching_neighbours_keep_the_boundary_the_model_drew():
     halo = ndimage.binary_dilation(truths[0], np.ones((1, 3, 3), bool), iterations=3)
     halo &= ~_volume(MaskStack(right))  # too large, up to the neighbour's masks
     left = {i: halo[i] for i in range(Z) if halo[i].any()}
-    out = half_max_outlines(_result({1: left, 2: right}), lambda i: img[i], Z, {1: [8], 2: [8]})
+    out = half_max_outlines(_result({1: left, 2: right}), lambda i: img[i], Z, _seeds(1, 2))
     a, b = _volume(out.masks[1]), _volume(out.masks[2])
     assert not (a & _volume(MaskStack(right))).any()  # no pixel of the neighbour's masks
     assert _iou(halo, truths[0] & ~truths[1]) < 0.5
@@ -70,7 +78,7 @@ def test_dark_objects_on_a_bright_background_keep_the_model_masks():
     inverted = img.max() - img  # a dark ball on a bright background
     grown = ndimage.binary_dilation(truth, np.ones((1, 3, 3), bool), iterations=3)
     masks = {i: grown[i] for i in range(Z) if grown[i].any()}
-    out = half_max_outlines(_result({1: masks}), lambda i: inverted[i], Z, {1: [8]})
+    out = half_max_outlines(_result({1: masks}), lambda i: inverted[i], Z, _seeds(1))
     assert np.array_equal(_volume(out.masks[1]), grown)
 
 
@@ -79,7 +87,7 @@ def test_a_mask_given_as_a_seed_is_not_redrawn():
     grown = ndimage.binary_dilation(truth, np.ones((1, 3, 3), bool), iterations=3)
     result = _result({1: {i: grown[i] for i in range(Z) if grown[i].any()}})
     result.scores[1][8] = float("inf")  # slice 8's mask was the user's annotation
-    out = half_max_outlines(result, lambda i: img[i], Z, {1: [8]})
+    out = half_max_outlines(result, lambda i: img[i], Z, _seeds(1))
     assert np.array_equal(out.masks[1][8], grown[8])
     assert np.count_nonzero(out.masks[1][7]) < np.count_nonzero(grown[7])  # the rest redrawn
 
@@ -95,7 +103,7 @@ def test_rgb_slices_are_read_as_gray_and_each_slice_once():
 
     masks = {int(i): truth[i] for i in np.flatnonzero(truth.any(axis=(1, 2)))}
     out = half_max_outlines(_result({1: masks, 2: {8: truth[8]}}), slice_image, Z,
-                            {1: [8], 2: [8]})
+                            _seeds(1, 2))
     assert len(reads) == len(set(reads))
     assert _iou(_volume(out.masks[1]), truth) > 0.85
     assert gray(rgb[8]).shape == (S, S)
@@ -112,3 +120,23 @@ def test_contrast_is_inside_minus_band():
     mask = img > 0
     assert contrast(img, mask) == pytest.approx(10.0)
     assert contrast(img, np.zeros_like(mask)) == 0.0
+
+
+def test_the_default_level_follows_the_object_size():
+    from napari_sam.workflows.outline import LEVEL_BY_RADIUS
+
+    img, (small, large) = _stack([((8, 16, 16), 5), ((8, 40, 40), 18)])
+    masks = {oid: {int(i): t[i] for i in np.flatnonzero(t.any(axis=(1, 2)))}
+             for oid, t in ((1, small), (2, large))}
+
+    def run(level):
+        out = half_max_outlines(_result(masks), lambda i: img[i], Z, _seeds(1, 2),
+                                level=level)
+        return _volume(out.masks[1]), _volume(out.masks[2])
+
+    default = run(None)
+    low, high = run(LEVEL_BY_RADIUS[3]), run(LEVEL_BY_RADIUS[2])  # 0.41, 0.53
+    assert not np.array_equal(low[0], high[0]) and not np.array_equal(low[1], high[1])
+    assert np.array_equal(default[0], high[0])  # radius 5 px: the small object's level
+    assert np.array_equal(default[1], low[1])  # radius 18 px: the large object's
+

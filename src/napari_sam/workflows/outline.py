@@ -6,10 +6,13 @@ blurred nuclei miss that edge: they take in part of the blur halo on some slices
 slice or two early or late at the object's dim ends. :func:`half_max_outlines` redraws every
 propagated object from the slices themselves, with the model's masks as its support:
 
-1. the object's *level* is halfway (``level`` = 0.45) between its local background (the median
-   of a band 2-8 px around its mask on its reference slice, other objects left out) and its
-   brightness (the 80th percentile inside that mask), on the stack smoothed by a Gaussian of
-   ``SMOOTH`` = (1, 1.5, 1.5) (slices, rows, columns) against the noise;
+1. the object's *level* lies a fraction ``level`` of the way from its local background (the
+   median of a band 2-8 px around its mask on its reference slice, other objects left out) to
+   its brightness (the 80th percentile inside that mask), on the stack smoothed by a Gaussian
+   of ``SMOOTH`` = (1, 1.5, 1.5) (slices, rows, columns) against the noise. By default the
+   fraction follows the object's size (:data:`LEVEL_BY_RADIUS`): 0.53 up to a radius of 8 px,
+   0.41 from 16 px, linear between: the 80th percentile of a small blurred nucleus lies
+   further below its peak than a large flat one's;
 2. its new region is the 3D connected piece, of the smoothed stack above that level, that
    overlaps the model's masks most, inside their support: the masks grown by ``GROW_PX`` = 3
    px in each slice and by ``GROW_SLICES`` = 4 slices along the axis (the half-maximum of a
@@ -20,7 +23,7 @@ propagated object from the slices themselves, with the model's masks as its supp
 
 An object whose mask is not brighter than its background (dark objects on a bright background)
 or whose region would be empty keeps the model's masks. Measured on held-out synthetic
-stacks (docs/propagation.md, "v0.21"): mean 3D IoU 0.660 -> 0.713 / 0.516 -> 0.632 (tuning
+stacks (docs/propagation.md, "v0.21"): mean 3D IoU 0.660 -> 0.719 / 0.516 -> 0.652 (tuning
 stacks, held-out / crowded), all nucleus sizes better.
 
 Slices are ``(H, W)`` or ``(H, W, 3)`` (RGB is averaged to gray); slice indices count along
@@ -29,7 +32,8 @@ the propagation axis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +41,9 @@ from scipy import ndimage
 
 from ..engine.masks import bounding_box
 from .mask_stack import Propagation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .propagation import Seed
 
 __all__ = ["half_max_outlines"]
 
@@ -48,6 +55,9 @@ GROW_PX, GROW_SLICES = 3, 4
 BAND = (2.0, 8.0)
 #: Percentile of the smoothed intensities inside the reference mask taken as its brightness.
 BRIGHTNESS_PERCENTILE = 80.0
+#: The default level: ``(radius from, radius to, level from, level to)``, radii in pixels of
+#: the reference mask's equivalent disc, linear between them.
+LEVEL_BY_RADIUS = (8.0, 16.0, 0.53, 0.41)
 _PAD_PX = int(BAND[1]) + 4  # a crop's margin around the masks: band and smoothing fit in it
 _PAD_SLICES = GROW_SLICES + 2
 
@@ -78,9 +88,9 @@ def half_max_outlines(
     result: Propagation,
     slice_image: Callable[[int], npt.NDArray],
     n_slices: int,
-    seed_slices: Mapping[int, Iterable[int]],
+    seeds: Mapping[int, Sequence[Seed]],
     *,
-    level: float = 0.45,
+    level: float | None = None,
 ) -> Propagation:
     """Redraw each propagated object at ``level`` of its brightness above its background.
 
@@ -94,19 +104,22 @@ def half_max_outlines(
         once.
     n_slices : int
         Length of the propagation axis.
-    seed_slices : mapping
-        ``object_id -> slice indices`` it was prompted on. Its brightness and background are
-        measured on the one where its mask is largest (on its largest mask if it has none);
-        a mask given there as it is (score ``inf``: a user's annotation) is not redrawn.
-    level : float
-        In (0, 1): the fraction of the brightness above the background where the outline lies.
+    seeds : mapping
+        ``object_id -> its seeds`` (:class:`~napari_sam.workflows.propagation.Seed`). Its
+        brightness and background are measured on the seed slice where its mask is largest (on
+        its largest mask if it has none); a mask given as it is (score ``inf``: a user's
+        annotation) is not redrawn. An object without any mask (the model found nothing at its
+        click) stays as it is.
+    level : float, optional
+        In (0, 1): the fraction of the brightness above the background where the outline
+        lies; None (default): by the object's size (:data:`LEVEL_BY_RADIUS`).
 
     Returns
     -------
     Propagation
         ``result``.
     """
-    if not 0 < level < 1:
+    if level is not None and not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     boxes = {oid: box for oid in result.masks if (box := _object_box(result, oid, n_slices))}
     if not boxes:
@@ -114,8 +127,8 @@ def half_max_outlines(
     crops = _read_crops(boxes, slice_image, n_slices)
     new = {}
     for oid, box in boxes.items():
-        seeds = [i for i in seed_slices.get(oid, ()) if i in result.masks[oid]]
-        ref = max(seeds, key=lambda i: np.count_nonzero(result.masks[oid][i]), default=None)
+        at = [int(s.index) for s in seeds.get(oid, ()) if int(s.index) in result.masks[oid]]
+        ref = max(at, key=lambda i: np.count_nonzero(result.masks[oid][i]), default=None)
         near = [o for o, b in boxes.items() if all(  # objects whose crops meet this one's
             p.start < q.stop and q.start < p.stop for p, q in zip(b, box))]
         region = _outline(result, oid, near, box, crops[oid], ref, level)
@@ -200,6 +213,9 @@ def _outline(result, oid, near, box, image, ref, level) -> np.ndarray | None:
     support = ndimage.binary_dilation(own, np.ones((1, 3, 3), bool), iterations=GROW_PX)
     support = ndimage.binary_dilation(support, np.ones((3, 1, 1), bool),
                                       iterations=GROW_SLICES)
+    if level is None:
+        r0, r1, l0, l1 = LEVEL_BY_RADIUS
+        level = float(np.interp(np.sqrt(np.count_nonzero(mask) / np.pi), (r0, r1), (l0, l1)))
     region = (smooth > background + level * (brightness - background)) & support & ~others
     pieces, n = ndimage.label(region)
     if n == 0:

@@ -167,8 +167,9 @@ class PropagationParams:
         its brightness above its background (the annotation convention), inside the model's
         masks grown by a few pixels and slices (:func:`~.outline.half_max_outlines`); masks
         given as seeds stay. ``"model"``: the model's masks (use it for time-lapses).
-    outline_level : float
-        In (0, 1): where the half-maximum outline lies (0.45 measured best on tuning stacks).
+    outline_level : float or None
+        In (0, 1): where that outline lies, as a fraction of the object's brightness above its
+        background; None (default): by the object's size (0.53 for small, 0.41 for large).
     """
 
     prompt: tuple[str, ...] = ("points",)
@@ -189,7 +190,7 @@ class PropagationParams:
     refine: bool = False
     prompted_pieces: bool = True
     outline: str = "half_max"
-    outline_level: float = 0.45
+    outline_level: float | None = None
 
     def __post_init__(self) -> None:
         parts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt)
@@ -215,7 +216,8 @@ class PropagationParams:
             raise ValueError(f"decode_window must be >= 0, got {self.decode_window!r}")
         if self.max_slices is not None and self.max_slices < 0:
             raise ValueError(f"max_slices must be >= 0 or None, got {self.max_slices!r}")
-        if self.outline not in ("half_max", "model") or not 0 < self.outline_level < 1:
+        level = 0.5 if self.outline_level is None else self.outline_level
+        if self.outline not in ("half_max", "model") or not 0 < level < 1:
             raise ValueError(f"outline must be 'half_max' or 'model' and outline_level in "
                              f"(0, 1), got {self.outline!r}, {self.outline_level!r}")
         if self.max_shift is not None and not self.max_shift > 0:
@@ -468,8 +470,7 @@ def propagate(
         key = "up" if f.direction > 0 else "down"
         result.stopped[f.object_id][key] = f.reason
     if slice_image is not None and params.outline == "half_max":
-        seed_idx = {oid: [int(s.index) for s in group] for oid, group in by_object.items()}
-        half_max_outlines(result, slice_image, n_slices, seed_idx, level=params.outline_level)
+        half_max_outlines(result, slice_image, n_slices, by_object, level=params.outline_level)
     return finish(True)
 
 
