@@ -599,9 +599,12 @@ def test_half_max_outline_follows_blurred_nuclei_closer_than_the_model_masks():
     seeds = [Seed(1, 8, points=np.array([[32, 22]])), Seed(2, 8, points=np.array([[24, 44]]))]
     outlined = propagate_volume(model, img, seeds)  # outline "half_max": the default
     own = propagate_volume(model, img, seeds, params=PropagationParams(outline="model"))
+    fixed = propagate_volume(model, img, seeds, params=PropagationParams(outline_level=0.45))
     for k, truth in zip((1, 2), truths):
-        assert iou(outlined == k, truth) > iou(own == k, truth) + 0.05
-        assert iou(outlined == k, truth) > 0.75
+        assert iou(outlined == k, truth) > iou(own == k, truth) + 0.03
+        assert iou(fixed == k, truth) > iou(own == k, truth) + 0.03
+    assert np.mean([iou(outlined == k, t) for k, t in zip((1, 2), truths)]) > 0.8
+    assert not np.array_equal(fixed, outlined)  # the level given reaches the outline
     with pytest.raises(ValueError, match="outline"):
         PropagationParams(outline="contour")
     with pytest.raises(ValueError, match="outline"):
