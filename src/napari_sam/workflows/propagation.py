@@ -357,8 +357,9 @@ def propagate(
     slice_image : callable, optional
         ``slice_image(i)`` returns slice ``i`` itself, ``(H, W)`` or ``(H, W, 3)``. With it the
         contrast test of ``params.min_contrast`` applies (recommended for z-stacks: it stops
-        fronts in the out-of-focus light beyond an object's end), and with ``params.refine`` the
-        model's mask refiner (:class:`napari_sam.modeling.MaskRefiner`) redraws the masks.
+        fronts in the out-of-focus light beyond an object's end), with ``params.refine`` the
+        model's mask refiner (:class:`napari_sam.modeling.MaskRefiner`) redraws the masks, and
+        with ``params.outline`` "half_max" (the default) every object is redrawn at the end.
     intensity_range : (float, float), optional
         The range the embeddings were computed with (for the refiner; default: each slice's).
 
