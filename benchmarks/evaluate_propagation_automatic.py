@@ -8,7 +8,8 @@ tables:
   anisotropic blur (z step 2x the pixel size), in two sets: ``held-out`` (the generator's
   held-out settings, 8-20 nuclei per stack) and ``crowded`` (the same with 20-40 nuclei, 90 %
   of them in clusters of touching nuclei), beside a classical 3D baseline (one threshold and
-  watershed for the stack; each protocol seed takes the instance under it). With ``--prompts``
+  watershed for the stack; each protocol seed takes the instance under it), and the same run
+  with the model's masks kept (``--outline model``, no half-maximum outline). With ``--prompts``
   it also compares what the previous slice prompts the next one with (Python API, same
   function as the command).
 - automatic: ``napari-sam evaluate IMG LAB --automatic`` on held-out 2D images: F1 at IoU 0.5
@@ -100,24 +101,31 @@ def main() -> None:
     if args.skip != "propagation":
         from napari_sam.evaluation.baselines import evaluate_classical_propagation
 
-        print("| set | stacks | objects | miou_3d | classical 3D miou_3d | s per stack |")
-        print("|---|---|---|---|---|---|")
+        print("| set | stacks | objects | miou_3d | model's masks (--outline model) | "
+              "classical 3D miou_3d | s per stack |")
+        print("|---|---|---|---|---|---|---|")
         for kind in ("held-out", "crowded"):
-            ious, classical, secs = [], [], []
+            ious, own, classical, secs = [], [], [], []
             for k, (img, lab) in enumerate(stacks(kind, args.n, tuple(args.shape), root / "data")):
                 t = time.monotonic()
                 r = run(["evaluate", str(img), str(lab), "--propagate", "--axis", "0",
                          "--model", args.model], root / f"prop_{kind}_{k}.json")
                 secs.append(time.monotonic() - t)
                 ious += [o["iou_3d"] for o in r["per_object"]]
+                r = run(["evaluate", str(img), str(lab), "--propagate", "--axis", "0",
+                         "--model", args.model, "--outline", "model"],
+                        root / f"prop_{kind}_{k}_model_masks.json")
+                own += [o["iou_3d"] for o in r["per_object"]]
                 # the same seeds select from one 3D threshold + watershed (z step 2x the pixel)
                 c = evaluate_classical_propagation(tifffile.imread(img), tifffile.imread(lab),
                                                    axis=0, spacing=(2.0, 1.0, 1.0))
                 classical += [o["iou_3d"] for o in c["per_object"]]
             summary[kind] = {"miou_3d": float(np.mean(ious)), "objects": len(ious),
+                             "model_masks_miou_3d": float(np.mean(own)),
                              "classical_miou_3d": float(np.mean(classical))}
             print(f"| {kind} | {args.n} | {len(ious)} | {np.mean(ious):.3f} | "
-                  f"{np.mean(classical):.3f} | {np.mean(secs):.0f} |", flush=True)
+                  f"{np.mean(own):.3f} | {np.mean(classical):.3f} | {np.mean(secs):.0f} |",
+                  flush=True)
         if args.prompts:
             from napari_sam import build_model
             from napari_sam.evaluation.propagation import evaluate_propagation

@@ -76,6 +76,33 @@ def test_segment_propagate_follows_each_object_through_the_stack(tmp_path, capsy
     assert "propagating" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, outline", [
+    ([], "half_max"), (["--time-axis"], "model"), (["--outline", "model"], "model"),
+    (["--time-axis", "--outline", "half_max"], "half_max"),
+])
+def test_segment_propagate_outline_follows_the_axis_and_the_option(tmp_path, monkeypatch,
+                                                                    extra, outline):
+    import napari_sam.workflows.propagation_volume as volume
+
+    image, _ = _ellipsoids(n=6, size=64)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, image)
+    csv = tmp_path / "points.csv"
+    csv.write_text("axis-0,axis-1,axis-2\n3,20,20\n")
+    seen = []
+    original = volume.propagate_volume
+
+    def spy(*args, params, **kwargs):
+        seen.append(params)
+        return original(*args, params=params, **kwargs)
+
+    monkeypatch.setattr(volume, "propagate_volume", spy)
+    assert cli.main(["segment", str(path), "--points", str(csv), "--propagate", "0",
+                     *extra, "--out", str(tmp_path / "labels.tif")]) == 0
+    assert [p.outline for p in seen] == [outline]
+    assert seen[0].max_regrowth == (None if "--time-axis" in extra else 1.25)
+
+
 def test_segment_propagate_in_4d_runs_each_time_point(tmp_path, capsys):
     image, truth = _ellipsoids()
     path = tmp_path / "tzyx.tif"

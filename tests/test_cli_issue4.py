@@ -87,7 +87,11 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
     assert [o["id"] for o in r["per_object"]] == [1, 2]
     assert r["per_object"][0]["seed_slice"] in (2, 3)
     assert r["protocol"]["zoom"] == 1.0  # whole slices unless --zoom is given
+    assert r["params"]["outline"] == "half_max"  # redrawn at the half-maximum by default
     assert "miou_3d" in capsys.readouterr().out
+    assert cli.main(["evaluate", *volume, "--propagate", "--axis", "0", "--outline", "model",
+                     "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["params"]["outline"] == "model"
 
 
 def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, monkeypatch):

@@ -60,6 +60,9 @@ def register(sub) -> None:
         help="3D: one point per object (farthest from its boundary, on the slice where the "
              "object is largest), propagated along --axis; reports miou_3d",
     )
+    ev.add_argument("--outline", choices=["half_max", "model"], default="half_max",
+                    help="--propagate: redraw each object at its half-maximum outline (the "
+                         "default, docs/propagation.md) or keep the model's masks")
     mode.add_argument(
         "--automatic", action="store_true",
         help="score automatic segmentation (F1 at IoU 0.5, mean accuracy over IoU 0.5..0.95) "
@@ -199,8 +202,11 @@ def _evaluate_propagation(args, image, labels, zoom: float | str) -> dict[str, A
         raise InputError("--propagate evaluates a SAM model, not the classical baseline")
     if args.clicks != 1 or args.prompt != "point":
         raise InputError("--propagate uses one point per object (no --clicks / --prompt box)")
+    from ..workflows.propagation import PropagationParams
+
     model = _common.load_model(args)
     return evaluate_propagation(model, image, labels, axis=args.axis, zoom=zoom,
+                                params=PropagationParams(outline=args.outline),
                                 model_name=str(args.checkpoint or args.model))
 
 

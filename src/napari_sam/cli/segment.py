@@ -66,7 +66,10 @@ def register(sub) -> None:
                       help="propagate along this axis (0 for Z-Y-X; 0 or 1 for 4D T-Z-Y-X)")
     prop.add_argument("--time-axis", action="store_true",
                       help="the axis is time: no stop when a cell grows after shrinking, "
-                           "and the model's masks are kept (no half-maximum outline)")
+                           "and the model's masks are kept (--outline model)")
+    prop.add_argument("--outline", choices=["half_max", "model"], default=None,
+                      help="redraw each object at its half-maximum outline (the default along "
+                           "z) or keep the model's masks (the default with --time-axis)")
     prop.add_argument("--max-slices", type=int, default=None, metavar="N",
                       help="at most N slices beyond the outermost prompts of each object")
     _common.add_model_args(seg)
@@ -261,9 +264,9 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
     from ..workflows.propagation_volume import propagate_volume
 
     try:
-        params = PropagationParams(max_slices=args.max_slices,
-                                   **({"max_regrowth": None, "outline": "model"}
-                                      if args.time_axis else {}))
+        outline = args.outline or ("model" if args.time_axis else "half_max")
+        params = PropagationParams(max_slices=args.max_slices, outline=outline,
+                                   **({"max_regrowth": None} if args.time_axis else {}))
     except ValueError as e:
         raise InputError(str(e)) from None
     axis = args.propagate
