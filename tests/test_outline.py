@@ -10,11 +10,9 @@ from napari_sam.workflows.outline import contrast, gray, half_max_outlines
 from napari_sam.workflows.propagation import Seed
 
 
-def _seeds(*ids, clicks=None):
-    """One seed per object on slice 8, a positive click (at ``clicks[id]``, else the centre)."""
-    clicks = clicks or {}
-    return {oid: [Seed(oid, 8, points=np.array([clicks.get(oid, (S // 2, S // 2))], float))]
-            for oid in ids}
+def _seeds(*ids):
+    """One seed per object on slice 8 (its prompt does not matter to the outline)."""
+    return {oid: [Seed(oid, 8, points=np.array([[S // 2, S // 2]], float))] for oid in ids}
 
 
 def _result(masks_by_object, score=0.9):
