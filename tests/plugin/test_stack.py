@@ -80,6 +80,14 @@ def test_paint_stack_overwrite():
     assert (target.data[0] == 5).all()
 
 
+def test_a_time_axis_keeps_the_model_masks_and_z_gets_the_outline():
+    from napari_sam.plugin._stack_section import _propagation_params
+
+    along_t, along_z = _propagation_params(True), _propagation_params(False)
+    assert (along_t.outline, along_t.max_regrowth) == ("model", None)
+    assert along_z.outline == "half_max" and along_z.max_regrowth is not None
+
+
 def test_time_axis_is_recognised_by_its_label():
     from napari_sam.plugin._stack_section import _is_time_axis
 

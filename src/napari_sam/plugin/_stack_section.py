@@ -55,6 +55,17 @@ def _is_time_axis(image: Image, axis: int) -> bool:
     return name in ("t", "time", "frame", "frames")
 
 
+def _propagation_params(time_axis: bool):
+    """The viewer's :class:`PropagationParams`: along a time axis cells may shrink and grow
+    again (no regrowth stop) and move (no half-maximum outline, which joins an object's masks
+    into one 3D piece); along z the defaults."""
+    from ..workflows.propagation import PropagationParams
+
+    if time_axis:
+        return PropagationParams(max_regrowth=None, outline="model")
+    return PropagationParams()
+
+
 class StackSection(Section):
     """Stack axis, propagation, segment everything and precompute, bound to a SamWidget.
 
@@ -244,12 +255,9 @@ class StackSection(Section):
             return np.asarray(data[plane_at(plane, axis, i).indexer()])
 
         def body(ctx):
-            from ..workflows.propagation import PropagationParams, propagate
+            from ..workflows.propagation import propagate
 
-            # cells do not shrink towards the ends of a time-lapse as nuclei do in z, and move:
-            # their masks are not redrawn as one 3D piece (outline "model")
-            params = (PropagationParams(max_regrowth=None, outline="model") if time_axis
-                      else PropagationParams())
+            params = _propagation_params(time_axis)
             embed(index)  # the seed slice first: it fixes the stack's intensity range
             return propagate(model, embed, n, seeds, params=params, progress=ctx.progress,
                              cancelled=ctx.cancelled, slice_image=slice_image,
