@@ -145,3 +145,22 @@ def embedded_shapes(monkeypatch):
 
     monkeypatch.setattr(SamPredictor, "compute_embedding", recording)
     return shapes
+
+
+@pytest.fixture
+def keyword_spy(monkeypatch):
+    """``keyword_spy(owner, name, key)``: replace ``owner.name`` by a wrapper that records the
+    value of its keyword argument ``key`` at every call and calls through; returns the list."""
+
+    def install(owner, name, key):
+        seen = []
+        original = getattr(owner, name)
+
+        def recording(*args, **kwargs):
+            seen.append(kwargs[key])
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recording)
+        return seen
+
+    return install

@@ -80,7 +80,7 @@ def test_segment_propagate_follows_each_object_through_the_stack(tmp_path, capsy
     ([], "half_max"), (["--time-axis"], "model"), (["--outline", "model"], "model"),
     (["--time-axis", "--outline", "half_max"], "half_max"),
 ])
-def test_segment_propagate_outline_follows_the_axis_and_the_option(tmp_path, monkeypatch,
+def test_segment_propagate_outline_follows_the_axis_and_the_option(tmp_path, keyword_spy,
                                                                     extra, outline):
     import napari_sam.workflows.propagation_volume as volume
 
@@ -89,14 +89,7 @@ def test_segment_propagate_outline_follows_the_axis_and_the_option(tmp_path, mon
     tifffile.imwrite(path, image)
     csv = tmp_path / "points.csv"
     csv.write_text("axis-0,axis-1,axis-2\n3,20,20\n")
-    seen = []
-    original = volume.propagate_volume
-
-    def spy(*args, params, **kwargs):
-        seen.append(params)
-        return original(*args, params=params, **kwargs)
-
-    monkeypatch.setattr(volume, "propagate_volume", spy)
+    seen = keyword_spy(volume, "propagate_volume", "params")
     assert cli.main(["segment", str(path), "--points", str(csv), "--propagate", "0",
                      *extra, "--out", str(tmp_path / "labels.tif")]) == 0
     assert [p.outline for p in seen] == [outline]

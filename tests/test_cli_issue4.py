@@ -94,17 +94,10 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
     assert json.loads(out.read_text())["params"]["outline"] == "model"
 
 
-def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, monkeypatch):
+def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, keyword_spy):
     import napari_sam.workflows.propagation_volume as propagation
 
-    zooms = []
-    original = propagation.propagate_in_crops
-
-    def spy(*args, zoom, **kwargs):
-        zooms.append(zoom)
-        return original(*args, zoom=zoom, **kwargs)
-
-    monkeypatch.setattr(propagation, "propagate_in_crops", spy)
+    zooms = keyword_spy(propagation, "propagate_in_crops", "zoom")
     out = tmp_path / "r.json"
     assert cli.main(["evaluate", *volume, "--propagate", "--axis", "0", "--zoom", "2",
                      "--json", str(out)]) == 0
