@@ -193,6 +193,12 @@ def test_mask_stack_keeps_bounding_boxes_and_gives_back_whole_masks():
     assert 4 in stack and 4 not in copy
     with pytest.raises(ValueError, match="2D"):
         stack[6] = np.zeros((2, 3, 4), bool)
+    # a mask given as a part of the slice is stored as the whole mask would be
+    stack.set_crop(7, 90, 190, a[90:120, 190:240], (300, 400))
+    a[0, 0] = False
+    assert stack.crop(7)[:2] == (100, 200) and np.array_equal(stack[7], a)
+    stack.set_crop(8, 0, 0, np.zeros((3, 3), bool), (300, 400))
+    assert not stack[8].any() and stack.slice_shape(8) == (300, 400)
 
 
 def test_to_labels_is_the_same_from_mask_stacks_and_whole_masks():

@@ -34,13 +34,25 @@ class MaskStack(MutableMapping):
         m = np.asarray(mask, dtype=bool)
         if m.ndim != 2:
             raise ValueError(f"a mask must be 2D (H, W), got shape {m.shape}")
+        self.set_crop(index, 0, 0, m, m.shape)
+
+    def set_crop(self, index: int, row0: int, col0: int, part: npt.ArrayLike,
+                 shape: tuple[int, int]) -> None:
+        """Store slice ``index``'s mask given as ``part`` ``(h, w)`` at ``(row0, col0)`` of a
+        slice of ``shape`` (zero elsewhere), without building the whole mask; kept as its
+        bounding box, as ``stack[index] = mask``."""
+        m = np.asarray(part, dtype=bool)
         box = bounding_box(m)
         if box is None:
-            entry = (m.shape, 0, 0, np.zeros((0, 0), dtype=bool))
+            entry = (tuple(shape), 0, 0, np.zeros((0, 0), dtype=bool))
         else:
             r0, c0, r1, c1 = box
-            entry = (m.shape, r0, c0, m[r0:r1 + 1, c0:c1 + 1].copy())
+            entry = (tuple(shape), row0 + r0, col0 + c0, m[r0:r1 + 1, c0:c1 + 1].copy())
         self._crops[int(index)] = entry
+
+    def slice_shape(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of slice ``index``'s mask (without building it)."""
+        return tuple(self._crops[index][0])
 
     def __getitem__(self, index: int) -> npt.NDArray[np.bool_]:
         shape, r0, c0, crop = self._crops[index]

@@ -128,7 +128,7 @@ def half_max_outlines(
     new = {}
     for oid, box in boxes.items():
         at = [int(s.index) for s in seeds.get(oid, ()) if int(s.index) in result.masks[oid]]
-        ref = max(at, key=lambda i: np.count_nonzero(result.masks[oid][i]), default=None)
+        ref = max(at, key=lambda i: np.count_nonzero(result.masks[oid].crop(i)[2]), default=None)
         near = [o for o, b in boxes.items() if all(  # objects whose crops meet this one's
             p.start < q.stop and q.start < p.stop for p, q in zip(b, box))]
         region = _outline(result, oid, near, box, crops[oid], ref, level)
@@ -152,7 +152,7 @@ def _object_box(result: Propagation, oid: int, n_slices: int):
             cols += [c0, c0 + crop.shape[1]]
     if not zs:
         return None
-    h, w = stack[zs[0]].shape
+    h, w = stack.slice_shape(zs[0])
     return (slice(max(min(zs) - _PAD_SLICES, 0), min(max(zs) + _PAD_SLICES + 1, n_slices)),
             slice(max(min(rows) - _PAD_PX, 0), min(max(rows) + _PAD_PX, h)),
             slice(max(min(cols) - _PAD_PX, 0), min(max(cols) + _PAD_PX, w)))
@@ -232,8 +232,8 @@ def _store(result: Propagation, oid: int, box, region: np.ndarray, keep: set[int
     stack = result.masks[oid]
     scores = result.scores.setdefault(oid, {})
     old, before = sorted(stack), dict(scores)
-    shape = stack[old[0]].shape
-    zs = box[0]
+    shape = stack.slice_shape(old[0])
+    zs, rows, cols = box
     for j in range(region.shape[0]):
         i = zs.start + j
         if i in keep:
@@ -247,6 +247,4 @@ def _store(result: Propagation, oid: int, box, region: np.ndarray, keep: set[int
             nearest = min(old, key=lambda s: abs(s - i))
             if nearest in before:
                 scores[i] = before[nearest]
-        full = np.zeros(shape, bool)
-        full[box[1:]] = region[j]
-        stack[i] = full
+        stack.set_crop(i, rows.start, cols.start, region[j], shape)
