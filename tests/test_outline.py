@@ -10,9 +10,11 @@ from napari_sam.workflows.outline import contrast, gray, half_max_outlines
 from napari_sam.workflows.propagation import Seed
 
 
-def _seeds(*ids):
-    """One seed per object on slice 8 (its prompt does not matter to the outline)."""
-    return {oid: [Seed(oid, 8, points=np.array([[S // 2, S // 2]], float))] for oid in ids}
+def _seeds(*ids, at=None):
+    """One click per object on slice 8: at ``at[oid]`` ``(row, col)``, else the centre."""
+    at = at or {}
+    return {oid: [Seed(oid, 8, points=np.array([at.get(oid, (S // 2, S // 2))], float))]
+            for oid in ids}
 
 
 def _result(masks_by_object, score=0.9):
@@ -57,18 +59,35 @@ def test_slices_beyond_the_object_are_dropped_with_their_scores():
     assert set(out.scores[1]) == set(out.masks[1])
 
 
-def test_touching_neighbours_keep_the_boundary_the_model_drew():
+def test_touching_neighbours_split_where_the_image_is_darkest_between_them():
     img, truths = _stack([((8, 32, 22), 9), ((8, 32, 40), 9)])
-    right = {i: truths[1][i] for i in range(Z) if truths[1][i].any()}
-    halo = ndimage.binary_dilation(truths[0], np.ones((1, 3, 3), bool), iterations=3)
-    halo &= ~_volume(MaskStack(right))  # too large, up to the neighbour's masks
-    left = {i: halo[i] for i in range(Z) if halo[i].any()}
-    out = half_max_outlines(_result({1: left, 2: right}), lambda i: img[i], Z, _seeds(1, 2))
+    halo = ndimage.binary_dilation(truths[0], np.ones((1, 3, 3), bool), iterations=4)
+    # the model's boundary lies 4 px inside the right-hand nucleus
+    masks = {1: {i: halo[i] for i in range(Z) if halo[i].any()},
+             2: {i: truths[1][i] & ~halo[i] for i in range(Z) if (truths[1][i] & ~halo[i]).any()}}
+    out = half_max_outlines(_result(masks), lambda i: img[i], Z,
+                            _seeds(1, 2, at={1: (32, 22), 2: (32, 40)}))
     a, b = _volume(out.masks[1]), _volume(out.masks[2])
-    assert not (a & _volume(MaskStack(right))).any()  # no pixel of the neighbour's masks
-    assert _iou(halo, truths[0] & ~truths[1]) < 0.5
-    assert _iou(a, truths[0] & ~truths[1]) > 0.7  # the bright contact between them stays
-    assert _iou(b, truths[1]) > 0.8
+    gap = ~(truths[0] | truths[1])[8, 32]  # the row through both centres
+    contact = int(np.flatnonzero(gap[22:40])[0]) + 22  # the column between them
+    assert _iou(halo, truths[0]) < 0.6
+    assert _iou(a, truths[0]) > 0.7 and _iou(b, truths[1]) > 0.8
+    assert not (a & b).any()
+    assert abs(np.nonzero(a.any(axis=(0, 1)))[0].max() - contact) <= 1  # split at the contact
+
+
+def test_an_object_the_model_missed_is_drawn_from_its_click():
+    img, (truth,) = _stack([((8, 24, 40), 7)])
+    empty = np.zeros((S, S), bool)
+    result = _result({1: {8: empty}, 2: {8: empty}})  # the model found nothing at either click
+    out = half_max_outlines(result, lambda i: img[i], Z, _seeds(1, at={1: (24, 40)}))
+    assert _iou(_volume(out.masks[1]), truth) > 0.7
+    assert set(out.scores[1]) == set(out.masks[1])  # each gained slice has a score
+    assert not _volume(out.masks[2]).any()  # no click (no seed here): nothing to draw from
+    tiny = {8: ndimage.binary_dilation(np.pad(np.ones((1, 1), bool), ((24, 39), (40, 23))))}
+    out = half_max_outlines(_result({1: tiny}), lambda i: img[i], Z,
+                            _seeds(1, at={1: (24, 40)}))  # 5 px: measured at the click
+    assert _iou(_volume(out.masks[1]), truth) > 0.7
 
 
 def test_dark_objects_on_a_bright_background_keep_the_model_masks():
@@ -100,10 +119,12 @@ def test_rgb_slices_are_read_as_gray_and_each_slice_once():
         return rgb[i]
 
     masks = {int(i): truth[i] for i in np.flatnonzero(truth.any(axis=(1, 2)))}
-    out = half_max_outlines(_result({1: masks, 2: {8: truth[8]}}), slice_image, Z,
-                            _seeds(1, 2))
-    assert len(reads) == len(set(reads))
-    assert _iou(_volume(out.masks[1]), truth) > 0.85
+    corner = np.zeros((S, S), bool)
+    corner[50:54, 50:54] = True  # a second object whose crop meets the first one's
+    out = half_max_outlines(_result({1: masks, 2: {8: corner}}), slice_image, Z,
+                            _seeds(1, 2, at={2: (52, 52)}))
+    assert len(reads) == len(set(reads)) and len(reads) > 0
+    assert _iou(_volume(out.masks[1]), truth) > 0.8
     assert gray(rgb[8]).shape == (S, S)
 
 
@@ -133,7 +154,7 @@ def test_the_default_level_follows_the_object_size():
         return _volume(out.masks[1]), _volume(out.masks[2])
 
     default = run(None)
-    low, high = run(LEVEL_BY_RADIUS[3]), run(LEVEL_BY_RADIUS[2])  # 0.41, 0.53
+    low, high = run(LEVEL_BY_RADIUS[3]), run(LEVEL_BY_RADIUS[2])  # large, small
     assert not np.array_equal(low[0], high[0]) and not np.array_equal(low[1], high[1])
     assert np.array_equal(default[0], high[0])  # radius 5 px: the small object's level
     assert np.array_equal(default[1], low[1])  # radius 18 px: the large object's

@@ -79,6 +79,24 @@ def test_segment_picks_best_of_three_for_one_point(predictor):
     assert low.shape == (1, 32, 32)
 
 
+def test_segment_min_area_skips_candidates_smaller_than_it(predictor):
+    from napari_sam.engine.predictor import keep_prompted_pieces
+
+    point = np.array([[10.0, 20.0]])
+    masks, scores, _ = predictor.predict(point, [1])
+    areas = masks.reshape(3, -1).sum(axis=1)
+    order = np.argsort(-scores)
+    assert areas[order[0]] < areas.max()  # else no threshold would change the choice
+    for min_area in sorted({int(a) + 1 for a in areas}):
+        mask, score, _ = predictor.segment(point, [1], min_area=min_area)
+        big = [k for k in order if areas[k] >= min_area]
+        k = big[0] if big else order[0]  # none large enough: the best-scoring one
+        np.testing.assert_array_equal(mask, keep_prompted_pieces(masks[k], point))
+        assert score == pytest.approx(float(scores[k]))
+    plain, _, _ = predictor.segment(point, [1])  # default: SAM's choice
+    np.testing.assert_array_equal(plain, keep_prompted_pieces(masks[order[0]], point))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

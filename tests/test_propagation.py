@@ -238,6 +238,17 @@ def test_propagate_volume_along_another_axis(scene):
     assert along0[2].any() and along0[3].any()  # the seed's slice and the next one
 
 
+def test_one_click_seeds_ask_for_a_mask_of_a_few_pixels_at_least(scene, keyword_spy):
+    from napari_sam.workflows.propagation import MIN_SEED_AREA
+
+    model, image, _, _, _ = scene
+    seen = keyword_spy(SamPredictor, "segment", "min_area")
+    labels = propagate_volume(model, image[3:8], [Seed(2, 2, points=_point(2))],
+                              intensity_range=(0.0, 1.0))
+    assert seen == [MIN_SEED_AREA] and MIN_SEED_AREA > 0
+    assert np.count_nonzero(labels[2]) >= MIN_SEED_AREA
+
+
 def test_evaluate_propagation_reports_3d_iou(scene):
     model, image, labels, *_ = scene
     sub_img, sub_lab = image[:, 40:216, 40:216], labels[:, 40:216, 40:216]

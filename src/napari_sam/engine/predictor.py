@@ -440,6 +440,7 @@ class SamPredictor:
         labels: npt.ArrayLike | None = None,
         box: npt.ArrayLike | None = None,
         mask_input: npt.ArrayLike | None = None,
+        min_area: int = 0,
     ) -> tuple[npt.NDArray[np.bool_], float, npt.NDArray[np.float32]]:
         """One mask for one object, choosing the output the way SAM's paper does.
 
@@ -456,6 +457,11 @@ class SamPredictor:
         points, labels, box, mask_input
             As in :meth:`predict`, for one object: points ``(N, 2)``, labels ``(N,)``, box
             ``(4,)``.
+        min_area : int
+            For a single point: the chosen candidate is the highest-scoring one of at least
+            this many pixels, when there is one. On small, dim objects the candidate the model
+            scores highest is often empty or a few pixels while the next one is the object
+            (propagation's seeds use this).
 
         Returns
         -------
@@ -478,8 +484,14 @@ class SamPredictor:
         # one object (a (1, 4) box is a batch of one); only the chosen mask is upsampled
         scores = iou[0].float().cpu().numpy()
         best = int(np.argmax(scores))
+        if ambiguous and min_area > 0:
+            masks = self.full_masks(low_res[:1], geometry)[0]
+            big = [k for k in np.argsort(-scores) if np.count_nonzero(masks[k]) >= min_area]
+            best = int(big[0]) if big else best
+            mask = masks[best]
+        else:
+            mask = self.full_masks(low_res[:1, best : best + 1], geometry)[0, 0]
         chosen = low_res[:1, best : best + 1]
-        mask = self.full_masks(chosen, geometry)[0, 0]
         mask = keep_prompted_pieces(mask, points, labels, box)
         return mask, float(scores[best]), chosen[0].float().cpu().numpy()
 

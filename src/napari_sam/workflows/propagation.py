@@ -54,6 +54,7 @@ PROMPT_PARTS = ("mask", "box", "points")
 #: on a CPU larger batches were slower per object (memory-bound; benchmarks/
 #: bench_propagation_automatic.py: 30 ms per object up to 4, 38 ms at 8, 48 ms at 16).
 DECODE_CHUNK = 4
+MIN_SEED_AREA = 10  #: a one-click seed: the best-scoring candidate of this many px at least
 
 
 @dataclass
@@ -162,14 +163,13 @@ class PropagationParams:
         (:func:`~napari_sam.engine.postprocess.keep_prompted_pieces`): stray pieces on other objects
         are dropped.
     outline : {"half_max", "model"}
-        With the slices at hand (``slice_image``; SAM models): ``"half_max"`` (v0.21 default)
-        redraws each object, once propagated, where the smoothed stack is ``outline_level`` of
-        its brightness above its background (the annotation convention), inside the model's
-        masks grown by a few pixels and slices (:func:`~.outline.half_max_outlines`); masks
-        given as seeds stay. ``"model"``: the model's masks (use it for time-lapses).
+        With the slices at hand (SAM models): ``"half_max"`` (default) redraws each object,
+        once propagated, where the smoothed stack is ``outline_level`` of its brightness above
+        its background, near its masks and click, neighbours split by a watershed
+        (:func:`~.outline.half_max_outlines`). ``"model"``: the masks (for time-lapses).
     outline_level : float or None
         In (0, 1): where that outline lies, as a fraction of the object's brightness above its
-        background; None (default): by the object's size (0.53 for small, 0.41 for large).
+        background; None (default): by the object's size (0.56 small, 0.44 large).
     """
 
     prompt: tuple[str, ...] = ("points",)
@@ -307,7 +307,8 @@ def _seed_mask(
             return mask, float("inf"), torch.from_numpy(predictor.mask_to_logits(mask))
     else:
         mask = None
-    m, score, logits = predictor.segment(seed.points, seed.labels, seed.box, mask)
+    m, score, logits = predictor.segment(seed.points, seed.labels, seed.box, mask,
+                                         min_area=MIN_SEED_AREA)
     return m, score, torch.from_numpy(np.asarray(logits))
 
 
