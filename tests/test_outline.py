@@ -128,6 +128,33 @@ def test_rgb_slices_are_read_as_gray_and_each_slice_once():
     assert gray(rgb[8]).shape == (S, S)
 
 
+# polled before each of the Z slices read, then before measuring each of the two objects,
+# then before outlining each: cancelled while reading, measuring, outlining
+@pytest.mark.parametrize("after", [0, Z, Z + 3])
+def test_cancel_leaves_the_masks_as_they_were(after):
+    img, truths = _stack([((8, 20, 20), 8), ((8, 44, 44), 8)])
+    grown = [ndimage.binary_dilation(t, np.ones((1, 3, 3), bool), iterations=3) for t in truths]
+    masks = {oid: {i: g[i] for i in range(Z) if g[i].any()} for oid, g in ((1, grown[0]),
+                                                                           (2, grown[1]))}
+    polls = []
+
+    def cancelled():
+        polls.append(1)
+        return len(polls) > after
+
+    seeds = _seeds(1, 2, at={1: (20, 20), 2: (44, 44)})
+    out = half_max_outlines(_result(masks), lambda i: img[i], Z, seeds, cancelled=cancelled)
+    assert len(polls) == after + 1  # it returned at the first True
+    for oid, g in ((1, grown[0]), (2, grown[1])):
+        assert np.array_equal(_volume(out.masks[oid]), g)
+        assert set(out.scores[oid]) == set(masks[oid])
+    polls.clear()
+    done = half_max_outlines(_result(masks), lambda i: img[i], Z, seeds,
+                             cancelled=lambda: bool(polls.append(1)))
+    assert len(polls) == Z + 4  # every stage polled
+    assert not np.array_equal(_volume(done.masks[1]), grown[0])  # not cancelled: redrawn
+
+
 def test_level_is_checked():
     with pytest.raises(ValueError, match="level"):
         half_max_outlines(_result({}), lambda i: None, Z, {}, level=1.0)

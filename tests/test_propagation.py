@@ -150,6 +150,31 @@ def test_cancel_keeps_the_work_done(scene):
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_cancel_during_the_outline_keeps_the_model_masks(scene, monkeypatch):
+    from napari_sam.workflows import propagation as prop
+
+    model, image, _, embed, _ = scene
+    seeds = [Seed(1, 5, points=_point(1))]
+    kw = {"slice_image": lambda i: image[i], "intensity_range": (0.0, 1.0)}
+    own = propagate(model, embed, N, seeds, params=PropagationParams(outline="model"), **kw)
+    outlined = propagate(model, embed, N, seeds, **kw)
+    flag = []
+    original = prop.half_max_outlines
+
+    def cancel_then_outline(*args, **kwargs):
+        flag.append(1)  # the user cancels as the outline starts
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(prop, "half_max_outlines", cancel_then_outline)
+    part = propagate(model, embed, N, seeds, cancelled=lambda: bool(flag), **kw)
+    assert own.complete and outlined.complete and not part.complete
+    assert sorted(part.masks[1]) == sorted(own.masks[1])
+    for i in own.masks[1]:
+        np.testing.assert_array_equal(part.masks[1][i], own.masks[1][i])
+    assert any(i not in outlined.masks[1] or not np.array_equal(outlined.masks[1][i], m)
+               for i, m in own.masks[1].items())  # which the outline would have changed
+
+
 def test_progress_reaches_the_total(scene):
     model, image, labels, embed, _ = scene
     seen = []

@@ -113,6 +113,7 @@ def half_max_outlines(
     seeds: Mapping[int, Sequence[Seed]],
     *,
     level: float | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Propagation:
     """Redraw each propagated object at ``level`` of its brightness above its background.
 
@@ -137,6 +138,9 @@ def half_max_outlines(
     level : float, optional
         In (0, 1): the fraction of the brightness above the background where the outline
         lies; None (default): by the object's size (:data:`LEVEL_BY_RADIUS`).
+    cancelled : callable, optional
+        Polled before every slice read and every object; once it returns True the function
+        returns at once and ``result`` is left as it was (nothing is written until the end).
 
     Returns
     -------
@@ -153,9 +157,13 @@ def half_max_outlines(
         click = _click(seeds.get(oid, ()), n_slices, hw)
         if (box := _object_box(result, oid, n_slices, hw, click)) is not None:
             objects[oid] = (box, click)
-    crops = _read_crops({oid: box for oid, (box, _) in objects.items()}, slice_image, n_slices)
+    stop = (lambda: False) if cancelled is None else cancelled
+    crops = _read_crops({oid: box for oid, (box, _) in objects.items()}, slice_image, n_slices,
+                        stop)
     measured = {}
     for oid, (box, click) in objects.items():
+        if oid not in crops or stop():
+            return result
         at = [int(s.index) for s in seeds.get(oid, ()) if int(s.index) in result.masks[oid]]
         ref = max(at, key=lambda i: np.count_nonzero(result.masks[oid].crop(i)[2]), default=None)
         near = [o for o, (b, _) in objects.items() if all(  # objects whose crops meet this one's
@@ -163,6 +171,8 @@ def half_max_outlines(
         measured[oid] = _measure(result, oid, near, box, crops[oid], ref, click, level)
     new = {}
     for oid, m in measured.items():
+        if stop():
+            return result
         if m is None:
             continue
         box, click = objects[oid]
@@ -214,11 +224,14 @@ def _object_box(result: Propagation, oid: int, n_slices: int, hw, click):
             slice(max(min(cols) - _PAD_PX, 0), min(max(cols) + _PAD_PX, hw[1])))
 
 
-def _read_crops(boxes, slice_image, n_slices) -> dict[int, np.ndarray]:
-    """Each object's image crop ``(z, y, x)`` float32, reading every needed slice once."""
+def _read_crops(boxes, slice_image, n_slices, stop) -> dict[int, np.ndarray]:
+    """Each object's image crop ``(z, y, x)`` float32, reading every needed slice once (empty
+    if ``stop()`` turned True)."""
     parts: dict[int, list[np.ndarray]] = {oid: [] for oid in boxes}
     for i in range(n_slices):
         users = [oid for oid, (zs, _, _) in boxes.items() if zs.start <= i < zs.stop]
+        if users and stop():
+            return {}
         if users:
             plane = gray(slice_image(i))
             for oid in users:

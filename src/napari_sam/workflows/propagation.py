@@ -471,9 +471,10 @@ def propagate(
             continue
         key = "up" if f.direction > 0 else "down"
         result.stopped[f.object_id][key] = f.reason
-    if slice_image is not None and params.outline == "half_max":
-        half_max_outlines(result, slice_image, n_slices, by_object, level=params.outline_level)
-    return finish(True)
+    if slice_image is not None and params.outline == "half_max":  # cancel: the model's masks
+        half_max_outlines(result, slice_image, n_slices, by_object, level=params.outline_level,
+                          cancelled=is_cancelled)
+    return finish(not is_cancelled())
 
 
 def _check_embedding(emb: ImageEmbedding, shape_hw, i: int) -> tuple[int, int]:
