@@ -9,17 +9,19 @@ slices themselves, with the model's masks and the user's click as its support:
 
 1. the object's *level* lies a fraction ``level`` of the way from its local background (the
    30th percentile of a band 2-8 px around its mask on its reference slice, other objects
-   left out) to its brightness (the 80th percentile inside that mask), on the stack smoothed
-   by a Gaussian of ``SMOOTH`` = (1, 2, 2) (slices, rows, columns) against the noise. By
-   default the fraction follows the object's size (:data:`LEVEL_BY_RADIUS`): 0.56 up to a
-   radius of 8 px, 0.44 from 16 px, linear between (the 80th percentile of a small blurred
-   nucleus lies further below its peak than a large flat one's). When that mask has at most
-   :data:`SMALL_MASK` pixels (the model found little or nothing), the object is measured on a
-   disc of :data:`CLICK_RADIUS` px at its click instead, against a band 6-12 px away, at
+   left out) to its brightness (the 80th percentile inside that mask's core, its pixels at
+   least a quarter of its largest depth inside), on the stack smoothed by a Gaussian of
+   ``SMOOTH`` = (1, 2, 2) (slices, rows, columns) against the noise. By default the fraction
+   follows the object's size (:data:`LEVEL_BY_RADIUS`): 0.56 up to a radius of 8 px, 0.44
+   from 16 px, linear between (the 80th percentile of a small blurred nucleus lies further
+   below its peak than a large flat one's). When that mask has at most :data:`SMALL_MASK`
+   pixels (the model found little or nothing), the object is measured on a disc of
+   :data:`CLICK_RADIUS` px at its click instead, against a band 6-12 px away, at
    :data:`CLICK_LEVEL`;
 2. touching objects are split by a watershed of the smoothed crop, flooded from each nearby
-   object's marker (the inner half of its reference mask, or the brightest voxel near its
-   click), so that the boundary between two nuclei follows the darkest path between them;
+   object's marker (the inner half of its reference mask by depth, or the brightest voxel
+   near its click), so that the boundary between two nuclei follows the darkest path between
+   them;
 3. its new region is the 3D connected piece, of its own basin above its level, that holds the
    brightest voxel near its click (else the one that overlaps the model's masks most), inside
    its support: the masks grown by ``GROW_PX`` = 3 px in each slice and ``GROW_SLICES`` = 4
@@ -31,7 +33,7 @@ slices themselves, with the model's masks and the user's click as its support:
 An object whose mask is not brighter than its background (dark objects on a bright background)
 or whose region would be empty keeps the model's masks. Measured on held-out synthetic
 stacks (docs/propagation.md, "v0.22"): mean 3D IoU on the tuning stacks (held-out / crowded
-/ small-dense) 0.707 / 0.574 / 0.309 with v0.21's outline, 0.738 / 0.604 / 0.381 now; about
+/ small-dense) 0.707 / 0.574 / 0.309 with v0.21's outline, 0.751 / 0.606 / 0.381 now; about
 0.8 s for a 24 x 512 x 512 stack of 35 nuclei.
 
 Slices are ``(H, W)`` or ``(H, W, 3)`` (RGB is averaged to gray); slice indices count along
@@ -66,18 +68,20 @@ GROW_PX, GROW_SLICES = 3, 4
 #: band takes in the blur of neighbours).
 BAND = (2.0, 8.0)
 BACKGROUND_PERCENTILE = 30.0
-#: Percentile of the smoothed intensities inside the reference mask taken as its brightness.
-BRIGHTNESS_PERCENTILE = 80.0
+#: The reference mask's pixels at least ``CORE`` of its largest depth (distance to its edge)
+#: inside are the object's watershed marker; the ``BRIGHTNESS_PERCENTILE`` of the smoothed
+#: intensities of those at least ``BRIGHT_CORE`` of it inside is its brightness (the core of
+#: a mask that took in the halo or a piece of background still lies on the nucleus).
+CORE, BRIGHT_CORE, BRIGHTNESS_PERCENTILE = 0.5, 0.25, 80.0
 #: The default level: ``(radius from, radius to, level from, level to)``, radii in pixels of
 #: the reference mask's equivalent disc, linear between them.
 LEVEL_BY_RADIUS = (8.0, 16.0, 0.56, 0.44)
 #: A reference mask of at most this many pixels (the model found little or nothing at the
 #: click) is not trusted: the object is measured on a disc of ``CLICK_RADIUS`` px at its click.
 SMALL_MASK, CLICK_RADIUS = 20, 2
-#: The background band around that disc, (from, to] pixels: beyond a small nucleus's edge.
-CLICK_BAND = (6.0, 12.0)
-CORE = 0.5
-CLICK_LEVEL = 0.45
+#: The background band around that disc, (from, to] pixels (beyond a small nucleus's edge),
+#: and the level there.
+CLICK_BAND, CLICK_LEVEL = (6.0, 12.0), 0.45
 #: The support around a click: this many pixels and slices either side of it.
 CLICK_REACH_PX, CLICK_REACH_SLICES = 12, 8
 _PAD_PX = int(BAND[1]) + 4  # a crop's margin around the masks: band and smoothing fit in it
@@ -295,11 +299,12 @@ def _measure(result, oid, near, box, image, ref, click, level) -> _Measured | No
         rr, cc = np.ogrid[:own.shape[1], :own.shape[2]]
         mask = (rr - (click[1] - origin[1])) ** 2 + (cc - (click[2] - origin[2])) ** 2 <= (
             CLICK_RADIUS ** 2)
-        marker = None
+        marker, core = None, mask
     else:
         mask = own[k]
         depth = ndimage.distance_transform_edt(mask)  # its core: an oversized mask's too
         marker = np.argwhere(depth >= CORE * depth.max())
+        core = depth >= BRIGHT_CORE * depth.max()
         marker = np.column_stack([np.full(len(marker), k), marker])
     dist = ndimage.distance_transform_edt(~mask)
     lo, hi = BAND if marker is None else CLICK_BAND
@@ -309,7 +314,7 @@ def _measure(result, oid, near, box, image, ref, click, level) -> _Measured | No
     if not band.any():
         return None
     background = float(np.percentile(smooth[k][band], BACKGROUND_PERCENTILE))
-    brightness = float(np.percentile(smooth[k][mask], BRIGHTNESS_PERCENTILE))
+    brightness = float(np.percentile(smooth[k][core], BRIGHTNESS_PERCENTILE))
     if not brightness > background:  # not a bright object on a darker background
         return None
     if level is None and marker is None:
