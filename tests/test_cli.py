@@ -79,6 +79,7 @@ def test_segment_propagate_follows_each_object_through_the_stack(tmp_path, capsy
 @pytest.mark.parametrize("extra, outline", [
     ([], "half_max"), (["--time-axis"], "model"), (["--outline", "model"], "model"),
     (["--time-axis", "--outline", "half_max"], "half_max"),
+    (["--outline-level", "0.4"], "half_max"),
 ])
 def test_segment_propagate_outline_follows_the_axis_and_the_option(tmp_path, keyword_spy,
                                                                     extra, outline):
@@ -94,6 +95,7 @@ def test_segment_propagate_outline_follows_the_axis_and_the_option(tmp_path, key
                      *extra, "--out", str(tmp_path / "labels.tif")]) == 0
     assert [p.outline for p in seen] == [outline]
     assert seen[0].max_regrowth == (None if "--time-axis" in extra else 1.25)
+    assert seen[0].outline_level == (0.4 if "--outline-level" in extra else None)
 
 
 def test_segment_propagate_in_4d_runs_each_time_point(tmp_path, capsys):
@@ -123,6 +125,11 @@ def test_segment_propagate_bad_input(tmp_path, stack, cli_model, capsys):
     assert cli.main(["segment", str(stack), "--box", "0,0,0,5,5", "--propagate", "0",
                      "--max-slices", "-1", "--out", str(out)]) == 2
     assert "max_slices" in capsys.readouterr().err
+    assert cli.main(["segment", str(stack), "--box", "0,0,0,5,5", "--propagate", "0",
+                     "--outline-level", "1.5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "outline_level" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
     assert not out.exists()
 
 

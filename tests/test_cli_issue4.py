@@ -92,6 +92,9 @@ def test_evaluate_propagate_writes_miou_3d(tmp_path, cli_model, volume, capsys):
     assert cli.main(["evaluate", *volume, "--propagate", "--axis", "0", "--outline", "model",
                      "--json", str(out)]) == 0
     assert json.loads(out.read_text())["params"]["outline"] == "model"
+    assert cli.main(["evaluate", *volume, "--propagate", "--axis", "0", "--outline-level", "0.3",
+                     "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["params"]["outline_level"] == 0.3
 
 
 def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, keyword_spy):
@@ -107,7 +110,8 @@ def test_evaluate_propagate_in_magnified_crops(tmp_path, cli_model, volume, keyw
 @pytest.mark.parametrize(
     "extra, match",
     [(["--propagate"], "--axis"), (["--propagate", "--axis", "0", "--clicks", "3"], "one point"),
-     (["--propagate", "--automatic"], "not allowed")],
+     (["--propagate", "--automatic"], "not allowed"),
+     (["--propagate", "--axis", "0", "--outline-level", "0"], "outline_level")],
 )
 def test_evaluate_propagate_bad_input(cli_model, volume, capsys, extra, match):
     with pytest.raises(SystemExit) if match == "not allowed" else _nothing():

@@ -63,6 +63,9 @@ def register(sub) -> None:
     ev.add_argument("--outline", choices=["half_max", "model"], default="half_max",
                     help="--propagate: redraw each object at its half-maximum outline (the "
                          "default, docs/propagation.md) or keep the model's masks")
+    ev.add_argument("--outline-level", type=float, default=None, metavar="F",
+                    help="--propagate: where that outline lies, in (0, 1) of each object's "
+                         "brightness above its background (default: by the object's size)")
     mode.add_argument(
         "--automatic", action="store_true",
         help="score automatic segmentation (F1 at IoU 0.5, mean accuracy over IoU 0.5..0.95) "
@@ -204,9 +207,12 @@ def _evaluate_propagation(args, image, labels, zoom: float | str) -> dict[str, A
         raise InputError("--propagate uses one point per object (no --clicks / --prompt box)")
     from ..workflows.propagation import PropagationParams
 
+    try:
+        params = PropagationParams(outline=args.outline, outline_level=args.outline_level)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     model = _common.load_model(args)
-    return evaluate_propagation(model, image, labels, axis=args.axis, zoom=zoom,
-                                params=PropagationParams(outline=args.outline),
+    return evaluate_propagation(model, image, labels, axis=args.axis, zoom=zoom, params=params,
                                 model_name=str(args.checkpoint or args.model))
 
 

@@ -70,6 +70,10 @@ def register(sub) -> None:
     prop.add_argument("--outline", choices=["half_max", "model"], default=None,
                       help="redraw each object at its half-maximum outline (the default along "
                            "z) or keep the model's masks (the default with --time-axis)")
+    prop.add_argument("--outline-level", type=float, default=None, metavar="F",
+                      help="where that outline lies, in (0, 1) of each object's brightness "
+                           "above its background (default: by the object's size, 0.56 for "
+                           "small nuclei to 0.44 for large ones)")
     prop.add_argument("--max-slices", type=int, default=None, metavar="N",
                       help="at most N slices beyond the outermost prompts of each object")
     _common.add_model_args(seg)
@@ -266,6 +270,7 @@ def _propagate_objects(model, image, rgb: bool, objects, names: list[str], args)
     try:
         outline = args.outline or ("model" if args.time_axis else "half_max")
         params = PropagationParams(max_slices=args.max_slices, outline=outline,
+                                   outline_level=args.outline_level,
                                    **({"max_regrowth": None} if args.time_axis else {}))
     except ValueError as e:
         raise InputError(str(e)) from None
