@@ -8,7 +8,7 @@ nothing at the click at all. :func:`half_max_outlines` redraws every propagated 
 slices themselves, with the model's masks and the user's click as its support:
 
 1. the object's *level* lies a fraction ``level`` of the way from its local background (the
-   30th percentile of a band 2-8 px around its mask on its reference slice, other objects
+   30th percentile of a band 6-12 px around its mask on its reference slice, other objects
    left out) to its brightness (the 80th percentile inside that mask's core, its pixels at
    least a quarter of its largest depth inside), on the stack smoothed by a Gaussian of
    ``SMOOTH`` = (1, 2, 2) (slices, rows, columns) against the noise. By default the fraction
@@ -16,7 +16,7 @@ slices themselves, with the model's masks and the user's click as its support:
    from 16 px, linear between (the 80th percentile of a small blurred nucleus lies further
    below its peak than a large flat one's). When that mask has at most :data:`SMALL_MASK`
    pixels (the model found little or nothing), the object is measured on a disc of
-   :data:`CLICK_RADIUS` px at its click instead, against a band 6-12 px away, at
+   :data:`CLICK_RADIUS` px at its click instead, against a band 2-8 px away, at
    :data:`CLICK_LEVEL`;
 2. touching objects are split by a watershed of the smoothed crop, flooded from each nearby
    object's marker (the inner half of its reference mask by depth, or the brightest voxel
@@ -63,10 +63,10 @@ __all__ = ["half_max_outlines"]
 SMOOTH = (1.0, 2.0, 2.0)
 #: Pixels and slices the model's masks grow by to make an object's support.
 GROW_PX, GROW_SLICES = 3, 4
-#: The background band around the reference mask, (from, to] pixels, and the percentile of
-#: its smoothed intensities taken as the background (below the median: in crowded tissue the
-#: band takes in the blur of neighbours).
-BAND = (2.0, 8.0)
+#: The background band around the reference mask, (from, to] pixels (clear of the blur of its
+#: edge), and the percentile of its smoothed intensities taken as the background (below the
+#: median: in crowded tissue the band takes in the blur of neighbours).
+BAND = (6.0, 12.0)
 BACKGROUND_PERCENTILE = 30.0
 #: The reference mask's pixels at least ``CORE`` of its largest depth (distance to its edge)
 #: inside are the object's watershed marker; the ``BRIGHTNESS_PERCENTILE`` of the smoothed
@@ -79,12 +79,11 @@ LEVEL_BY_RADIUS = (8.0, 16.0, 0.56, 0.44)
 #: A reference mask of at most this many pixels (the model found little or nothing at the
 #: click) is not trusted: the object is measured on a disc of ``CLICK_RADIUS`` px at its click.
 SMALL_MASK, CLICK_RADIUS = 20, 2
-#: The background band around that disc, (from, to] pixels (beyond a small nucleus's edge),
-#: and the level there.
-CLICK_BAND, CLICK_LEVEL = (6.0, 12.0), 0.45
+#: The background band around that disc, (from, to] pixels, and the level there.
+CLICK_BAND, CLICK_LEVEL = (2.0, 8.0), 0.45
 #: The support around a click: this many pixels and slices either side of it.
 CLICK_REACH_PX, CLICK_REACH_SLICES = 12, 8
-_PAD_PX = int(BAND[1]) + 4  # a crop's margin around the masks: band and smoothing fit in it
+_PAD_PX = int(max(BAND[1], CLICK_BAND[1])) + 4  # a crop's margin: band and smoothing fit
 _PAD_SLICES = GROW_SLICES + 2
 
 
@@ -307,7 +306,7 @@ def _measure(result, oid, near, box, image, ref, click, level) -> _Measured | No
         core = depth >= BRIGHT_CORE * depth.max()
         marker = np.column_stack([np.full(len(marker), k), marker])
     dist = ndimage.distance_transform_edt(~mask)
-    lo, hi = BAND if marker is None else CLICK_BAND
+    lo, hi = CLICK_BAND if marker is None else BAND
     band = (dist > lo) & (dist <= hi)
     if np.count_nonzero(band & ~others[k]) >= 10:
         band &= ~others[k]
