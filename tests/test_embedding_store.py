@@ -659,3 +659,27 @@ def test_two_writer_processes_compute_each_plane_once(request):
     check = StackEmbedder(build_sam(tiny_config()), _stack(shape=_WRITER_STACK),
                           store=folder / "s.zarr")
     assert check.store.status == "reused" and check.verify() == {} and check.missing() == []
+
+
+def test_a_store_being_created_by_another_process_is_waited_for(tmp_path):
+    import shutil
+
+    from napari_sam.engine.plane_claims import hold
+
+    sig = {"a": 1}
+    kw = {"n_planes": 2, "feature_shape": (4, 2, 2), "original_size": (8, 8), "img_size": 64}
+    ready = EmbeddingStore.open(tmp_path / "ready" / "e.zarr", sig, **kw)
+    ready.write(1, np.ones((4, 2, 2), np.float16))
+    target = tmp_path / "e.zarr"
+    got = []
+    with hold(tmp_path / ".e.zarr.lock"):  # another process is creating the store: half there
+        target.mkdir()
+        (target / "part-being-written").write_bytes(b"\0")
+        opener = threading.Thread(target=lambda: got.append(EmbeddingStore.open(target, sig, **kw)))
+        opener.start()
+        time.sleep(0.3)
+        assert opener.is_alive() and not got  # waits for the lock, takes it for nothing else
+        shutil.rmtree(target)
+        shutil.copytree(ready.path, target)
+    opener.join(10)
+    assert got and got[0].status == "reused" and got[0].done_mask().tolist() == [False, True]

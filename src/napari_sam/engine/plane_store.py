@@ -191,14 +191,13 @@ class EmbeddingStore:
             raise ValueError(f"invalid store layout {layout}")
         signature = _normalise(signature)
 
-        if p.exists():
-            problem = _check_existing(p, signature, layout)
-            if problem is None:
+        try:  # the quick path: a ready store is reused without the lock
+            if p.exists() and _check_existing(p, signature, layout) is None:
                 return cls._reuse(p, signature)
-            if not recreate:
-                raise StaleStoreError(f"embedding store {p}: {problem}")
+        except ValueError:
+            pass  # perhaps another process is creating it right now: decided under the lock
         # (Re)create under a lock beside the store: a second process opening it meanwhile waits,
-        # then finds it ready instead of wiping it.
+        # then finds it ready instead of wiping it or taking it for something else.
         p.parent.mkdir(parents=True, exist_ok=True)
         with hold(p.parent / f".{p.name}.lock"):
             reason = ""
