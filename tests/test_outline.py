@@ -176,8 +176,8 @@ def test_the_default_level_follows_the_object_size():
              for oid, t in ((1, small), (2, large))}
 
     def run(level):
-        out = half_max_outlines(_result(masks), lambda i: img[i], Z, _seeds(1, 2),
-                                level=level)
+        out = half_max_outlines(_result(masks), lambda i: img[i], Z,
+                                _seeds(1, 2, at={1: (16, 16), 2: (40, 40)}), level=level)
         return _volume(out.masks[1]), _volume(out.masks[2])
 
     default = run(None)
