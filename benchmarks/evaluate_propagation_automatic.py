@@ -8,8 +8,9 @@ tables:
   anisotropic blur (z step 2x the pixel size), in three sets: ``held-out`` (the generator's
   held-out settings, 8-20 nuclei per stack), ``crowded`` (the same with 20-40 nuclei, 90 %
   of them in clusters of touching nuclei) and ``small-dense`` (40-55 nuclei of radius 4-8 px
-  in 31 x 61 x 57 stacks, the shape of issue 19's real stack of dense blurred nuclei), beside a classical 3D baseline (one threshold and
-  watershed for the stack; each protocol seed takes the instance under it), and the same run
+  in 31 x 61 x 57 stacks, the shape of issue 19's real stack of dense blurred nuclei), beside
+  a classical 3D baseline (one threshold and watershed for the stack; each protocol seed takes
+  the instance under it), and the same run
   with the model's masks kept (``--outline model``, no half-maximum outline). With ``--prompts``
   it also compares what the previous slice prompts the next one with (Python API, same
   function as the command).

@@ -130,7 +130,6 @@ def test_segment_propagate_bad_input(tmp_path, stack, cli_model, capsys):
     err = capsys.readouterr().err
     assert "outline_level" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
-    assert not out.exists()
 
 
 @pytest.mark.parametrize(

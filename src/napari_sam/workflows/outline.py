@@ -171,7 +171,8 @@ def half_max_outlines(
         ref = max(at, key=lambda i: np.count_nonzero(result.masks[oid].crop(i)[2]), default=None)
         near = [o for o, (b, _) in objects.items() if all(  # objects whose crops meet this one's
             p.start < q.stop and q.start < p.stop for p, q in zip(b, box))]
-        measured[oid] = _measure(result, oid, near, box, crops[oid], ref, click, level)
+        # the raw crop is not needed once smoothed: dropped as we go
+        measured[oid] = _measure(result, oid, near, box, crops.pop(oid), ref, click, level)
     new = {}
     for oid, m in measured.items():
         if stop():
@@ -192,13 +193,15 @@ def half_max_outlines(
 def _click(seeds: Sequence[Seed], n_slices: int, hw) -> tuple[int, int, int] | None:
     """The first positive point of an object's seeds, ``(slice, row, col)`` in the stack."""
     for s in seeds:
-        if s.points is None or np.size(s.points) == 0:
+        if s.points is None or np.size(s.points) == 0 or not 0 <= s.index < n_slices:
             continue
-        labels = np.ones(len(s.points)) if s.labels is None else np.asarray(s.labels)
-        for (r, c), lab in zip(np.asarray(s.points, float).reshape(-1, 2), labels.reshape(-1)):
-            if lab > 0 and 0 <= s.index < n_slices:
-                return (int(s.index), int(np.clip(round(r), 0, hw[0] - 1)),
-                        int(np.clip(round(c), 0, hw[1] - 1)))
+        points = np.asarray(s.points, float).reshape(-1, 2)
+        labels = np.ones(len(points)) if s.labels is None else np.asarray(s.labels).reshape(-1)
+        positive = points[labels == 1]
+        if len(positive):
+            r, c = positive[0]
+            return (int(s.index), int(np.clip(round(r), 0, hw[0] - 1)),
+                    int(np.clip(round(c), 0, hw[1] - 1)))
     return None
 
 

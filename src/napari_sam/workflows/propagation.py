@@ -216,8 +216,8 @@ class PropagationParams:
             raise ValueError(f"decode_window must be >= 0, got {self.decode_window!r}")
         if self.max_slices is not None and self.max_slices < 0:
             raise ValueError(f"max_slices must be >= 0 or None, got {self.max_slices!r}")
-        level = 0.5 if self.outline_level is None else self.outline_level
-        if self.outline not in ("half_max", "model") or not 0 < level < 1:
+        level = self.outline_level
+        if self.outline not in ("half_max", "model") or not (level is None or 0 < level < 1):
             raise ValueError(f"outline must be 'half_max' or 'model' and outline_level in "
                              f"(0, 1), got {self.outline!r}, {self.outline_level!r}")
         if self.max_shift is not None and not self.max_shift > 0:
