@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import threading
 import time
@@ -71,7 +72,8 @@ def test_embedding_matches_predictor_within_float16(model):
     assert 0 < rel < 1e-3
 
 
-@pytest.mark.parametrize("change", ["image", "model", "intensity_range", "axes", "precision"])
+@pytest.mark.parametrize("change", ["image", "model", "intensity_range", "axes", "precision",
+                                    "upscale"])
 def test_stale_store_is_recreated(model, tmp_path, change):
     image = _stack()
     path = tmp_path / "s.zarr"
@@ -92,6 +94,9 @@ def test_stale_store_is_recreated(model, tmp_path, change):
         kwargs["axes"] = (0, 2)
     elif change == "precision":
         kwargs["precision"] = "bfloat16"
+    elif change == "upscale":  # same weights, another cap on magnifying small slices
+        other_model = build_sam(dataclasses.replace(tiny_config(), max_input_upscale=1.0))
+        other_model.load_state_dict(model.state_dict())
     new = StackEmbedder(other_model, image, **kwargs)
     assert new.store.status == "recreated"
     assert "stale" in new.store.reason

@@ -7,6 +7,7 @@ prompt point of a crop). Low-resolution logits are ``(B, K, 4h, 4w)`` for ``B`` 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,9 +78,7 @@ def _prompt_tensors(predictor, embedding, points, point_labels, boxes, mask_logi
     if mask_logits is not None:
         masks = torch.as_tensor(mask_logits, dtype=torch.float32).to(dev)
     if embedding.features.device != dev:
-        embedding = ImageEmbedding(
-            embedding.features.to(dev), embedding.original_size, embedding.img_size
-        )
+        embedding = dataclasses.replace(embedding, features=embedding.features.to(dev))
     return pts, box_t, masks, embedding
 
 

@@ -15,6 +15,7 @@ else the encoder (and writes it). The rest lives in its own modules:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -180,7 +181,7 @@ class StackEmbedder(PlaneGeometry):
     def signature(self) -> dict:
         """What the embeddings depend on; a store is reused only if its signature is equal."""
         # The weights hash only: the same weights under another name are the same model.
-        return {
+        signature = {
             "image": self.fingerprint,
             "model": model_fingerprint(self.model).rsplit(":", 1)[-1],
             "img_size": int(self.model.img_size),
@@ -190,6 +191,10 @@ class StackEmbedder(PlaneGeometry):
             "package": _package_version(),
             "preprocess": PREPROCESS_VERSION,
         }
+        upscale = getattr(self.model, "max_input_upscale", None)
+        if upscale is not None:  # only then: stores of SAM's own models stay valid
+            signature["max_input_upscale"] = float(upscale)
+        return signature
 
     @property
     def store(self) -> EmbeddingStore | None:
@@ -431,14 +436,13 @@ class StackEmbedder(PlaneGeometry):
         from .predictor import ImageEmbedding
 
         return ImageEmbedding(
-            torch.from_numpy(features)[None], self.original_size, int(self.model.img_size)
+            torch.from_numpy(features)[None], self.original_size, int(self.model.img_size),
+            getattr(self.model, "max_input_upscale", None),
         )
 
     def _compute_and_save(self, idx: tuple[int, ...]):
         """Encode one plane (caller holds the compute lock); returns the float16 embedding."""
         import torch
-
-        from .predictor import ImageEmbedding
 
         emb = self._predictor.compute_embedding(self.plane_image(idx), self.intensity_range)
         features = emb.features.detach().to("cpu", torch.float32)
@@ -459,7 +463,7 @@ class StackEmbedder(PlaneGeometry):
             why = f"the automatic embedding store {store.path} is read-only"
         if why:
             _warn_memory_only(store.path.parent, why)
-        result = ImageEmbedding(half, emb.original_size, emb.img_size)
+        result = dataclasses.replace(emb, features=half)
         if store is None or not self._store_writable:
             # still under the compute lock: a thread waiting for this plane finds it in memory
             # instead of encoding it a second time
@@ -478,6 +482,4 @@ def _warn_memory_only(folder: Path, message: str) -> None:
 def _to_float32(emb):
     import torch
 
-    from .predictor import ImageEmbedding
-
-    return ImageEmbedding(emb.features.to(torch.float32), emb.original_size, emb.img_size)
+    return dataclasses.replace(emb, features=emb.features.to(torch.float32))

@@ -8,10 +8,10 @@ Coordinates are napari data order throughout: points ``(row, col)``, boxes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,8 @@ import torch
 
 from ..modeling import Sam
 from .postprocess import clip_to_box, keep_prompted_pieces
-from .preprocess import (
+from .preprocess import (  # ImageEmbedding: re-exported, it lived here until v0.23
+    ImageEmbedding,
     ResizeGeometry,
     denoise_input,
     resize_to_input,
@@ -44,33 +45,6 @@ __all__ = [
 
 #: Numeric precisions the image encoder can run in (see :class:`SamPredictor`).
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ImageEmbedding:
-    """The image-encoder output of one 2D slice, with the geometry needed to decode against it.
-
-    Attributes
-    ----------
-    features : torch.Tensor, shape (1, C, h, w)
-        Image embedding (``C = 256``, ``h = w = 64`` for the official models).
-    original_size : (int, int)
-        ``(H, W)`` of the slice that was embedded.
-    img_size : int
-        Side of the model's square input.
-    """
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    img_size: int
-
-    @property
-    def geometry(self) -> ResizeGeometry:
-        return ResizeGeometry(self.original_size, self.img_size)
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.element_size() * self.features.nelement()
 
 
 def _exclusive(method):
@@ -169,6 +143,8 @@ class SamPredictor:
         self,
         image: npt.ArrayLike,
         intensity_range: tuple[float, float] | None = None,
+        *,
+        fill: bool = False,
     ) -> ImageEmbedding:
         """Run the image encoder on one 2D slice without changing the predictor's state.
 
@@ -179,18 +155,24 @@ class SamPredictor:
             ``intensity_range`` (default: robust percentiles of this slice) to ``[0, 255]``.
         intensity_range : (float, float), optional
             Pass the range of the whole stack so that all slices are normalised alike.
+        fill : bool
+            Stretch the slice to fill the model input however small it is (SAM's rule), even if
+            the model caps the magnification (``max_input_upscale``): for crops that are
+            magnified on purpose (:class:`napari_sam.engine.zoom.ZoomPredictor`).
 
         Returns
         -------
         ImageEmbedding
         """
-        return self.compute_embeddings([image], intensity_range)[0]
+        return self.compute_embeddings([image], intensity_range, fill=fill)[0]
 
     def compute_embeddings(
         self,
         images: Sequence[npt.ArrayLike],
         intensity_range: tuple[float, float] | None = None,
         batch_size: int = 1,
+        *,
+        fill: bool = False,
     ) -> list[ImageEmbedding]:
         """Run the image encoder on several 2D slices, ``batch_size`` at a time.
 
@@ -203,6 +185,8 @@ class SamPredictor:
         batch_size : int
             Slices per encoder call. Larger batches help on GPUs; on CPUs they mostly cost
             memory (see docs/performance.md).
+        fill : bool
+            As in :meth:`compute_embedding`.
 
         Returns
         -------
@@ -217,7 +201,7 @@ class SamPredictor:
             for start in range(0, len(images), batch_size):
                 inputs, geometries = [], []
                 for image in images[start : start + batch_size]:
-                    x, geometry = self.model_input(image, intensity_range)
+                    x, geometry = self.model_input(image, intensity_range, fill=fill)
                     inputs.append(x)
                     geometries.append(geometry)
                 with self._encoder_precision():
@@ -227,16 +211,26 @@ class SamPredictor:
                     # a copy per slice, so that one slice's embedding does not pin the batch
                     row = row[None] if len(geometries) == 1 else row[None].clone()
                     embeddings.append(
-                        ImageEmbedding(row, geometry.original_size, geometry.img_size)
+                        ImageEmbedding(row, geometry.original_size, geometry.img_size,
+                                       geometry.max_upscale)
                     )
         return embeddings
 
+    def geometry_for(self, original_size: tuple[int, int], *, fill: bool = False
+                     ) -> ResizeGeometry:
+        """How a slice of ``original_size`` ``(H, W)`` goes into this model's input (``fill``:
+        see :meth:`compute_embedding`)."""
+        upscale = None if fill else getattr(self.model, "max_input_upscale", None)
+        return ResizeGeometry(tuple(original_size), self.model.img_size, upscale)
+
     def model_input(
-        self, image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None
+        self, image: npt.ArrayLike, intensity_range: tuple[float, float] | None = None,
+        *, fill: bool = False,
     ) -> tuple[torch.Tensor, ResizeGeometry]:
         """The image encoder's input for one slice, ``(1, 3, S, S)`` normalised and padded
-        (uint8 RGB resized exactly as Meta's SAM does: :func:`resize_to_input`)."""
-        geometry = ResizeGeometry(np.shape(image)[:2], self.model.img_size)
+        (uint8 RGB resized exactly as Meta's SAM does: :func:`resize_to_input`; ``fill``: see
+        :meth:`compute_embedding`)."""
+        geometry = self.geometry_for(np.shape(image)[:2], fill=fill)
         x = resize_to_input(image, intensity_range, geometry.input_size).to(self.device)
         x, _ = denoise_input(x, getattr(self.model, "max_input_noise", None))
         return self.model.preprocess(x), geometry
@@ -282,9 +276,7 @@ class SamPredictor:
             )
         features = embedding.features
         if features.device != self.device:
-            embedding = ImageEmbedding(
-                features.to(self.device), embedding.original_size, embedding.img_size
-            )
+            embedding = dataclasses.replace(embedding, features=features.to(self.device))
         if image is not None and tuple(np.shape(image)[:2]) != tuple(embedding.original_size):
             raise ValueError(
                 f"image of shape {np.shape(image)[:2]} given for an embedding of a "

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "ImageEmbedding",
     "ResizeGeometry",
     "bright_background",
     "denoise_input",
@@ -291,8 +292,9 @@ def denoise_input(x: torch.Tensor, max_noise: float | None) -> tuple[torch.Tenso
 class ResizeGeometry:
     """How a slice of ``original_size`` is resized and padded to the square model input.
 
-    The longest side is scaled to ``img_size``; the result (``input_size``) sits in the top-left
-    corner of the ``img_size`` x ``img_size`` input and the rest is zero padding.
+    The longest side is scaled to ``img_size`` (but magnified at most ``max_upscale`` times);
+    the result (``input_size``) sits in the top-left corner of the ``img_size`` x ``img_size``
+    input and the rest is zero padding.
 
     Attributes
     ----------
@@ -300,15 +302,21 @@ class ResizeGeometry:
         ``(H, W)`` of the slice.
     img_size : int
         Side of the model's square input (1024 for the official SAM models).
+    max_upscale : float or None
+        The model's ``max_input_upscale`` (:class:`napari_sam.models.build.SamConfig`): a slice
+        smaller than ``img_size / max_upscale`` is magnified by ``max_upscale`` only. None:
+        SAM's rule, the longest side always fills the input.
     """
 
     original_size: tuple[int, int]
     img_size: int
+    max_upscale: float | None = None
 
     @property
     def scale(self) -> float:
         """Factor from original pixels to model-input pixels."""
-        return self.img_size / max(self.original_size)
+        fill = self.img_size / max(self.original_size)
+        return fill if self.max_upscale is None else min(fill, float(self.max_upscale))
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -345,3 +353,34 @@ class ResizeGeometry:
         xy0 = self.points_to_xy(corners[..., :2])
         xy1 = self.points_to_xy(corners[..., 2:])
         return np.concatenate([xy0, xy1], axis=-1)
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """The image-encoder output of one 2D slice, with the geometry needed to decode against it.
+
+    Attributes
+    ----------
+    features : torch.Tensor, shape (1, C, h, w)
+        Image embedding (``C = 256``, ``h = w = 64`` for the official models).
+    original_size : (int, int)
+        ``(H, W)`` of the slice that was embedded.
+    img_size : int
+        Side of the model's square input.
+    max_upscale : float or None
+        The model's largest magnification of a slice (``max_input_upscale``, see
+        :class:`ResizeGeometry`).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    img_size: int
+    max_upscale: float | None = None
+
+    @property
+    def geometry(self) -> ResizeGeometry:
+        return ResizeGeometry(self.original_size, self.img_size, self.max_upscale)
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.element_size() * self.features.nelement()

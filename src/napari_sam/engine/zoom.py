@@ -36,7 +36,6 @@ import numpy.typing as npt
 from .every_output import predict_every_output
 from .lru import LRUCache
 from .predictor import ImageEmbedding, SamPredictor, keep_prompted_pieces
-from .preprocess import ResizeGeometry
 from .prompts import check_boxes, check_points, mask_logits
 from .scale import (  # noqa: F401  (re-exported: they lived here until v0.18)
     MAX_OBJECT_ZOOM,
@@ -409,7 +408,7 @@ class ZoomPredictor:
             frame = self._last if self._last is not None else (0, 0, h, w)
         frame = [int(v) for v in np.ravel(frame)]
         r0, c0, ch, cw = frame if len(frame) == 4 else (0, 0, h, w)
-        geometry = ResizeGeometry((ch, cw), self.model.img_size)
+        geometry = self._predictor.geometry_for((ch, cw), fill=(ch, cw) != (h, w))
         return mask_logits(m[r0:r0 + ch, c0:c0 + cw], geometry, self._predictor._low_res_size())
 
     # -- crops -------------------------------------------------------------------------------
@@ -444,8 +443,11 @@ class ZoomPredictor:
         emb = self._crops.get(frame)
         if emb is None:
             r0, c0, ch, cw = frame
+            # a crop is magnified on purpose (to the objects' size): the model's cap on
+            # magnifying small slices is for whole slices
+            whole = (ch, cw) == self._image.shape[:2]
             emb = self._predictor.compute_embedding(
-                self._image[r0:r0 + ch, c0:c0 + cw], self._range
+                self._image[r0:r0 + ch, c0:c0 + cw], self._range, fill=not whole
             )
             self._crops.put(frame, emb)
         return emb

@@ -67,6 +67,9 @@ class Sam(nn.Module):
         #: Pixel noise above which inputs are smoothed before encoding (see
         #: :class:`napari_sam.models.build.SamConfig`); None: never.
         self.max_input_noise: float | None = None
+        #: Largest magnification of a slice into the model input (see
+        #: :class:`napari_sam.models.build.SamConfig`); None: SAM's rule (always fill it).
+        self.max_input_upscale: float | None = None
         #: Optional :class:`~napari_sam.modeling.MaskRefiner` (the default model has one, loaded
         #: with its weights); used by :class:`napari_sam.SamPredictor`, never by ``forward``.
         self.mask_refiner: nn.Module | None = None

@@ -27,7 +27,7 @@ import torch
 from scipy import ndimage
 
 from ..engine.predictor import SamPredictor
-from ..engine.preprocess import ResizeGeometry, estimate_intensity_range
+from ..engine.preprocess import estimate_intensity_range
 from ..modeling import Sam
 from ..modeling.instance_decoder import InstanceDecoder
 from ..workflows.instance_decoder import zoom_boxes
@@ -236,7 +236,7 @@ def decoder_examples(
         emb = predictor.compute_embedding(img, rng)
         embs.append(emb.features[0].to(torch.float16))
         out = emb.features.shape[-1] * upscale
-        geometry = ResizeGeometry(lab.shape, model.img_size)
+        geometry = emb.geometry  # as the slice went into the model (its upscale cap too)
         h, w = (round(s * out / model.img_size) for s in geometry.input_size)
         rows = np.minimum((np.arange(h) + 0.5) * lab.shape[0] / h, lab.shape[0] - 1).astype(int)
         cols = np.minimum((np.arange(w) + 0.5) * lab.shape[1] / w, lab.shape[1] - 1).astype(int)

@@ -637,10 +637,9 @@ def segment_everything(
     for (layer, (r0, c0, r1, c1)), pts in zip(crops, points):
         if cancelled is not None and cancelled():
             break
-        if layer == 0 and embedding is not None:
-            emb = embedding
-        else:
-            emb = predictor.compute_embedding(image[r0:r1, c0:c1], intensity_range)
+        emb = embedding if layer == 0 and embedding is not None else (
+            # crops (layer > 0) are magnified on purpose: no cap on it
+            predictor.compute_embedding(image[r0:r1, c0:c1], intensity_range, fill=layer > 0))
         predictor.set_embedding(emb)
         found, finished = _decode_crop(predictor, emb, (r0, c0), tuple(hw), pts, params,
                                        cancelled, tick, keep_logits=refiner is not None)

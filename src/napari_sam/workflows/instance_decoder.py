@@ -227,7 +227,7 @@ def slice_outputs(
     out = np.zeros((3, h, w), np.float32)
     for r0, c0, r1, c1 in boxes:
         maps = decoder_outputs(model, predictor.compute_embedding(image[r0:r1, c0:c1],
-                                                                  intensity_range))
+                                                                  intensity_range, fill=True))
         ra, rb = (0, rmid) if r0 == 0 else (rmid, h)
         ca, cb = (0, cmid) if c0 == 0 else (cmid, w)
         out[:, ra:rb, ca:cb] = maps[:, ra - r0:rb - r0, ca - c0:cb - c0]

@@ -191,9 +191,10 @@ def propagate_in_crops(
         def get(i: int, window=window) -> np.ndarray:
             return np.asarray(slice_image(i))[window]
 
-        def embed(i: int, get=get, cache=cache) -> ImageEmbedding:
+        # a crop is magnified on purpose: no cap on its magnification (as in ZoomPredictor)
+        def embed(i: int, get=get, cache=cache, fill=origin is not None) -> ImageEmbedding:
             if i not in cache:
-                cache[i] = predictor.compute_embedding(get(i), intensity_range)
+                cache[i] = predictor.compute_embedding(get(i), intensity_range, fill=fill)
             return cache[i]
 
         def step(done: int, total: int, k=k) -> None:
