@@ -189,8 +189,11 @@ def test_a_mask_becomes_logits_in_the_frame_it_is_decoded_in(model):
                                                   None)
     r0, c0, ch, cw = (int(v) for v in frames[0])
     # the speck's mask in its magnified crop: what a predictor holding that crop makes of it
+    # (stretched to the model's input: a crop is not capped as a small slice is)
     crop_predictor = SamPredictor(model)
-    crop_predictor.set_image(img[r0:r0 + ch, c0:c0 + cw], (0.0, 1.0))
+    crop = img[r0:r0 + ch, c0:c0 + cw]
+    crop_predictor.set_embedding(crop_predictor.compute_embedding(crop, (0.0, 1.0), fill=True),
+                                 crop, (0.0, 1.0))
     speck_mask = lab == 2
     logits = zoomed.mask_to_logits(speck_mask, frames[0])
     expected = crop_predictor.mask_to_logits(speck_mask[r0:r0 + ch, c0:c0 + cw])
