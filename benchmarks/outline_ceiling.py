@@ -11,8 +11,8 @@ On *tuning* stacks shaped like ``evaluate_propagation_automatic.py``'s ``small-d
   watershed flooded from each object's *true* inner half (by depth), and in its basin the
   best of 34 thresholds (percentiles 0-99 of the basin), the piece holding the marker;
 - ``contrast``: the median over objects of (median inside - median of a 2-6 px band around it)
-  / pixel noise (robust spread of the stack minus its 1.5 px smoothing): BBBC039's real nuclei
-  measure about 60 this way.
+  / pixel noise (robust spread of the stack minus its 1.5 px in-plane smoothing); ``--real N``
+  prints the same for the first N real validation images (BBBC039, 2D).
 
 ``--photons`` redraws the same stacks with another photon count (the generator's noise level;
 the held-out optics draw 15-60 photons per unit).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,7 +73,7 @@ def ceiling(image: np.ndarray, labels: np.ndarray) -> list[float]:
 
 def contrast(image: np.ndarray, labels: np.ndarray) -> float:
     img = image.astype(np.float32)
-    high = img - ndimage.gaussian_filter(img, (0, 1.5, 1.5))
+    high = img - ndimage.gaussian_filter(img, (0,) * (img.ndim - 2) + (1.5, 1.5))
     noise = 1.4826 * np.median(np.abs(high - np.median(high)))
     out = []
     for o, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -93,8 +94,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7101)
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--photons", type=float, default=None)
+    parser.add_argument("--real", type=int, default=0, metavar="N",
+                        help="also the contrast of the first N real validation images")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.real:
+        from evaluate_real import validation_pairs
+
+        from napari_sam.data.io import read_image
+
+        data = Path(__file__).resolve().parents[2] / "shared" / "data" / "bbbc039"
+        real = [contrast(read_image(i), read_image(lab))
+                for i, lab in validation_pairs(data, 4, args.real)]
+        print(f"real validation images: median contrast / noise {np.median(real):.1f} "
+              f"(per image {min(real):.1f} - {max(real):.1f})", flush=True)
     model = build_model(args.model)
     prop, ceil, con = [], [], []
     for image, labels in stacks(args.seed, args.n, args.photons):
