@@ -21,8 +21,8 @@ PACKAGE = ROOT / "src" / "napari_sam"
 #: them). A module leaves this list when it is split; the list only shrinks.
 OVERSIZED = {
     "plugin/_layers.py": 665,
-    "workflows/automatic.py": 795,
-    "engine/predictor.py": 590,
+    "workflows/automatic.py": 794,
+    "engine/predictor.py": 582,
     "workflows/propagation.py": 680,
 }
 MAX_LINES = 520  # "about 500"
