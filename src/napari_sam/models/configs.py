@@ -252,7 +252,7 @@ DEFAULT_CONFIG = SamConfig(
     # smoothing first raised one-click mIoU from 0.80 to 0.86 (docs/default-model.md)
     max_input_noise=0.04,
     # a slice under 256 px is magnified 2x and padded, not stretched to 512 px: one-click mIoU on
-    # 128 px crops of the real validation images 0.710 -> 0.886 (docs/default-model.md, v0.23)
+    # 128 px crops of the real validation images 0.725 -> 0.848 (docs/default-model.md, v0.23)
     max_input_upscale=2.0,
 )
 #: MobileSAM (Zhang et al. 2023): TinyViT-5M distilled from SAM's ViT-H encoder, with SAM's
