@@ -13,7 +13,13 @@ from napari_sam.engine.embedding_store import StackEmbedder
 from napari_sam.engine.masks import farthest_point, mask_iou
 from napari_sam.engine.preprocess import ResizeGeometry
 from napari_sam.engine.zoom import ZoomPredictor
-from napari_sam.models.configs import DEFAULT_CONFIG, MODEL_CONFIGS, SamConfig, build_sam, tiny_config
+from napari_sam.models.configs import (
+    DEFAULT_CONFIG,
+    MODEL_CONFIGS,
+    SamConfig,
+    build_sam,
+    tiny_config,
+)
 
 DATA = Path(__file__).parent / "data"
 
