@@ -28,26 +28,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from evaluate_propagation_automatic import SMALL_DENSE_SHAPE, stack_settings
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 from napari_sam import build_model
-from napari_sam.data.synthetic import make_nuclei_3d, random_settings
+from napari_sam.data.synthetic import make_nuclei_3d
 from napari_sam.evaluation.propagation import evaluate_propagation
 from napari_sam.workflows.outline import SMOOTH
 
-SHAPE = (31, 61, 57)
-
 
 def stacks(seed: int, n: int, photons: float | None):
+    """``n`` small-dense stacks drawn as the evaluation's, from ``seed``."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        st = replace(random_settings(rng, held_out=True), n_objects=(40, 55),
-                     radius_range=(4.0, 8.0), allow_touching=True, max_overlap=0.25,
-                     clustering=0.5, min_gap=0.0)
+        st = stack_settings(rng, "small-dense")
         if photons is not None:
             st = replace(st, photons=photons)
-        yield make_nuclei_3d(SHAPE, seed=seed * 10 + i, settings=st, z_anisotropy=2.0)
+        yield make_nuclei_3d(SMALL_DENSE_SHAPE, seed=seed * 10 + i, settings=st,
+                             z_anisotropy=2.0)
 
 
 def ceiling(image: np.ndarray, labels: np.ndarray) -> list[float]:
